@@ -1,0 +1,113 @@
+"""Every knob of the pruning engine, validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastav_eval.pruning.profile import PruningProfile
+
+if TYPE_CHECKING:
+    from fastav_eval.pruning.rules import Chooser
+
+GLOBAL_RULES: tuple[str, ...] = ("positional", "random", "top_attentive", "low_attentive")
+"""Global-stage rules. The attentive names say what is *dropped*, as in the paper's tables: ``low_attentive``
+drops the tokens the last query attends to least (at the layer before ``global_layer``)."""
+
+FINE_RULES: tuple[str, ...] = ("low_attentive", "top_attentive", "random")
+"""Fine-stage rules; ``low_attentive`` (drop the least-attended) is FastAV's."""
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """FastAV's two stages and the tokens they may never drop.
+
+    Layer indices are 0-based: with ``global_layer=14`` layers 0..13 see every token and layer 14 is the first
+    to see the globally pruned sequence (the paper's "14 of 28"). The fine stage then drops ``fine_ratio`` of
+    the remaining audio-visual tokens before every later layer, using the last-query scores of the layer before.
+
+    Attributes:
+        global_rule: one of :data:`GLOBAL_RULES`, or None for no global stage.
+        global_layer: first layer that sees the globally pruned sequence; None means half the depth.
+        profile: the per-modality prefix the global stage keeps (a :class:`PruningProfile` or a JSON path).
+            ``positional`` keeps exactly that prefix; the other global rules keep the same number of
+            audio-visual tokens, chosen their way.
+        fine_rule: one of :data:`FINE_RULES`.
+        fine_ratio: share P of the remaining audio-visual tokens dropped before each layer after
+            ``global_layer``, in [0, 1); 0 disables the fine stage.
+        sink_tokens: the first N tokens of each sample are never dropped (attention sinks).
+        seed: seed of the ``random`` rules.
+        chooser: an outside chooser (e.g. a learned policy) consulted at every prune point before the
+            built-in rule; see :class:`fastav_eval.pruning.rules.Chooser`.
+    """
+
+    global_rule: str | None = "positional"
+    global_layer: int | None = None
+    profile: PruningProfile | str | Path | None = None
+    fine_rule: str = "low_attentive"
+    fine_ratio: float = 0.2
+    sink_tokens: int = 4
+    seed: int = 0
+    chooser: Chooser | Callable | None = None
+
+    def __post_init__(self) -> None:
+        if self.global_rule is not None and self.global_rule not in GLOBAL_RULES:
+            raise ValueError(f"global_rule={self.global_rule!r}; accepted: {[*GLOBAL_RULES, None]}")
+        if self.fine_rule not in FINE_RULES:
+            raise ValueError(f"fine_rule={self.fine_rule!r}; accepted: {list(FINE_RULES)}")
+        if not isinstance(self.fine_ratio, int | float) or not 0.0 <= self.fine_ratio < 1.0:
+            raise ValueError(f"fine_ratio={self.fine_ratio!r}; accepted: a number in [0, 1)")
+        if self.global_layer is not None and (not isinstance(self.global_layer, int) or self.global_layer < 1):
+            raise ValueError(f"global_layer={self.global_layer!r}; accepted: an int in [1, num_layers - 1]")
+        if not isinstance(self.sink_tokens, int) or self.sink_tokens < 0:
+            raise ValueError(f"sink_tokens={self.sink_tokens!r}; accepted: an int >= 0")
+        if self.chooser is not None and not callable(self.chooser):
+            raise ValueError(f"chooser={self.chooser!r}; accepted: a callable or None")
+        if self.profile is not None and not isinstance(self.profile, PruningProfile | str | Path):
+            raise ValueError(f"profile={self.profile!r}; accepted: a PruningProfile, a JSON path, or None")
+
+    @classmethod
+    def off(cls) -> PruningConfig:
+        """No pruning: the engine's forward then computes exactly what the stock decoder does."""
+        return cls(global_rule=None, fine_ratio=0.0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.global_rule is not None or self.fine_ratio > 0 or self.chooser is not None
+
+    def resolve(self, num_layers: int) -> PruningConfig:
+        """Check the config against a decoder of ``num_layers`` layers; return it with defaults filled in.
+
+        ``global_layer`` becomes concrete and ``profile`` a loaded :class:`PruningProfile`.
+        """
+        global_layer = num_layers // 2 if self.global_layer is None else self.global_layer
+        if not 1 <= global_layer < num_layers:
+            raise ValueError(
+                f"global_layer={global_layer}; accepted: an int in [1, {num_layers - 1}] for a "
+                f"{num_layers}-layer decoder (layer 0's KV cache is never pruned)"
+            )
+        profile = self.profile
+        if isinstance(profile, str | Path):
+            profile = PruningProfile.load(profile)
+        if self.global_rule is not None:
+            if profile is None:
+                raise ValueError(
+                    f"global_rule={self.global_rule!r} needs a profile: the positional rule keeps its prefix and "
+                    "the other rules keep as many tokens (e.g. profile=PruningProfile.prefix(audio=10))"
+                )
+            profile.check(num_layers, global_layer)
+        return dataclasses.replace(self, global_layer=global_layer, profile=profile)
+
+    def describe(self) -> str:
+        parts = []
+        if self.global_rule is not None:
+            profile = self.profile.describe() if isinstance(self.profile, PruningProfile) else self.profile
+            parts.append(f"global {self.global_rule} at layer {self.global_layer} ({profile})")
+        if self.fine_ratio > 0:
+            parts.append(f"fine {self.fine_rule} P={self.fine_ratio:g} after it")
+        if self.chooser is not None:
+            parts.append(f"chooser {getattr(self.chooser, '__name__', type(self.chooser).__name__)}")
+        return "; ".join(parts) or "no pruning"

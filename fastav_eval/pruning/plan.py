@@ -1,0 +1,222 @@
+"""Model-free bookkeeping of one pruned prefill.
+
+:class:`PrefillPlan` follows the sequence through the decoder: which original positions are still present,
+which slots are real tokens, and what each layer processed. The decoder calls :meth:`PrefillPlan.step`
+before each layer and gathers its tensors with the returned index; :func:`simulate_prefill` drives the same
+plan without a model (the FLOPs presets use it, so their counts come from the engine's own rules).
+
+Batches stay dense: every row keeps the same number of slots. A row that keeps fewer tokens than the longest
+row fills the gap with *filler* slots (its earliest non-kept positions: its left padding first), which the
+per-layer attention masks hide exactly like padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from fastav_eval.pruning.config import PruningConfig
+from fastav_eval.pruning.flops import DecoderShape, relative_flops
+from fastav_eval.pruning.layout import MODALITY_NAMES, ModalityLayout
+from fastav_eval.pruning.rules import PruneContext, Stage, apply_decision, fine_keep, global_keep
+
+ATTENTIVE_RULES = ("low_attentive", "top_attentive")
+
+
+@dataclass(frozen=True)
+class PrefillStats:
+    """What one prefill processed, per sample and per layer.
+
+    Attributes:
+        tokens_per_layer: ``[B, num_layers]`` real (non-padding) tokens each layer processed.
+        modality_per_layer: modality name -> ``[B, num_layers]`` tokens of that modality each layer processed.
+        slots_per_layer: ``[num_layers]`` sequence length each layer computed over (including padding and
+            filler slots of a batch; equal to ``tokens_per_layer`` at batch size 1).
+        kv_positions: per layer, ``[B, L_i]`` original prompt positions held in that layer's KV cache
+            (-1 on padding and filler slots).
+    """
+
+    tokens_per_layer: torch.Tensor
+    modality_per_layer: dict[str, torch.Tensor]
+    slots_per_layer: list[int]
+    kv_positions: list[torch.Tensor]
+
+    @property
+    def num_layers(self) -> int:
+        return self.tokens_per_layer.shape[1]
+
+    def relative_flops(self, shape: DecoderShape, convention: str = "fastv") -> torch.Tensor:
+        """``[B]`` prefill FLOPs of each sample relative to its unpruned prefill (= 100)."""
+        return relative_flops(self.tokens_per_layer, shape, convention)
+
+    def sample(self, index: int, shape: DecoderShape | None = None) -> dict[str, object]:
+        """JSON-ready summary of sample ``index``: kept tokens per modality per layer, and FLOPs if ``shape``."""
+        summary: dict[str, object] = {
+            "prompt_tokens": int(self.tokens_per_layer[index, 0]),
+            "tokens_per_layer": self.tokens_per_layer[index].tolist(),
+            "kept_per_layer": {name: counts[index].tolist() for name, counts in self.modality_per_layer.items()},
+        }
+        if shape is not None:
+            for convention in ("fastv", "exact"):
+                summary[f"relative_flops_{convention}"] = float(self.relative_flops(shape, convention)[index])
+        return summary
+
+
+class PrefillPlan:
+    """The state of one prefill as tokens are dropped layer by layer.
+
+    Args:
+        layout: modality labels of the prompt, ``[B, L]``.
+        config: a config already passed through :meth:`PruningConfig.resolve`.
+        num_layers: decoder depth.
+    """
+
+    def __init__(self, layout: ModalityLayout, config: PruningConfig, num_layers: int) -> None:
+        if config.global_layer is None:
+            raise ValueError("PrefillPlan needs a resolved config (call config.resolve(num_layers))")
+        self.layout = layout
+        self.config = config
+        self.num_layers = num_layers
+        batch, length = layout.batch_size, layout.length
+        self.positions = torch.arange(length, device=layout.device).expand(batch, length).contiguous()
+        self.valid = layout.valid.clone()
+        self._protected = layout.protected(config.sink_tokens)
+        self._generator = torch.Generator().manual_seed(config.seed)
+        self._tokens: list[torch.Tensor] = []
+        self._modality: dict[str, list[torch.Tensor]] = {name: [] for name in MODALITY_NAMES}
+        self._slots: list[int] = []
+        self._kv_positions: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ schedule
+    def stage_at(self, layer_idx: int) -> Stage | None:
+        """The prune stage that runs just before ``layer_idx``, if any."""
+        config, global_layer = self.config, self.config.global_layer
+        assert global_layer is not None
+        if layer_idx == global_layer and (config.global_rule is not None or config.chooser is not None):
+            return "global"
+        if layer_idx > global_layer and (config.fine_ratio > 0 or config.chooser is not None):
+            return "fine"
+        return None
+
+    def needs_scores(self, layer_idx: int) -> bool:
+        """Whether the prune point after ``layer_idx`` reads that layer's last-query scores."""
+        stage = self.stage_at(layer_idx + 1) if layer_idx + 1 < self.num_layers else None
+        if stage is None:
+            return False
+        if self.config.chooser is not None:
+            return True
+        rule = self.config.global_rule if stage == "global" else self.config.fine_rule
+        return rule in ATTENTIVE_RULES
+
+    # ------------------------------------------------------------------ steps
+    def context(self, stage: Stage, layer_idx: int, scores: torch.Tensor | None) -> PruneContext:
+        gather = self.positions
+        return PruneContext(
+            stage=stage,
+            layer_idx=layer_idx,
+            positions=gather,
+            modality=torch.where(self.valid, self.layout.modality.gather(1, gather), -1),
+            rank=self.layout.rank.gather(1, gather),
+            chunk=self.layout.chunk.gather(1, gather),
+            valid=self.valid,
+            protected=self._protected.gather(1, gather) & self.valid,
+            scores=None if scores is None else scores.float().masked_fill(~self.valid, 0.0),
+            generator=self._generator,
+        )
+
+    def step(self, layer_idx: int, scores: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Run the prune point before ``layer_idx`` (if any); record what the layer will process.
+
+        Args:
+            layer_idx: the layer about to run.
+            scores: ``[B, L_cur]`` last-query scores of layer ``layer_idx - 1`` when :meth:`needs_scores` said so.
+
+        Returns:
+            ``[B, L_new]`` sorted indices into the current sequence to gather hidden states (and cos/sin)
+            with, or None when the sequence is unchanged.
+        """
+        index = None
+        stage = self.stage_at(layer_idx)
+        if stage is not None:
+            keep = self._choose(stage, layer_idx, scores)
+            index = self._compact(keep)
+        self._record()
+        return index
+
+    def _choose(self, stage: Stage, layer_idx: int, scores: torch.Tensor | None) -> torch.Tensor:
+        context = self.context(stage, layer_idx, scores)
+        config = self.config
+        rule = (config.global_rule or "positional") if stage == "global" else config.fine_rule
+        decision = config.chooser(context) if config.chooser is not None else None
+        if decision is not None:
+            keep = apply_decision(decision, context, rule)
+        elif stage == "global" and config.global_rule is not None:
+            assert config.profile is not None and not isinstance(config.profile, str)
+            keep = global_keep(context, config.global_rule, config.profile)  # type: ignore[arg-type]
+        elif stage == "fine":
+            keep = fine_keep(context, config.fine_rule, config.fine_ratio)
+        else:
+            keep = torch.ones_like(self.valid)
+        return (keep & self.valid) | context.protected
+
+    def _compact(self, keep: torch.Tensor) -> torch.Tensor | None:
+        """Drop the tokens not in ``keep`` ``[B, L_cur]``; pad short rows with filler slots."""
+        kept_per_row = keep.sum(1)
+        new_length = int(kept_per_row.max())
+        if new_length == keep.shape[1] and bool((keep == self.valid).all()):
+            return None
+        slot = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
+        order_key = torch.where(keep, slot, slot + keep.shape[1])  # kept tokens first, then earliest others
+        index = torch.topk(order_key, new_length, dim=1, largest=False).indices.sort(dim=1).values
+        self.positions = self.positions.gather(1, index)
+        self.valid = keep.gather(1, index)
+        return index
+
+    def _record(self) -> None:
+        modality = self.layout.modality.gather(1, self.positions)
+        for name, code in MODALITY_NAMES.items():
+            self._modality[name].append(((modality == code) & self.valid).sum(1))
+        self._tokens.append(self.valid.sum(1))
+        self._slots.append(self.valid.shape[1])
+        self._kv_positions.append(torch.where(self.valid, self.positions, -1))
+
+    def stats(self) -> PrefillStats:
+        """The statistics of every layer run so far."""
+        return PrefillStats(
+            tokens_per_layer=torch.stack(self._tokens, 1),
+            modality_per_layer={name: torch.stack(counts, 1) for name, counts in self._modality.items()},
+            slots_per_layer=list(self._slots),
+            kv_positions=list(self._kv_positions),
+        )
+
+
+ScoreFunction = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(layer_idx, positions [B, L_cur], valid [B, L_cur]) -> scores [B, L_cur]``, for :func:`simulate_prefill`."""
+
+
+def simulate_prefill(
+    layout: ModalityLayout,
+    config: PruningConfig,
+    num_layers: int,
+    score_fn: ScoreFunction | None = None,
+) -> PrefillStats:
+    """Run the engine's prune schedule over ``layout`` without a model.
+
+    Token counts do not depend on the scores (only *which* tokens go does), so the default scores, seeded
+    uniform noise, give the exact counts a real prefill produces.
+    """
+    config = config.resolve(num_layers)
+    plan = PrefillPlan(layout, config, num_layers)
+    noise = torch.Generator().manual_seed(config.seed + 1)
+    scores = None
+    for layer_idx in range(num_layers):
+        plan.step(layer_idx, scores)
+        scores = None
+        if plan.needs_scores(layer_idx):
+            if score_fn is not None:
+                scores = score_fn(layer_idx, plan.positions, plan.valid)
+            else:
+                scores = torch.rand(plan.positions.shape, generator=noise)
+    return plan.stats()

@@ -1,0 +1,120 @@
+"""The papers' models and token layouts, for analytic FLOPs without weights.
+
+Each preset is a decoder shape, a prompt layout and a global-stage profile. :meth:`FlopsPreset.run` drives the
+engine's own prune schedule over that layout (:func:`~fastav_eval.pruning.plan.simulate_prefill`), so the
+token counts are the ones the engine produces, and turns them into relative FLOPs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from fastav_eval.pruning.config import PruningConfig
+from fastav_eval.pruning.flops import DecoderShape, relative_flops
+from fastav_eval.pruning.layout import ModalityLayout, Segment
+from fastav_eval.pruning.plan import simulate_prefill
+from fastav_eval.pruning.profile import PrefixKeep, PruningProfile
+
+QWEN2_7B = DecoderShape(
+    num_layers=28, hidden_size=3584, intermediate_size=18944, num_heads=28, num_kv_heads=4, head_dim=128
+)
+
+
+@dataclass(frozen=True)
+class FlopsPreset:
+    """A paper setting: decoder shape, one sample's layout, and the global stage's profile."""
+
+    name: str
+    shape: DecoderShape
+    segments: tuple[Segment, ...]
+    profile: PruningProfile
+    global_layer: int
+    assumptions: str
+
+    def run(
+        self, fine_ratio: float = 0.2, fine_rule: str = "low_attentive", convention: str = "fastv"
+    ) -> dict[str, Any]:
+        """Relative prefill FLOPs and per-layer token counts of FastAV on this preset."""
+        config = PruningConfig(
+            global_rule="positional",
+            global_layer=self.global_layer,
+            profile=self.profile,
+            fine_rule=fine_rule,
+            fine_ratio=fine_ratio,
+        )
+        layout = ModalityLayout.from_segments([list(self.segments)])
+        stats = simulate_prefill(layout, config, self.shape.num_layers)
+        counts = {
+            name: sum(count for mod, count in self.segments if mod == name) for name in ("text", "video", "audio")
+        }
+        return {
+            "preset": self.name,
+            "fine_ratio": fine_ratio,
+            "fine_rule": fine_rule,
+            "convention": convention,
+            "relative_flops": round(float(relative_flops(stats.tokens_per_layer, self.shape, convention)[0]), 2),
+            "prompt_tokens": counts,
+            "global_layer": self.global_layer,
+            "profile": self.profile.describe(),
+            "tokens_per_layer": stats.tokens_per_layer[0].tolist(),
+            "kept_per_layer": {name: c[0].tolist() for name, c in stats.modality_per_layer.items()},
+            "shape": vars(self.shape),
+            "assumptions": self.assumptions,
+        }
+
+
+def _assumptions(factory: object) -> str:
+    """The "Assumptions: ..." paragraph of a preset factory's docstring, on one line."""
+    paragraphs = inspect.cleandoc(getattr(factory, "__doc__", "") or "").split("\n\n")
+    return " ".join(" ".join(p.split()) for p in paragraphs if p.startswith("Assumptions:"))
+
+
+def _videollama2() -> FlopsPreset:
+    """VideoLLaMA2.1-7B-AV as the paper ran it.
+
+    Assumptions: the LLM is Qwen2-7B (28 layers, d 3584, m 18944, 28/4 heads). 8 frames give 676 video tokens
+    (STC connector: 4×13×13); 30 s of audio gives 1,496 BEATs tokens (187×8). The Qwen2 chat prefix up to the
+    media is 14 tokens and the question plus the assistant prompt 30. The global stage keeps the first 10 audio
+    tokens and every video token before layer 14 (0-based), as the paper states.
+    """
+    return FlopsPreset(
+        name="videollama2",
+        shape=QWEN2_7B,
+        segments=(("text", 14), ("video", 676), ("audio", 1496), ("text", 30)),
+        profile=PruningProfile.prefix(audio=10),
+        global_layer=14,
+        assumptions=_assumptions(_videollama2),
+    )
+
+
+def _video_salmonn2() -> FlopsPreset:
+    """video-SALMONN 2 (7B) as the paper ran it.
+
+    Assumptions: the LLM is Qwen2-7B via LLaVA-OneVision (28 layers, d 3584, m 18944, 28/4 heads). A 10-s clip
+    (AVHBench's length) at 1 fps gives 10 frames of 182 visual tokens (13×13 pooled patches plus 13 row
+    newlines), each followed by its 2 audio tokens (Whisper + 0.5-s window Q-Former: 2 tokens/s). The chat
+    prefix is 14 tokens and the question plus the assistant prompt 30. The global stage keeps the audio-visual
+    tokens of the first 4 frames before layer 14 (0-based), as the paper states.
+    """
+    frames: list[Segment] = []
+    for _ in range(10):
+        frames += [("video", 182), ("audio", 2)]
+    return FlopsPreset(
+        name="video_salmonn2",
+        shape=QWEN2_7B,
+        segments=(("text", 14), *frames, ("text", 30)),
+        profile=PruningProfile(keep={"video": PrefixKeep(first_chunks=4), "audio": PrefixKeep(first_chunks=4)}),
+        global_layer=14,
+        assumptions=_assumptions(_video_salmonn2),
+    )
+
+
+PRESETS: dict[str, FlopsPreset] = {preset.name: preset for preset in (_videollama2(), _video_salmonn2())}
+
+
+def get_preset(name: str) -> FlopsPreset:
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r}; accepted: {sorted(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,167 @@
+"""Pruning profiles: the per-modality prefix that FastAV's global stage keeps.
+
+A profile says, for each audio-visual modality, how much of its sequence prefix survives the global cut:
+the first N tokens, the first fraction f of the modality's tokens, or the first N chunks (frames / time
+steps of an interleaved layout). A modality the profile does not name is kept whole. Profiles are written
+by hand (``PruningProfile.prefix(audio=10)``: the paper's VideoLLaMA2 setting) or by
+:func:`fastav_eval.pruning.rollout.calibrate_profile`, which also stores the rollout curves it read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastav_eval.pruning.layout import AV_MODALITIES
+
+PROFILE_FORMAT = "fastav-profile/1"
+
+
+@dataclass(frozen=True)
+class PrefixKeep:
+    """How much of one modality's prefix to keep. Exactly one field is set.
+
+    Attributes:
+        first_tokens: keep the first N tokens of the modality.
+        first_fraction: keep the first ``ceil(f * count)`` tokens, f in [0, 1].
+        first_chunks: keep every token of the first N chunks of the modality.
+    """
+
+    first_tokens: int | None = None
+    first_fraction: float | None = None
+    first_chunks: int | None = None
+
+    def __post_init__(self) -> None:
+        set_fields = [name for name, value in asdict(self).items() if value is not None]
+        if len(set_fields) != 1:
+            raise ValueError(
+                f"PrefixKeep needs exactly one of first_tokens, first_fraction, first_chunks; got {set_fields}"
+            )
+        if self.first_tokens is not None and (not isinstance(self.first_tokens, int) or self.first_tokens < 0):
+            raise ValueError(f"first_tokens={self.first_tokens!r} must be an int >= 0")
+        if self.first_chunks is not None and (not isinstance(self.first_chunks, int) or self.first_chunks < 0):
+            raise ValueError(f"first_chunks={self.first_chunks!r} must be an int >= 0")
+        if self.first_fraction is not None and not 0.0 <= self.first_fraction <= 1.0:
+            raise ValueError(f"first_fraction={self.first_fraction!r} must be in [0, 1]")
+
+    def keep_mask(self, rank: torch.Tensor, chunk: torch.Tensor, is_modality: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` bool: the modality's tokens inside the kept prefix.
+
+        Args:
+            rank, chunk: ``[B, L]`` from :class:`~fastav_eval.pruning.layout.ModalityLayout`.
+            is_modality: ``[B, L]`` bool, True on this modality's tokens.
+        """
+        if self.first_chunks is not None:
+            return is_modality & (chunk < self.first_chunks)
+        if self.first_tokens is not None:
+            return is_modality & (rank < self.first_tokens)
+        count = is_modality.sum(1, keepdim=True).double()
+        keep = torch.ceil(count * float(self.first_fraction) - 1e-9).long()
+        return is_modality & (rank < keep)
+
+    def describe(self) -> str:
+        if self.first_tokens is not None:
+            return f"first {self.first_tokens} tokens"
+        if self.first_chunks is not None:
+            return f"first {self.first_chunks} chunks"
+        return f"first {100 * float(self.first_fraction):.1f}% of tokens"
+
+
+@dataclass(frozen=True)
+class PruningProfile:
+    """The global stage's positional rule, and where it came from.
+
+    Attributes:
+        keep: modality name ("video" / "audio") -> :class:`PrefixKeep`. Unnamed modalities are kept whole.
+        num_layers: decoder depth of the model the profile was calibrated on (None: not model-specific).
+        global_layer: the layer the profile was calibrated for (None: not model-specific).
+        source: "manual" or "rollout".
+        rollout: calibration record (alpha, sample count, relative-position bins, per-modality mass curves).
+    """
+
+    keep: dict[str, PrefixKeep]
+    num_layers: int | None = None
+    global_layer: int | None = None
+    source: str = "manual"
+    rollout: dict[str, Any] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in self.keep:
+            if name not in AV_MODALITIES:
+                raise ValueError(f"profile keep key {name!r} is not prunable; accepted: {list(AV_MODALITIES)}")
+
+    @classmethod
+    def prefix(
+        cls,
+        *,
+        video: int | None = None,
+        audio: int | None = None,
+        video_fraction: float | None = None,
+        audio_fraction: float | None = None,
+    ) -> PruningProfile:
+        """A hand-written profile: keep the first N tokens (or fraction) of each named modality."""
+        keep: dict[str, PrefixKeep] = {}
+        for name, tokens, fraction in (("video", video, video_fraction), ("audio", audio, audio_fraction)):
+            if tokens is not None and fraction is not None:
+                raise ValueError(f"give {name} or {name}_fraction, not both")
+            if tokens is not None:
+                keep[name] = PrefixKeep(first_tokens=tokens)
+            elif fraction is not None:
+                keep[name] = PrefixKeep(first_fraction=fraction)
+        return cls(keep=keep)
+
+    def check(self, num_layers: int, global_layer: int) -> None:
+        """Raise a ValueError if the profile was calibrated for another model depth or global layer."""
+        if self.num_layers is not None and self.num_layers != num_layers:
+            raise ValueError(
+                f"profile.num_layers={self.num_layers} does not match the model's {num_layers} decoder layers"
+            )
+        if self.global_layer is not None and self.global_layer != global_layer:
+            raise ValueError(
+                f"profile.global_layer={self.global_layer} does not match config global_layer={global_layer}"
+            )
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PROFILE_FORMAT,
+            "keep": {
+                name: {k: v for k, v in asdict(rule).items() if v is not None} for name, rule in self.keep.items()
+            },
+            "num_layers": self.num_layers,
+            "global_layer": self.global_layer,
+            "source": self.source,
+            "rollout": self.rollout,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruningProfile:
+        if data.get("format") != PROFILE_FORMAT:
+            raise ValueError(f"profile format={data.get('format')!r}; accepted: {PROFILE_FORMAT!r}")
+        keep = {name: PrefixKeep(**rule) for name, rule in data["keep"].items()}
+        return cls(
+            keep=keep,
+            num_layers=data.get("num_layers"),
+            global_layer=data.get("global_layer"),
+            source=data.get("source", "manual"),
+            rollout=data.get("rollout"),
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruningProfile:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"profile={str(path)!r} is not a file")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def describe(self) -> str:
+        if not self.keep:
+            return "keep every audio-visual token"
+        return ", ".join(f"{name}: {rule.describe()}" for name, rule in sorted(self.keep.items()))

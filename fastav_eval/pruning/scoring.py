@@ -1,0 +1,108 @@
+"""Last-query attention scores without an attention map.
+
+The engine switches the decoder to ``fastav_<kernel>`` (``fastav_sdpa``, ``fastav_eager``,
+``fastav_flash_attention_2``, ...), attention functions registered through transformers'
+``AttentionInterface``. Each one, at the single layer the engine asks for, computes
+
+    s = mean_h softmax(q_last,h · K_hᵀ · scale)          q_last [B, H, D], K [B, H_kv, L, D]
+
+from the post-RoPE query and key tensors the layer already has (GQA-aware, fp32, O(H·L·D)), then calls the
+real kernel unchanged. No ``[L, L]`` matrix is ever formed, so sdpa and FlashAttention keep working.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+PREFIX = "fastav_"
+SINK_ATTRIBUTE = "_fastav_score_sink"
+
+
+def last_query_scores(
+    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    """Head-averaged attention of the last query over every key.
+
+    Args:
+        query: ``[B, H, q_len, D]`` post-RoPE queries.
+        key: ``[B, H_kv, kv_len, D]`` post-RoPE keys (H a multiple of H_kv).
+        attention_mask: the mask the kernel receives: boolean (True = attend) or additive float
+            ``[B, 1, q_len, kv_len]``, a ``[B, kv_len]`` key-padding mask (FlashAttention), or None.
+        scaling: the softmax scale (``head_dim ** -0.5``).
+
+    Returns:
+        ``[B, kv_len]`` fp32; each row sums to 1 over its unmasked keys.
+    """
+    batch, num_heads, _, head_dim = query.shape
+    num_kv_heads = key.shape[1]
+    grouped = query[:, :, -1, :].reshape(batch, num_kv_heads, num_heads // num_kv_heads, head_dim).float()
+    logits = torch.einsum("bgrd,bgkd->bgrk", grouped, key.float()) * scaling  # [B, H_kv, groups, kv_len]
+    if attention_mask is not None:
+        last_row = attention_mask[:, 0, -1, :] if attention_mask.ndim == 4 else attention_mask
+        last_row = last_row[:, None, None, -logits.shape[-1] :]
+        if last_row.dtype == torch.bool:
+            logits = logits.masked_fill(~last_row, float("-inf"))
+        elif attention_mask.ndim == 2:
+            logits = logits.masked_fill(last_row == 0, float("-inf"))
+        else:
+            logits = logits + last_row.float()
+    return logits.softmax(-1).mean(dim=(1, 2))
+
+
+class ScoreSink:
+    """Where the scored attention function leaves the scores of the layer the engine asked for."""
+
+    def __init__(self) -> None:
+        self.layer: int | None = None
+        self.scores: torch.Tensor | None = None
+
+    def request(self, layer_idx: int | None) -> None:
+        self.layer = layer_idx
+        self.scores = None
+
+    def take(self) -> torch.Tensor | None:
+        scores, self.scores, self.layer = self.scores, None, None
+        return scores
+
+
+def base_attention(name: str, module: torch.nn.Module) -> Callable[..., Any]:
+    """The kernel registered as ``name`` (``"eager"`` is the module's own ``eager_attention_forward``)."""
+    if name == "eager":
+        return sys.modules[type(module).__module__].eager_attention_forward  # type: ignore[attr-defined]
+    return ALL_ATTENTION_FUNCTIONS[name]
+
+
+def _scored_attention(base: str) -> Callable[..., Any]:
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        sink: ScoreSink | None = getattr(module, SINK_ATTRIBUTE, None)
+        if sink is not None and sink.layer == module.layer_idx:
+            scaling = kwargs.get("scaling") or module.scaling
+            sink.scores = last_query_scores(query, key, attention_mask, scaling)
+        return base_attention(base, module)(module, query, key, value, attention_mask, **kwargs)
+
+    attention.__name__ = f"{PREFIX}{base}_attention"
+    return attention
+
+
+def register_scored_attention(base: str) -> str:
+    """Register ``fastav_<base>`` (attention function and mask builder) once; return its name."""
+    if base.startswith(PREFIX):
+        raise ValueError(f"attn_implementation={base!r} is already a FastAV wrapper")
+    if base != "eager" and base not in ALL_ATTENTION_FUNCTIONS:
+        raise ValueError(
+            f"attn_implementation={base!r}; accepted: eager or one of {sorted(ALL_ATTENTION_FUNCTIONS.keys())}"
+        )
+    if base not in ALL_MASK_ATTENTION_FUNCTIONS:
+        raise ValueError(f"attn_implementation={base!r} has no mask builder in transformers' AttentionMaskInterface")
+    name = f"{PREFIX}{base}"
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, _scored_attention(base))
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+    return name

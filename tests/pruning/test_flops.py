@@ -1,0 +1,76 @@
+"""FLOPs accounting: the formulas, the paper's Table 4 from the engine's own schedule, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fastav_eval.cli import main
+from fastav_eval.pruning import (
+    DecoderShape,
+    ModalityLayout,
+    PruningConfig,
+    PruningProfile,
+    layer_flops,
+    relative_flops,
+)
+from fastav_eval.pruning.plan import simulate_prefill
+from fastav_eval.pruning.presets import QWEN2_7B, get_preset
+from tests.conftest import tiny_qwen2
+
+TABLE_4 = {0.0: 65, 0.1: 59, 0.2: 56, 0.3: 54}
+
+
+def test_fastv_formula_by_hand():
+    shape = DecoderShape(num_layers=2, hidden_size=10, intermediate_size=30, num_heads=2, num_kv_heads=2, head_dim=5)
+    n = torch.tensor(7)
+    assert float(layer_flops(n, shape, "fastv")) == 4 * 7 * 100 + 2 * 49 * 10 + 2 * 7 * 10 * 30
+    # exact: q, k, v, o projections (no GQA here) + QK^T and AV + three SwiGLU matrices.
+    assert float(layer_flops(n, shape, "exact")) == 4 * 7 * 10 * 10 + 2 * 49 * 10 + 3 * 7 * 10 * 30
+    gqa = DecoderShape(num_layers=2, hidden_size=10, intermediate_size=30, num_heads=2, num_kv_heads=1, head_dim=5)
+    assert float(layer_flops(n, gqa, "exact")) == 7 * 10 * (2 * 2 + 2 * 1) * 5 + 2 * 49 * 10 + 3 * 7 * 10 * 30
+    assert float(relative_flops(torch.tensor([7, 7]), shape)) == 100.0
+    with pytest.raises(ValueError, match=r"convention='flash'; accepted: \['fastv', 'exact'\]"):
+        layer_flops(n, shape, "flash")
+
+
+@pytest.mark.parametrize(("fine_ratio", "paper"), sorted(TABLE_4.items()))
+def test_videollama2_preset_reproduces_table_4(fine_ratio, paper):
+    result = get_preset("videollama2").run(fine_ratio=fine_ratio)
+    assert abs(result["relative_flops"] - paper) <= 1.5
+    assert result["prompt_tokens"] == {"text": 44, "video": 676, "audio": 1496}
+    assert result["tokens_per_layer"][:14] == [2216] * 14 and result["tokens_per_layer"][14] == 44 + 676 + 10
+
+
+def test_video_salmonn2_preset_reproduces_table_1():
+    assert abs(get_preset("video_salmonn2").run(fine_ratio=0.2)["relative_flops"] - 58) <= 2
+
+
+def test_engine_stats_equal_the_simulated_schedule():
+    """The FLOPs presets rely on simulate_prefill: it must count what a real prefill processed."""
+    model = tiny_qwen2()
+    layout = ModalityLayout.from_segments([[("text", 3), ("video", 16), ("audio", 24), ("text", 5)]])
+    config = PruningConfig(global_layer=3, profile=PruningProfile.prefix(audio=4), fine_ratio=0.3)
+    from fastav_eval.pruning import install
+
+    engine = install(model, config)
+    with engine.layout(layout):
+        model(torch.randint(1, 90, (1, layout.length)))
+    real = engine.last_stats
+    engine.uninstall()
+    simulated = simulate_prefill(layout, config, num_layers=6)
+    assert torch.equal(real.tokens_per_layer, simulated.tokens_per_layer)
+    assert real.relative_flops(DecoderShape.from_config(model.config)).item() < 100
+
+
+def test_cli_prints_one_json_object(capsys):
+    assert main(["flops", "--preset", "videollama2", "--fine-ratio", "0.2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert abs(result["relative_flops"] - 56) <= 1.5
+    assert result["shape"] == vars(QWEN2_7B) and "8 frames" in result["assumptions"]
+    assert main(["flops", "--preset", "video_salmonn2", "--fine-ratio", "0.2", "--convention", "exact"]) == 0
+    assert abs(json.loads(capsys.readouterr().out)["relative_flops"] - 58) <= 2
+    assert main(["flops", "--preset", "videollama2", "--fine-ratio", "1"]) == 2
+    assert "fine_ratio=1.0; accepted: a number in [0, 1)" in capsys.readouterr().err
