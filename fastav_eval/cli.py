@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from fastav_eval.plots import plot_tokens_per_layer
 from fastav_eval.pruning.config import FINE_RULES
 from fastav_eval.pruning.flops import CONVENTIONS
 from fastav_eval.pruning.presets import PRESETS, get_preset
@@ -16,6 +17,9 @@ def _flops(args: argparse.Namespace) -> int:
     result = get_preset(args.preset).run(
         fine_ratio=args.fine_ratio, fine_rule=args.fine_rule, convention=args.convention
     )
+    if args.plot:
+        title = f"{args.preset}: FastAV, P = {args.fine_ratio:g}, {result['relative_flops']:.1f}% FLOPs"
+        result["plot"] = str(plot_tokens_per_layer(result["kept_per_layer"], title, args.plot))
     print(json.dumps(result, indent=None if args.compact else 2))
     return 0
 
@@ -33,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--fine-rule", choices=FINE_RULES, default="low_attentive")
     flops.add_argument("--convention", choices=CONVENTIONS, default="fastv")
     flops.add_argument("--compact", action="store_true", help="print the JSON on one line")
+    flops.add_argument("--plot", metavar="PNG", help="also draw the tokens each layer processed, per modality")
     flops.set_defaults(handler=_flops)
     return parser
 

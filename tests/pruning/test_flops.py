@@ -74,3 +74,10 @@ def test_cli_prints_one_json_object(capsys):
     assert abs(json.loads(capsys.readouterr().out)["relative_flops"] - 58) <= 2
     assert main(["flops", "--preset", "videollama2", "--fine-ratio", "1"]) == 2
     assert "fine_ratio=1.0; accepted: a number in [0, 1)" in capsys.readouterr().err
+
+
+def test_cli_plot_writes_a_png(tmp_path, capsys):
+    path = tmp_path / "tokens.png"
+    assert main(["flops", "--preset", "video_salmonn2", "--plot", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["plot"] == str(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
