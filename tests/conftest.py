@@ -14,34 +14,29 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 VOCAB = 97
 
 
-def tiny_qwen2(attn: str = "sdpa", layers: int = 6, seed: int = 0) -> Qwen2ForCausalLM:
+def _tiny(config_class, model_class, attn: str, layers: int, kv_heads: int, seed: int):
     torch.manual_seed(seed)
-    config = Qwen2Config(
+    config = config_class(
         vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=layers,
         num_attention_heads=4,
-        num_key_value_heads=2,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=1024,
         attn_implementation=attn,
     )
-    return Qwen2ForCausalLM(config).eval()
+    return model_class(config).eval()
+
+
+def tiny_qwen2(attn: str = "sdpa", layers: int = 6, seed: int = 0) -> Qwen2ForCausalLM:
+    """6 layers, d 64, 4 query / 2 KV heads."""
+    return _tiny(Qwen2Config, Qwen2ForCausalLM, attn, layers, kv_heads=2, seed=seed)
 
 
 def tiny_llama(attn: str = "sdpa", layers: int = 4, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        attn_implementation=attn,
-    )
-    return LlamaForCausalLM(config).eval()
+    """4 layers, d 64, 4 query heads sharing 1 KV head."""
+    return _tiny(LlamaConfig, LlamaForCausalLM, attn, layers, kv_heads=1, seed=seed)
 
 
 @pytest.fixture(autouse=True)

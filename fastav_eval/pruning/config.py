@@ -74,21 +74,12 @@ class PruningConfig:
         """No pruning: the engine's forward then computes exactly what the stock decoder does."""
         return cls(global_rule=None, fine_ratio=0.0)
 
-    @property
-    def enabled(self) -> bool:
-        return self.global_rule is not None or self.fine_ratio > 0 or self.chooser is not None
-
     def resolve(self, num_layers: int) -> PruningConfig:
         """Check the config against a decoder of ``num_layers`` layers; return it with defaults filled in.
 
         ``global_layer`` becomes concrete and ``profile`` a loaded :class:`PruningProfile`.
         """
-        global_layer = num_layers // 2 if self.global_layer is None else self.global_layer
-        if not 1 <= global_layer < num_layers:
-            raise ValueError(
-                f"global_layer={global_layer}; accepted: an int in [1, {num_layers - 1}] for a "
-                f"{num_layers}-layer decoder (layer 0's KV cache is never pruned)"
-            )
+        global_layer = resolve_global_layer(self.global_layer, num_layers)
         profile = self.profile
         if isinstance(profile, str | Path):
             profile = PruningProfile.load(profile)
@@ -111,3 +102,14 @@ class PruningConfig:
         if self.chooser is not None:
             parts.append(f"chooser {getattr(self.chooser, '__name__', type(self.chooser).__name__)}")
         return "; ".join(parts) or "no pruning"
+
+
+def resolve_global_layer(global_layer: int | None, num_layers: int) -> int:
+    """``global_layer`` checked against a ``num_layers``-deep decoder; None means half the depth."""
+    resolved = num_layers // 2 if global_layer is None else global_layer
+    if not 1 <= resolved < num_layers:
+        raise ValueError(
+            f"global_layer={resolved}; accepted: an int in [1, {num_layers - 1}] for a "
+            f"{num_layers}-layer decoder (layer 0's KV cache is never pruned)"
+        )
+    return resolved

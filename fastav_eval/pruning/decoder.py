@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import logging
 import types
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,13 +71,29 @@ def find_text_model(model: nn.Module) -> nn.Module:
     )
 
 
+@dataclass
+class _LayerInputs:
+    """What every decoder layer of one forward receives besides its hidden states and mask."""
+
+    cos: torch.Tensor  # [B or 1, L, head_dim]
+    sin: torch.Tensor
+    text_position_ids: torch.Tensor | None  # [B or 1, L]; for masks and FlashAttention's packing check
+    cache: Cache | None
+    use_cache: bool
+    kwargs: dict[str, Any]
+
+
 class FastAVDecoder:
     """FastAV installed on one text decoder. Create it with :func:`install`.
+
+    A pruned prefill returns hidden states (and so logits) for the tokens the last layer kept only,
+    ``[B, L_last, ...]``; the last row is still the last prompt token. ``last_stats.kv_positions[-1]`` maps the
+    rows back to prompt positions. Decode steps return one row per new token, as usual.
 
     Attributes:
         config: the resolved :class:`PruningConfig`.
         shape: the decoder's :class:`DecoderShape` (for FLOPs).
-        last_stats: what the most recent pruned prefill processed, or None.
+        last_stats: what the most recent fresh prefill with a layout processed; None after a prefill without one.
     """
 
     def __init__(self, text_model: nn.Module, config: PruningConfig) -> None:
@@ -93,8 +111,8 @@ class FastAVDecoder:
         self.last_stats: PrefillStats | None = None
         self._layout: ModalityLayout | None = None
         self._sink = ScoreSink()
-        self._decode_state: _DecodeState | None = None
-        self._original_attn = text_config._attn_implementation or "eager"
+        self._decode_states: weakref.WeakKeyDictionary[Cache, _DecodeState] = weakref.WeakKeyDictionary()
+        self._original_attn: str | None = text_config._attn_implementation
         self._installed = False
 
     # ------------------------------------------------------------------ install / uninstall
@@ -102,8 +120,8 @@ class FastAVDecoder:
         text_model = self.text_model
         if getattr(text_model, ENGINE_ATTRIBUTE, None) is not None:
             raise ValueError("FastAV is already installed on this model; call uninstall() first")
-        attn = self._original_attn.removeprefix(PREFIX)
-        text_model.config._attn_implementation = register_scored_attention(attn)
+        kernel = (self._original_attn or "eager").removeprefix(PREFIX)
+        text_model.config._attn_implementation = register_scored_attention(kernel)
         for layer in text_model.layers:
             setattr(layer.self_attn, SINK_ATTRIBUTE, self._sink)
         text_model.forward = types.MethodType(_pruned_forward, text_model)
@@ -113,7 +131,7 @@ class FastAVDecoder:
             "FastAV installed on %s (%d layers, attention %s): %s",
             type(text_model).__name__,
             self.num_layers,
-            attn,
+            kernel,
             self.config.describe(),
         )
 
@@ -129,7 +147,6 @@ class FastAVDecoder:
         delattr(text_model, ENGINE_ATTRIBUTE)
         self._installed = False
 
-    # ------------------------------------------------------------------ per-call input
     @contextmanager
     def layout(self, layout: ModalityLayout) -> Iterator[FastAVDecoder]:
         """Prune every fresh prefill run inside this block with ``layout`` (``[B, L]``, the prompt)."""
@@ -138,10 +155,6 @@ class FastAVDecoder:
             yield self
         finally:
             self._layout = previous
-
-    def set_layout(self, layout: ModalityLayout | None) -> None:
-        """Set (or clear) the layout used by the following prefills; prefer :meth:`layout` as a block."""
-        self._layout = layout
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -162,6 +175,11 @@ class FastAVDecoder:
                 raise ValueError(f"{flag}=True is not supported while FastAV is installed (layers differ in length)")
         if isinstance(attention_mask, dict):
             raise ValueError("precomputed mask dicts (static caches, torch.compile) are not supported with FastAV")
+        if past_key_values is not None and not isinstance(past_key_values, DynamicCache):
+            raise ValueError(
+                f"past_key_values={type(past_key_values).__name__}; accepted: DynamicCache or None "
+                "(pruned layers hold caches of different lengths)"
+            )
         if use_cache is None:
             use_cache = bool(getattr(text_model.config, "use_cache", True))
         if inputs_embeds is None:
@@ -172,26 +190,18 @@ class FastAVDecoder:
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         position_ids, text_position_ids = self._positions(position_ids, batch, length, past_length, inputs_embeds)
         cos, sin = text_model.rotary_emb(inputs_embeds, position_ids)
+        inputs = _LayerInputs(cos, sin, text_position_ids, past_key_values, use_cache, kwargs)
 
         plan = self._start_prefill(past_length, attention_mask, batch, length)
         if plan is None:
-            hidden = self._run_unpruned(
-                inputs_embeds, cos, sin, attention_mask, text_position_ids, past_key_values, use_cache, kwargs
-            )
+            hidden = self._run_over_cache(inputs_embeds, attention_mask, inputs)
         else:
-            hidden = self._run_prefill(
-                plan, inputs_embeds, cos, sin, text_position_ids, past_key_values, use_cache, kwargs
-            )
+            hidden = self._run_prefill(plan, inputs_embeds, inputs)
         hidden = text_model.norm(hidden)
         return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values if use_cache else None)
 
     def _positions(
-        self,
-        position_ids: torch.Tensor | None,
-        batch: int,
-        length: int,
-        past_length: int,
-        embeds: torch.Tensor,
+        self, position_ids: torch.Tensor | None, batch: int, length: int, past_length: int, embeds: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(rotary position ids, text position ids for masks)`` as the stock forward derives them."""
         if self.position_scheme == "rope":
@@ -214,31 +224,24 @@ class FastAVDecoder:
         layout = self._layout
         if past_length > 0:
             return None
-        self._decode_state = None
+        self.last_stats = None
         if layout is None or length < 2:
             return None
         if (layout.batch_size, layout.length) != (batch, length):
             raise ValueError(
-                f"layout is [{layout.batch_size}, {layout.length}] but the prefill input is [{batch}, {length}]"
+                f"layout is [{layout.batch_size}, {layout.length}] but the prefill input is [{batch}, {length}]; "
+                "FastAV prunes the prompt's prefill once, so generate with use_cache=True and without "
+                "assisted or prompt-lookup decoding"
             )
         layout = layout.to(self.text_model.embed_tokens.weight.device)
         layout.check_padding(None if attention_mask is None else attention_mask[:, :length])
         return PrefillPlan(layout, self.config, self.num_layers)
 
-    def _run_prefill(
-        self,
-        plan: PrefillPlan,
-        hidden: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        text_position_ids: torch.Tensor | None,
-        cache: Cache | None,
-        use_cache: bool,
-        kwargs: dict[str, Any],
-    ) -> torch.Tensor:
+    def _run_prefill(self, plan: PrefillPlan, hidden: torch.Tensor, inputs: _LayerInputs) -> torch.Tensor:
         config = self.text_model.config
-        mask = _causal_mask(config, hidden, plan.valid, cache, text_position_ids, layer_idx=0)
-        layer_position_ids = text_position_ids
+        mask = _causal_mask(config, hidden, plan.valid, inputs.cache, inputs.text_position_ids, layer_idx=0)
+        position_ids = inputs.text_position_ids
+        cos, sin = inputs.cos, inputs.sin
         segment_valid: list[torch.Tensor] = []
         scores = None
         for layer_idx, layer in enumerate(self.text_model.layers):
@@ -247,87 +250,86 @@ class FastAVDecoder:
                 hidden = _gather(hidden, index)
                 cos, sin = _gather(cos, index), _gather(sin, index)
                 # Kept positions are no longer contiguous: masks and FlashAttention must not read them as packing.
-                layer_position_ids = None
-                mask = _causal_mask(config, hidden, plan.valid, cache, None, layer_idx=layer_idx)
+                position_ids = None
+                mask = _causal_mask(config, hidden, plan.valid, inputs.cache, None, layer_idx=layer_idx)
             segment_valid.append(plan.valid)
             self._sink.request(layer_idx if plan.needs_scores(layer_idx) else None)
-            hidden = layer(
-                hidden,
-                attention_mask=mask,
-                position_embeddings=(cos, sin),
-                position_ids=layer_position_ids,
-                past_key_values=cache,
-                use_cache=use_cache,
-                **kwargs,
-            )
+            hidden = _run_layer(layer, hidden, mask, cos, sin, position_ids, inputs)
             scores = self._sink.take()
         self.last_stats = plan.stats()
-        if use_cache and cache is not None:
-            self._decode_state = _DecodeState(cache, prompt_length=plan.layout.length, kv_valid=segment_valid)
+        if inputs.use_cache and inputs.cache is not None:
+            self._decode_states[inputs.cache] = _DecodeState(plan.layout.length, segment_valid)
         return hidden
 
-    def _run_unpruned(
-        self,
-        hidden: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        text_position_ids: torch.Tensor | None,
-        cache: Cache | None,
-        use_cache: bool,
-        kwargs: dict[str, Any],
+    def _run_over_cache(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, inputs: _LayerInputs
     ) -> torch.Tensor:
-        """A forward without pruning: the stock computation, with per-layer masks over a pruned cache."""
-        config = self.text_model.config
-        state = self._decode_state
-        if state is not None and state.cache is not cache:
-            state = self._decode_state = None
-        if state is None and cache is not None:
-            lengths = {cache.get_seq_length(i) for i in range(len(getattr(cache, "layers", [])))}
-            if len(lengths) > 1:
-                raise ValueError("this cache holds pruned layers from a prefill this engine did not run")
+        """A forward that prunes nothing: decode steps and continuations (per-layer masks over a pruned cache),
+        and prefills without a layout (the stock computation)."""
+        config, cache = self.text_model.config, inputs.cache
+        state = self._decode_states.get(cache) if cache is not None else None
+        if state is None and cache is not None and cache.get_seq_length() > 0:
+            if len({cache.get_seq_length(i) for i in range(len(cache.layers))}) > 1:
+                raise ValueError("this cache holds pruned layers from a prefill another FastAV engine ran")
+            if self._layout is not None and hidden.shape[1] > 1:
+                raise ValueError(
+                    f"a layout is set, but this forward continues a cache of {cache.get_seq_length()} tokens that "
+                    "FastAV did not prune; FastAV prunes fresh prefills only (pass past_key_values=None)"
+                )
         masks: dict[int, Any] = {}
         for layer_idx, layer in enumerate(self.text_model.layers):
             if state is None:
-                key = 0
+                key, position_ids = 0, inputs.text_position_ids
                 if key not in masks:
-                    masks[key] = _causal_mask(config, hidden, attention_mask, cache, text_position_ids, layer_idx=0)
+                    masks[key] = _causal_mask(config, hidden, attention_mask, cache, position_ids, layer_idx=0)
             else:
-                key = id(state.kv_valid[layer_idx])
+                key, position_ids = id(state.kv_valid[layer_idx]), None
                 if key not in masks:
-                    layer_mask = state.mask_2d(layer_idx, attention_mask, hidden.shape[1])
+                    layer_mask = state.mask_2d(layer_idx, cache, attention_mask, hidden.shape[1])
                     masks[key] = _causal_mask(config, hidden, layer_mask, cache, None, layer_idx=layer_idx)
-            hidden = layer(
-                hidden,
-                attention_mask=masks[key],
-                position_embeddings=(cos, sin),
-                position_ids=text_position_ids if state is None else None,
-                past_key_values=cache,
-                use_cache=use_cache,
-                **kwargs,
-            )
+            hidden = _run_layer(layer, hidden, masks[key], inputs.cos, inputs.sin, position_ids, inputs)
         return hidden
 
 
 class _DecodeState:
     """Per-layer key validity of a pruned prompt, for the masks of later forwards over the same cache."""
 
-    def __init__(self, cache: Cache, prompt_length: int, kv_valid: list[torch.Tensor]) -> None:
-        self.cache = cache
+    def __init__(self, prompt_length: int, kv_valid: list[torch.Tensor]) -> None:
         self.prompt_length = prompt_length
         self.kv_valid = kv_valid  # per layer [B, L_i] bool; layers of one segment share one tensor
 
-    def mask_2d(self, layer_idx: int, attention_mask: torch.Tensor | None, new_tokens: int) -> torch.Tensor:
+    def mask_2d(
+        self, layer_idx: int, cache: Cache, attention_mask: torch.Tensor | None, new_tokens: int
+    ) -> torch.Tensor:
         """``[B, L_i + past_new + new_tokens]`` key mask of layer ``layer_idx`` for the current forward."""
         prompt_valid = self.kv_valid[layer_idx]
-        cached_new = self.cache.get_seq_length(0) - self.prompt_length
+        cached_new = cache.get_seq_length(0) - self.prompt_length
         if attention_mask is not None:
             tail = attention_mask[:, self.prompt_length :].bool()
         else:
-            tail = torch.ones(
-                prompt_valid.shape[0], cached_new + new_tokens, dtype=torch.bool, device=prompt_valid.device
-            )
+            shape = (prompt_valid.shape[0], cached_new + new_tokens)
+            tail = torch.ones(shape, dtype=torch.bool, device=prompt_valid.device)
         return torch.cat([prompt_valid, tail], dim=1)
+
+
+def _run_layer(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    mask: Any,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    inputs: _LayerInputs,
+) -> torch.Tensor:
+    return layer(
+        hidden,
+        attention_mask=mask,
+        position_embeddings=(cos, sin),
+        position_ids=position_ids,
+        past_key_values=inputs.cache,
+        use_cache=inputs.use_cache,
+        **inputs.kwargs,
+    )
 
 
 def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

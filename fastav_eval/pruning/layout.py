@@ -68,6 +68,9 @@ class ModalityLayout:
         for name in ("rank", "chunk"):
             if getattr(self, name).shape != self.modality.shape:
                 raise ValueError(f"{name} must have the shape of modality {tuple(self.modality.shape)}")
+        valid = (self.modality != Modality.PAD).int()
+        if not bool(valid[:, -1].all()) or bool((valid[:, 1:] < valid[:, :-1]).any()):
+            raise ValueError("padding must be on the left: each row is [PAD ... PAD, tokens ...] with a last token")
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -161,11 +164,6 @@ class ModalityLayout:
         """``[B, L]`` bool, False on padding."""
         return self.modality != Modality.PAD
 
-    @property
-    def audio_visual(self) -> torch.Tensor:
-        """``[B, L]`` bool, True on video and audio tokens."""
-        return (self.modality == Modality.VIDEO) | (self.modality == Modality.AUDIO)
-
     def count(self, name: str) -> torch.Tensor:
         """``[B]`` number of tokens of modality ``name`` per sample."""
         return (self.modality == modality_code(name)).sum(1)
@@ -193,4 +191,4 @@ class ModalityLayout:
                 f"shape {tuple(attention_mask.shape)}"
             )
         if not torch.equal(attention_mask.to(self.device) != 0, self.valid):
-            raise ValueError("layout padding does not match the zeros of attention_mask (pad on the left)")
+            raise ValueError("layout padding does not match the zeros of attention_mask")

@@ -20,14 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from fastav_eval.pruning.config import resolve_global_layer
 from fastav_eval.pruning.decoder import ENGINE_ATTRIBUTE, find_text_model
 from fastav_eval.pruning.layout import AV_MODALITIES, ModalityLayout, modality_code
 from fastav_eval.pruning.profile import PrefixKeep, PruningProfile
-from fastav_eval.pruning.scoring import base_attention
+from fastav_eval.pruning.scoring import base_attention, register_wrapper
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +85,6 @@ def _rollout_attention(module, query, key, value, attention_mask, **kwargs):
     return output, None
 
 
-def _register_rollout_attention() -> None:
-    if ROLLOUT_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
-        AttentionInterface.register(ROLLOUT_ATTENTION, _rollout_attention)
-        AttentionMaskInterface.register(ROLLOUT_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-
-
 @torch.no_grad()
 def rollout_last_row(model: nn.Module, inputs: dict[str, Any], num_layers: int, alpha: float = 0.5) -> torch.Tensor:
     """Run ``model(**inputs)`` (batch 1, no padding) and return row L-1 of the rollout of layers ``< num_layers``.
@@ -103,7 +95,7 @@ def rollout_last_row(model: nn.Module, inputs: dict[str, Any], num_layers: int, 
     text_model = find_text_model(model)
     if getattr(text_model, ENGINE_ATTRIBUTE, None) is not None:
         raise ValueError("uninstall FastAV before calibrating: rollout needs the unpruned model")
-    _register_rollout_attention()
+    register_wrapper(ROLLOUT_ATTENTION, _rollout_attention, masks_of="eager")
     recorder = _RolloutRecorder(num_layers, alpha)
     original = text_model.config._attn_implementation
     text_model.config._attn_implementation = ROLLOUT_ATTENTION
@@ -172,9 +164,7 @@ def calibrate_profile(
     if not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins={bins!r}; accepted: an int >= 1")
     num_layers = len(find_text_model(model).layers)
-    global_layer = num_layers // 2 if global_layer is None else global_layer
-    if not 1 <= global_layer < num_layers:
-        raise ValueError(f"global_layer={global_layer}; accepted: an int in [1, {num_layers - 1}]")
+    global_layer = resolve_global_layer(global_layer, num_layers)
     totals: dict[str, torch.Tensor] = {}
     count = 0
     for inputs, layout in tqdm(samples, desc="rollout calibration", unit="sample"):

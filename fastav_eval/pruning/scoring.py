@@ -23,6 +23,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PREFIX = "fastav_"
 SINK_ATTRIBUTE = "_fastav_score_sink"
+SUPPORTED_KERNELS: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+"""Kernels the scored wrapper can sit in front of (flex attention's BlockMask and paged caches are not handled)."""
 
 
 def last_query_scores(
@@ -85,7 +87,13 @@ def _scored_attention(base: str) -> Callable[..., Any]:
         if sink is not None and sink.layer == module.layer_idx:
             scaling = kwargs.get("scaling") or module.scaling
             sink.scores = last_query_scores(query, key, attention_mask, scaling)
-        return base_attention(base, module)(module, query, key, value, attention_mask, **kwargs)
+        # Kernels may dispatch on the config's name (FlashAttention loads flash_attn only for its own name).
+        config = module.config
+        wrapper_name, config._attn_implementation = config._attn_implementation, base
+        try:
+            return base_attention(base, module)(module, query, key, value, attention_mask, **kwargs)
+        finally:
+            config._attn_implementation = wrapper_name
 
     attention.__name__ = f"{PREFIX}{base}_attention"
     return attention
@@ -93,16 +101,14 @@ def _scored_attention(base: str) -> Callable[..., Any]:
 
 def register_scored_attention(base: str) -> str:
     """Register ``fastav_<base>`` (attention function and mask builder) once; return its name."""
-    if base.startswith(PREFIX):
-        raise ValueError(f"attn_implementation={base!r} is already a FastAV wrapper")
-    if base != "eager" and base not in ALL_ATTENTION_FUNCTIONS:
-        raise ValueError(
-            f"attn_implementation={base!r}; accepted: eager or one of {sorted(ALL_ATTENTION_FUNCTIONS.keys())}"
-        )
-    if base not in ALL_MASK_ATTENTION_FUNCTIONS:
-        raise ValueError(f"attn_implementation={base!r} has no mask builder in transformers' AttentionMaskInterface")
-    name = f"{PREFIX}{base}"
+    if base not in SUPPORTED_KERNELS:
+        raise ValueError(f"attn_implementation={base!r}; accepted: {list(SUPPORTED_KERNELS)}")
+    return register_wrapper(f"{PREFIX}{base}", _scored_attention(base), masks_of=base)
+
+
+def register_wrapper(name: str, function: Callable[..., Any], masks_of: str) -> str:
+    """Register ``function`` as attention implementation ``name`` (once), building its masks like ``masks_of``."""
     if name not in ALL_ATTENTION_FUNCTIONS:
-        AttentionInterface.register(name, _scored_attention(base))
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+        AttentionInterface.register(name, function)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[masks_of])
     return name

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
+from transformers import StaticCache
 
 from fastav_eval.pruning import (
     ModalityLayout,
@@ -80,13 +84,26 @@ def test_profile_and_decision_fields():
         ModalityLayout.from_segments([[("text", 2), ("speech", 3)]])
 
 
-def test_unsupported_attention_and_models_are_named():
+@pytest.mark.parametrize("kernel", ["flex_attention", "paged|eager"])
+def test_unsupported_attention_and_models_are_named(kernel):
     model = tiny_qwen2()
-    model.config._attn_implementation = "paged_nonsense"
-    with pytest.raises(ValueError, match=r"attn_implementation='paged_nonsense'; accepted: eager or one of"):
+    model.config._attn_implementation = kernel
+    accepted = r"accepted: \['eager', 'sdpa', 'flash_attention_2', 'flash_attention_3'\]"
+    with pytest.raises(ValueError, match=rf"attn_implementation='{re.escape(kernel)}'; {accepted}"):
         install(model, PruningConfig(profile=PROFILE))
     with pytest.raises(ValueError, match="has no supported text decoder"):
         install(model.lm_head)
+
+
+def test_right_padding_and_static_caches_are_refused():
+    with pytest.raises(ValueError, match="padding must be on the left"):
+        ModalityLayout.from_token_ids(torch.tensor([[5, 6, 0]]), {"audio": 6}, torch.tensor([[1, 1, 0]]))
+    model = tiny_qwen2()
+    engine = install(model, PruningConfig(profile=PROFILE))
+    cache = StaticCache(config=model.config, max_cache_len=16)
+    with pytest.raises(ValueError, match="past_key_values=StaticCache; accepted: DynamicCache or None"):
+        model(torch.tensor([[1, 2, 3]]), past_key_values=cache)
+    engine.uninstall()
 
 
 def test_profile_json_round_trip(tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import DynamicCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from fastav_eval.pruning import (
     Modality,
@@ -12,7 +14,9 @@ from fastav_eval.pruning import (
     PruningConfig,
     PruningProfile,
     install,
+    scoring,
 )
+from fastav_eval.pruning.scoring import register_wrapper
 from tests.conftest import VOCAB, tiny_llama, tiny_qwen2
 from tests.pruning.oracle import kept_masks, masked_forward
 
@@ -208,21 +212,27 @@ def test_attentive_global_rules_keep_the_profile_budget():
     model = tiny_qwen2()
     input_ids, layout = prompt()
     kept_av = {}
+    audio_visual = layout.modality[0] > 0
     for rule in ("positional", "random", "low_attentive", "top_attentive"):
         config = PruningConfig(
-            global_rule=rule,
-            global_layer=3,
-            profile=PruningProfile.prefix(audio=4),
-            fine_ratio=0.0,
-            sink_tokens=0,
+            global_rule=rule, global_layer=3, profile=PruningProfile.prefix(audio=4), fine_ratio=0.0, sink_tokens=0
         )
         engine = install(model, config)
         with engine.layout(layout):
             model(input_ids)
         stats = engine.last_stats
         engine.uninstall()
-        kept_av[rule] = set(stats.kv_positions[3][0].tolist()) - set(range(3)) - set(range(43, 48))
+        kept = kept_masks(stats.kv_positions, layout.length)[3][0]
+        kept_av[rule] = set(torch.nonzero(kept & audio_visual).flatten().tolist())
         assert len(kept_av[rule]) == 16 + 4
+        if rule.endswith("attentive"):
+            # The oracle's last-query attention at layer K-1 = 2 separates kept from dropped tokens.
+            scores = masked_forward(model, input_ids, kept_masks(stats.kv_positions, layout.length))[1][2][0]
+            kept_scores, dropped_scores = scores[kept & audio_visual], scores[~kept & audio_visual]
+            if rule == "low_attentive":
+                assert kept_scores.min() >= dropped_scores.max()
+            else:
+                assert kept_scores.max() <= dropped_scores.min()
     assert kept_av["low_attentive"].isdisjoint(kept_av["top_attentive"])
     assert kept_av["positional"] == set(range(3, 23))
 
@@ -263,3 +273,94 @@ def test_layout_that_does_not_match_the_input_is_rejected():
     ):
         model(input_ids)
     engine.uninstall()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_continuing_a_pruned_cache_with_several_tokens(attn):
+    """A multi-token forward over a pruned cache (a second turn) sees each layer's own cache."""
+    model = tiny_qwen2(attn=attn)
+    input_ids, layout = prompt()
+    extra = torch.randint(1, VOCAB, (1, 4), generator=torch.Generator().manual_seed(9))
+    engine = install(model, FASTAV)
+    cache = DynamicCache(config=model.config)
+    with engine.layout(layout):
+        model(input_ids, past_key_values=cache)
+        continued = model(extra, past_key_values=cache, attention_mask=torch.ones(1, layout.length + 4)).logits
+    stats = engine.last_stats
+    engine.uninstall()
+    visible = [torch.cat([m, torch.ones(1, 4, dtype=torch.bool)], 1) for m in kept_masks(stats.kv_positions, 48)]
+    expected = masked_forward(model, torch.cat([input_ids, extra], 1), visible)[0][:, -4:]
+    assert torch.allclose(continued, expected, atol=1e-5)
+
+
+def test_interleaved_conversations_keep_their_own_caches():
+    model = tiny_qwen2()
+    (ids_a, layout_a), (ids_b, layout_b) = prompt(seed=1), prompt([("text", 2), ("audio", 30), ("text", 3)], seed=2)
+    engine = install(model, FASTAV)
+
+    def greedy_steps(ids, cache, steps):
+        tokens = [ids]
+        for _ in range(steps):
+            logits = model(tokens[-1], past_key_values=cache).logits[:, -1]
+            tokens.append(logits.argmax(-1, keepdim=True))
+        return torch.cat(tokens[1:], 1)
+
+    alone = []
+    for ids, layout in ((ids_a, layout_a), (ids_b, layout_b)):
+        with engine.layout(layout):
+            alone.append(greedy_steps(ids, DynamicCache(config=model.config), 4))
+    cache_a, cache_b = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    with engine.layout(layout_a):
+        first_a = greedy_steps(ids_a, cache_a, 1)
+    with engine.layout(layout_b):
+        first_b = greedy_steps(ids_b, cache_b, 1)
+    rest_a = greedy_steps(first_a[:, -1:], cache_a, 3)
+    rest_b = greedy_steps(first_b[:, -1:], cache_b, 3)
+    engine.uninstall()
+    assert torch.equal(torch.cat([first_a, rest_a], 1), alone[0])
+    assert torch.equal(torch.cat([first_b, rest_b], 1), alone[1])
+
+
+def test_stats_belong_to_the_last_prefill_and_stray_layouts_are_refused():
+    model = tiny_qwen2()
+    input_ids, layout = prompt()
+    engine = install(model, FASTAV)
+    with engine.layout(layout):
+        model(input_ids)
+    assert engine.last_stats is not None
+    model(input_ids)  # a prefill without a layout: stock computation, no stats
+    assert engine.last_stats is None
+    cache = DynamicCache(config=model.config)
+    model(input_ids[:, :10], past_key_values=cache)  # an unpruned cache ...
+    with engine.layout(layout), pytest.raises(ValueError, match="continues a cache of 10 tokens that FastAV did not"):
+        model(input_ids[:, 10:], past_key_values=cache)  # ... continued while a layout is set
+    engine.uninstall()
+
+
+def test_scored_wrapper_scores_only_the_requested_layer_and_runs_the_real_kernel(monkeypatch):
+    """The wrapper hands the kernel its own name back (FlashAttention dispatches on it) and the same tensors."""
+    seen = []
+
+    def spy_kernel(module, query, key, value, attention_mask, **kwargs):
+        seen.append((module.layer_idx, module.config._attn_implementation))
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+    register_wrapper("spy_kernel", spy_kernel, masks_of="sdpa")
+    monkeypatch.setattr(scoring, "SUPPORTED_KERNELS", (*scoring.SUPPORTED_KERNELS, "spy_kernel"))
+    model = tiny_qwen2(attn="spy_kernel")
+    input_ids, _ = prompt()
+    stock = model(input_ids).logits
+    engine = install(
+        model, PruningConfig(global_rule="low_attentive", global_layer=3, profile=FASTAV.profile, fine_ratio=0.0)
+    )
+    sink = engine._sink
+    recorded = []
+    take = sink.take
+    monkeypatch.setattr(sink, "take", lambda: recorded.append(sink.layer) or take())
+    seen.clear()
+    with engine.layout(ModalityLayout.from_segments([[("text", 48)]])):  # nothing to drop: same computation
+        ours = model(input_ids).logits
+    engine.uninstall()
+    assert seen == [(layer, "spy_kernel") for layer in range(6)]
+    assert recorded == [None, None, 2, None, None, None], "scores are requested at layer K-1 only"
+    assert torch.allclose(ours, stock, atol=1e-6)

@@ -116,11 +116,11 @@ def test_pruning_off_matches_stock_thinker():
 def test_thinker_generates_under_pruning_and_matches_masking():
     model, inputs = tiny_thinker(), omni_inputs()
     layout = omni_layout(inputs)
-    captured = {}
+    steps = []  # what the thinker hands its text model at prefill and at each decode step
 
     def capture(_module, _args, kwargs):
-        if kwargs["inputs_embeds"].shape[1] == layout.length:
-            captured.update(embeds=kwargs["inputs_embeds"], position_ids=kwargs["position_ids"])
+        position_ids = kwargs["position_ids"]
+        steps.append((kwargs["inputs_embeds"], position_ids[1:] if position_ids.shape[0] == 4 else position_ids))
 
     hook = model.model.language_model.register_forward_pre_hook(capture, with_kwargs=True)
     engine = install(model, FIRST_CHUNK)
@@ -140,14 +140,18 @@ def test_thinker_generates_under_pruning_and_matches_masking():
     text = set(torch.nonzero(layout.modality[0] == Modality.TEXT).flatten().tolist())
     assert all(text <= set(positions[0].tolist()) for positions in stats.kv_positions)
 
-    # Oracle: the thinker's text model over the full sequence with per-layer key masks, from the same embeddings.
-    position_ids = captured["position_ids"]
-    position_ids = position_ids[1:] if position_ids.shape[0] == 4 else position_ids
+    # Oracle: the thinker's text model over the full sequence (prompt + generated tokens, TMRoPE positions
+    # as generate produced them) with per-layer key masks; every step's logits must match.
+    embeds = torch.cat([step[0] for step in steps], 1)
+    position_ids = torch.cat([step[1] for step in steps], -1)
+    generated = embeds.shape[1] - layout.length
+    visible = [
+        torch.cat([mask, torch.ones(1, generated, dtype=torch.bool)], 1)
+        for mask in kept_masks(stats.kv_positions, layout.length)
+    ]
     hidden, _ = masked_decoder(
-        model.model.language_model,
-        captured["embeds"],
-        position_ids,
-        kept_masks(stats.kv_positions, layout.length),
-        inputs["attention_mask"],
+        model.model.language_model, embeds, position_ids, visible, torch.ones(1, embeds.shape[1], dtype=torch.long)
     )
-    assert torch.allclose(model.lm_head(hidden[:, -1]), output.logits[0], atol=1e-5)
+    assert len(output.logits) == generated + 1
+    for step, logits in enumerate(output.logits):
+        assert torch.allclose(model.lm_head(hidden[:, layout.length - 1 + step]), logits, atol=1e-5)
