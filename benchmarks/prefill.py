@@ -25,6 +25,7 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -59,9 +60,9 @@ def build_model(shape: DecoderShape, dtype: torch.dtype, device: str, attn: str)
         attn_implementation=attn,
     )
     torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2ForCausalLM(config)
-    return model.to(dtype).eval()
+    with torch.device(device):  # built where it runs, in its dtype: a 7B model never exists in fp32
+        model = Qwen2ForCausalLM._from_config(config, dtype=dtype)
+    return model.eval()
 
 
 def synchronize(device: str) -> None:
@@ -76,6 +77,25 @@ def timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
     result = fn()
     synchronize(device)
     return time.perf_counter() - start, result
+
+
+def machine(device: str) -> str:
+    """The processor (or GPU) the figures came from."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(device)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        models = (
+            [
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ]
+            if cpuinfo.exists()
+            else []
+        )
+        name = models[0] if models else platform.processor() or platform.machine()
+    return f"{name}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
 
 
 def kv_bytes(cache) -> int:
@@ -150,8 +170,7 @@ def main() -> None:
     wall_ratio = median["fastav"] / median["unpruned"]
     figures = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__} "
-        f"threads {torch.get_num_threads()} device {device}".strip(),
+        "machine": machine(device),
         "shape": vars(shape),
         "dtype": args.dtype,
         "attn": args.attn,
