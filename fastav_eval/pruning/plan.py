@@ -20,6 +20,7 @@ import torch
 from fastav_eval.pruning.config import PruningConfig
 from fastav_eval.pruning.flops import DecoderShape, relative_flops
 from fastav_eval.pruning.layout import MODALITY_NAMES, ModalityLayout
+from fastav_eval.pruning.profile import PruningProfile
 from fastav_eval.pruning.rules import PruneContext, Stage, apply_decision, fine_keep, global_keep
 
 ATTENTIVE_RULES = ("low_attentive", "top_attentive")
@@ -153,8 +154,8 @@ class PrefillPlan:
         if decision is not None:
             keep = apply_decision(decision, context, rule)
         elif stage == "global" and config.global_rule is not None:
-            assert config.profile is not None and not isinstance(config.profile, str)
-            keep = global_keep(context, config.global_rule, config.profile)  # type: ignore[arg-type]
+            assert isinstance(config.profile, PruningProfile), "resolve() loads the profile"
+            keep = global_keep(context, config.global_rule, config.profile)
         elif stage == "fine":
             keep = fine_keep(context, config.fine_rule, config.fine_ratio)
         else:
