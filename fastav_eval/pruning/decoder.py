@@ -36,7 +36,7 @@ from fastav_eval.pruning.config import PruningConfig
 from fastav_eval.pruning.flops import DecoderShape
 from fastav_eval.pruning.layout import ModalityLayout
 from fastav_eval.pruning.plan import PrefillPlan, PrefillStats
-from fastav_eval.pruning.scoring import PREFIX, SINK_ATTRIBUTE, ScoreSink, register_scored_attention
+from fastav_eval.pruning.scoring import SINK_ATTRIBUTE, ScoreSink, register_scored_attention
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class FastAVDecoder:
         text_model = self.text_model
         if getattr(text_model, ENGINE_ATTRIBUTE, None) is not None:
             raise ValueError("FastAV is already installed on this model; call uninstall() first")
-        kernel = (self._original_attn or "eager").removeprefix(PREFIX)
+        kernel = self._original_attn or "eager"
         text_model.config._attn_implementation = register_scored_attention(kernel)
         for layer in text_model.layers:
             setattr(layer.self_attn, SINK_ATTRIBUTE, self._sink)

@@ -84,7 +84,7 @@ def test_profile_and_decision_fields():
         ModalityLayout.from_segments([[("text", 2), ("speech", 3)]])
 
 
-@pytest.mark.parametrize("kernel", ["flex_attention", "paged|eager"])
+@pytest.mark.parametrize("kernel", ["flex_attention", "paged|eager", "fastav_sdpa"])
 def test_unsupported_attention_and_models_are_named(kernel):
     model = tiny_qwen2()
     model.config._attn_implementation = kernel
