@@ -84,17 +84,12 @@ def machine(device: str) -> str:
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(device)
     else:
+        name = platform.processor() or platform.machine()
         cpuinfo = Path("/proc/cpuinfo")
-        models = (
-            [
-                line.split(":", 1)[1].strip()
-                for line in cpuinfo.read_text().splitlines()
-                if line.startswith("model name")
-            ]
-            if cpuinfo.exists()
-            else []
-        )
-        name = models[0] if models else platform.processor() or platform.machine()
+        for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
     return f"{name}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
 
 
