@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fastav_eval.plots import plot_tokens_per_layer
 from fastav_eval.pruning.config import FINE_RULES
@@ -24,6 +25,57 @@ def _flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_testbed(args: argparse.Namespace) -> int:
+    import logging
+
+    from fastav_eval.testbed.train import TrainConfig, train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "threads": args.threads}
+    config = TrainConfig(**{name: value for name, value in overrides.items() if value is not None})
+    train(args.out, config)
+    print(f"saved the testbed model to {args.out}")
+    return 0
+
+
+def tasks_path() -> Path:
+    """The folder holding FastAV-Eval's lmms-eval task YAMLs (the repository's ``tasks/``)."""
+    path = Path(__file__).resolve().parent.parent / "tasks"
+    if not (path / "avsynth" / "avsynth.yaml").is_file():
+        raise ValueError(
+            f"no task folder at {path}: the lmms-eval tasks ship with the source tree, so install FastAV-Eval from a "
+            "clone with `bash install.sh` (an editable install)"
+        )
+    return path
+
+
+def _tasks_path(args: argparse.Namespace) -> int:
+    print(tasks_path())
+    return 0
+
+
+def _calibrate_testbed(args: argparse.Namespace) -> int:
+    import logging
+
+    from fastav_eval.testbed import TestbedModel
+    from fastav_eval.testbed.calibrate import calibrate_testbed
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    model = TestbedModel.load(args.weights)
+    profile = calibrate_testbed(model, args.docs_per_task, args.global_layer, args.mass)
+    profile.save(args.out)
+    print(f"{args.out}: {profile.describe()}")
+    return 0
+
+
+def _build_avsynth(args: argparse.Namespace) -> int:
+    from fastav_eval.avsynth.dataset import write_split
+
+    for path in write_split(args.out, args.split, args.per_task, args.seed, with_media=args.with_media):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastav-eval", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +91,40 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--compact", action="store_true", help="print the JSON on one line")
     flops.add_argument("--plot", metavar="PNG", help="also draw the tokens each layer processed, per modality")
     flops.set_defaults(handler=_flops)
+
+    where = commands.add_parser("tasks-path", help="print the folder to pass to lmms-eval as --include_path")
+    where.set_defaults(handler=_tasks_path)
+
+    build = commands.add_parser("build-avsynth", help="write an AV-Synth split: one parquet dataset per task")
+    build.add_argument("--out", required=True, help="folder; files go to <out>/<split>/<task>.parquet")
+    build.add_argument("--split", required=True, choices=["train", "val", "test"])
+    build.add_argument("--per-task", type=int, default=240, help="documents per task (default 240)")
+    build.add_argument("--seed", type=int, default=20261121)
+    build.add_argument("--with-media", action="store_true", help="store frames and waveforms, not only scenes")
+    build.set_defaults(handler=_build_avsynth)
+
+    train = commands.add_parser(
+        "train-testbed",
+        help="train the small AV-Synth model from scratch (CPU, ~45 min); unset options take TrainConfig's defaults",
+    )
+    train.add_argument("--out", required=True, help="folder for model.safetensors, config.json, tokenizer.json, log")
+    train.add_argument("--steps", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.set_defaults(handler=_train_testbed)
+
+    calibrate = commands.add_parser(
+        "calibrate-testbed", help="rollout-calibrate the testbed's global-stage profile on the AV-Synth val split"
+    )
+    calibrate.add_argument("--weights", required=True, help="the testbed model folder")
+    calibrate.add_argument(
+        "--out", required=True, help="profile JSON to write (the shipped one is <weights>/profile.json)"
+    )
+    calibrate.add_argument("--docs-per-task", type=int, default=24)
+    calibrate.add_argument("--global-layer", type=int, help="default: half the depth")
+    calibrate.add_argument("--mass", type=float, default=0.9, help="rollout mass the kept prefix must hold (0, 1]")
+    calibrate.set_defaults(handler=_calibrate_testbed)
     return parser
 
 

@@ -1,0 +1,35 @@
+"""The AV-Synth world: what can be seen and heard, and how each source looks and sounds.
+
+A clip is ``NUM_FRAMES`` RGB frames of ``FRAME_SIZE``² pixels spanning ``CLIP_SECONDS`` and a mono waveform at
+``SAMPLE_RATE`` over the same time. Every sound source has a colour and a shape; its *pitch* is tied to its colour
+(an octave apart, so they never overlap in a mel spectrogram) and its *timbre* to its shape. That fixed binding is
+what lets "does the sound match the visible object?" be answered by comparing the two senses.
+"""
+
+from __future__ import annotations
+
+NUM_FRAMES = 8
+FRAME_SIZE = 32
+CLIP_SECONDS = 2.0
+SAMPLE_RATE = 16_000
+NUM_SAMPLES = int(CLIP_SECONDS * SAMPLE_RATE)
+
+COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+
+COLOUR_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 80, 230),
+    "yellow": (230, 220, 40),
+}
+COLOUR_PITCH_HZ: dict[str, float] = {"red": 250.0, "green": 500.0, "blue": 1000.0, "yellow": 2000.0}
+# Relative amplitude of harmonics 1, 2, 3, ... for each shape's timbre.
+SHAPE_HARMONICS: dict[str, tuple[float, ...]] = {
+    "circle": (1.0,),
+    "square": (1.0, 0.0, 0.33, 0.0, 0.2),
+    "triangle": (1.0, 0.5, 0.25),
+}
+
+NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three")
+MAX_EVENTS = 3

@@ -1,0 +1,70 @@
+"""``--model_args`` for every FastAV wrapper: one set of names, validated in one place.
+
+The engine's knobs keep the names of :class:`~fastav_eval.pruning.PruningConfig`; ``prune`` switches the engine
+between FastAV and the unpruned baseline, and ``video_keep`` / ``audio_keep`` override one modality of the profile
+(an int keeps the first N tokens, a float in [0, 1] the first fraction).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastav_eval.pruning import GLOBAL_RULES, PrefixKeep, PruningConfig, PruningProfile
+
+PRUNE_MODES = ("fastav", "none")
+ENGINE_ARGS = ("global_layer", "global_rule", "profile", "video_keep", "audio_keep", "fine_ratio", "fine_rule",
+               "sink_tokens", "seed")  # fmt: skip
+WRAPPER_ARGS = ("pretrained", "prune", "attn_implementation", "dtype", "device", "batch_size", "max_batch_size")
+
+
+def _keep(name: str, value: Any) -> PrefixKeep:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name}={value!r}; accepted: an int N >= 0 (first N tokens) or a float in [0, 1]")
+    if isinstance(value, int):
+        return PrefixKeep(first_tokens=value)
+    return PrefixKeep(first_fraction=value)
+
+
+def check_known(args: dict[str, Any], accepted: tuple[str, ...]) -> None:
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown --model_args key(s) {unknown}; accepted: {sorted(accepted)}")
+
+
+def pruning_config(prune: str, engine_args: dict[str, Any], default_profile: Path | None) -> PruningConfig:
+    """The engine config that ``prune`` and the engine ``--model_args`` describe.
+
+    ``prune=none`` takes no engine args (they would be silently ignored otherwise). With ``prune=fastav`` the
+    profile defaults to the one shipped with the model's weights.
+    """
+    if prune not in PRUNE_MODES:
+        raise ValueError(f"prune={prune!r}; accepted: {list(PRUNE_MODES)}")
+    check_known(engine_args, ENGINE_ARGS)
+    if prune == "none":
+        if engine_args:
+            raise ValueError(f"prune=none takes no pruning arguments; got {sorted(engine_args)} (use prune=fastav)")
+        return PruningConfig.off()
+    args = dict(engine_args)
+    global_rule = args.pop("global_rule", "positional")
+    if isinstance(global_rule, str) and global_rule.lower() == "none":
+        global_rule = None
+    if global_rule is not None and global_rule not in GLOBAL_RULES:
+        raise ValueError(f"global_rule={global_rule!r}; accepted: {[*GLOBAL_RULES, 'none']}")
+    profile_arg = args.pop("profile", None)
+    profile_path = Path(profile_arg) if profile_arg is not None else default_profile
+    profile = PruningProfile.load(profile_path) if profile_path is not None else None
+    overrides = {
+        name: _keep(f"{name}_keep", args.pop(f"{name}_keep")) for name in ("video", "audio") if f"{name}_keep" in args
+    }
+    if overrides:
+        base = profile or PruningProfile(keep={})
+        profile = PruningProfile(keep={**base.keep, **overrides}, source="manual" if profile is None else base.source)
+    for name in ("global_layer", "sink_tokens", "seed"):
+        if name in args and (isinstance(args[name], bool) or not isinstance(args[name], int)):
+            raise ValueError(f"{name}={args[name]!r}; accepted: an int")
+    if "fine_ratio" in args and (
+        isinstance(args["fine_ratio"], bool) or not isinstance(args["fine_ratio"], int | float)
+    ):
+        raise ValueError(f"fine_ratio={args['fine_ratio']!r}; accepted: a number in [0, 1)")
+    return PruningConfig(global_rule=global_rule, profile=profile, **args)

@@ -1,0 +1,14 @@
+"""The ``lmms_eval.models`` entry point. Imported by every ``import lmms_eval.models``: keep it import-light and
+free of exceptions (a failure here silently drops every plugin model)."""
+
+from __future__ import annotations
+
+MODELS = {
+    "fastav_tiny": "fastav_eval.lmms.fastav_tiny.FastAVTiny",
+}
+
+
+def manifests() -> list:
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return [ModelManifest(model_id=name, simple_class_path=path) for name, path in MODELS.items()]

@@ -1,0 +1,140 @@
+"""Train the testbed on an endless AV-Synth stream: a seeded, single-process CPU run with a progress bar.
+
+Curriculum: for the first ``curriculum_steps`` only single-sense questions (what colour / shape is seen, what is
+heard, how many sounds), so both encoders learn to name what they perceive; then every kind, the cross-modal ones
+(match, sounding object, captions) weighted up. The learning rate is flat after a short warm-up. Each sample drops
+its video or its audio tokens with probability ``modality_dropout``, so that leaving a modality out at test time is
+a fair probe (the model has seen it and learned to fall back to the answer prior).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fastav_eval.avsynth.dataset import DEFAULT_SEED, build_documents, load_media, training_stream
+from fastav_eval.avsynth.questions import KINDS, TASKS, make_example
+from fastav_eval.avsynth.world import COLOURS, NUMBER_WORDS, SHAPES
+from fastav_eval.testbed.model import ANSWER_CUE, PREFIX, TestbedConfig, TestbedModel
+from fastav_eval.testbed.tokenizer import WordTokenizer
+
+log = logging.getLogger(__name__)
+
+SINGLE_SENSE = {"qa_colour": 1.0, "qa_shape": 1.0, "qa_count": 1.0, "qa_order": 1.0, "sound_colour": 1.0,
+                "halluc_sound": 1.0, "halluc_visible": 1.0}  # fmt: skip
+ALL_KINDS = {**SINGLE_SENSE, "sound_colour": 0.5, "match": 2.5, "qa_sounding": 1.5, "caption": 1.0}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2400
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    curriculum_steps: int = 600
+    modality_dropout: float = 0.1
+    seed: int = 0
+    eval_every: int = 200
+    eval_docs_per_task: int = 96
+    threads: int = 2
+
+
+def build_vocabulary() -> WordTokenizer:
+    """Every word AV-Synth can produce: colours, shapes, numbers, and all question and caption templates."""
+    rng = np.random.default_rng(0)
+    texts = [PREFIX, ANSWER_CUE, *COLOURS, *SHAPES, *NUMBER_WORDS]
+    for kind in KINDS:
+        for _ in range(200):
+            example = make_example(kind, rng)
+            texts += [example["question"], example["answer"]]
+    return WordTokenizer.from_texts(texts)
+
+
+def _media(batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    frames, waveforms = zip(*(load_media(doc) for doc in batch), strict=True)
+    return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(waveforms))
+
+
+@torch.no_grad()
+def first_word_accuracy(model: TestbedModel, documents: list[dict], batch_size: int = 96) -> dict[str, float]:
+    """Teacher-forced accuracy of the first answer word per kind (a cheap training-time monitor, not the benchmark)."""
+    model.eval()
+    hits: dict[str, list[bool]] = {}
+    for start in range(0, len(documents), batch_size):
+        batch = documents[start : start + batch_size]
+        prepared = model.prepare(*_media(batch), [d["question"] for d in batch], [d["answer"] for d in batch])
+        logits = model.decoder(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask).logits
+        first = (prepared.labels != -100).int().argmax(dim=1)
+        predicted = logits[torch.arange(len(batch)), first].argmax(-1)
+        target = prepared.labels[torch.arange(len(batch)), first]
+        for doc, ok in zip(batch, (predicted == target).tolist(), strict=True):
+            hits.setdefault(doc["kind"], []).append(ok)
+    model.train()
+    return {kind: float(np.mean(values)) for kind, values in sorted(hits.items())}
+
+
+def train(out_dir: str | Path, config: TrainConfig = TrainConfig()) -> TestbedModel:
+    """Train from scratch and save to ``out_dir`` (weights, config, tokenizer, ``train_log.jsonl``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    tokenizer = build_vocabulary()
+    model = TestbedModel(TestbedConfig(vocab_size=len(tokenizer)), tokenizer).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps))
+    eval_docs = [
+        doc
+        for task in sorted(TASKS)
+        if task != "avsynth_caption"
+        for doc in build_documents("val", task, config.eval_docs_per_task, DEFAULT_SEED)
+    ]
+    dropout_rng = np.random.default_rng([config.seed, 7])
+    single_sense = training_stream(SINGLE_SENSE, seed=config.seed)
+    every_kind = training_stream(ALL_KINDS, seed=config.seed + 1)
+    parameters = sum(p.numel() for p in model.parameters())
+    log.info("training %d parameters for %d steps, %s", parameters, config.steps, asdict(config))
+    started = time.time()
+    with (out_dir / "train_log.jsonl").open("w") as log_file:
+        log_file.write(json.dumps({"event": "config", "parameters": parameters, **asdict(config)}) + "\n")
+        progress = tqdm(range(config.steps), desc="train testbed", unit="step")
+        for step in progress:
+            stream = single_sense if step < config.curriculum_steps else every_kind
+            batch = [next(stream) for _ in range(config.batch_size)]
+            use_video = (dropout_rng.random(len(batch)) >= config.modality_dropout).tolist()
+            use_audio = (dropout_rng.random(len(batch)) >= config.modality_dropout).tolist()
+            prepared = model.prepare(
+                *_media(batch), [d["question"] for d in batch], [d["answer"] for d in batch], use_video, use_audio
+            )
+            loss = model.loss(prepared)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            record = {
+                "event": "step",
+                "step": step,
+                "loss": round(loss.item(), 5),
+                "elapsed_s": round(time.time() - started, 1),
+            }
+            log_file.write(json.dumps(record) + "\n")
+            progress.set_postfix(
+                loss=f"{loss.item():.3f}", phase="all" if step >= config.curriculum_steps else "single"
+            )
+            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                accuracy = first_word_accuracy(model, eval_docs)
+                log_file.write(
+                    json.dumps({"event": "eval", "step": step + 1, "val_first_word_accuracy": accuracy}) + "\n"
+                )
+                log_file.flush()
+                log.info("step %d: %s", step + 1, " ".join(f"{k}={v:.2f}" for k, v in accuracy.items()))
+                model.save(out_dir)
+    return model.eval()

@@ -1,0 +1,99 @@
+"""The testbed model: layout, modality removal, save/load round trip, tokenizer errors, and the shipped weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastav_eval.avsynth import build_documents, load_media
+from fastav_eval.pruning import Modality
+from fastav_eval.testbed import WEIGHTS_DIR, TestbedConfig, TestbedModel, WordTokenizer
+from fastav_eval.testbed.train import build_vocabulary
+
+
+def tiny_testbed(seed: int = 0) -> TestbedModel:
+    torch.manual_seed(seed)
+    tokenizer = build_vocabulary()
+    config = TestbedConfig(vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                           intermediate_size=64, encoder_channels=16)  # fmt: skip
+    return TestbedModel(config, tokenizer).eval()
+
+
+def media(documents: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    frames, waves = zip(*(load_media(d) for d in documents), strict=True)
+    return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(waves))
+
+
+def test_layout_is_prefix_video_audio_question_left_padded():
+    model = tiny_testbed()
+    docs = build_documents("val", "avsynth_qa", 2)
+    prepared = model.prepare(*media(docs), [d["question"] for d in docs])
+    layout, config = prepared.layout, model.config
+    for row, doc in enumerate(docs):
+        codes = layout.modality[row][layout.valid[row]].tolist()
+        question = len(doc["question"].split()) + 2  # + "answer :"
+        expected = [Modality.TEXT] * 3 + [Modality.VIDEO] * config.video_tokens + [Modality.AUDIO] * config.audio_tokens
+        assert codes == [int(m) for m in expected] + [int(Modality.TEXT)] * question
+    assert config.video_tokens == 128 and config.audio_tokens == 144
+    assert (prepared.attention_mask.sum(1) == layout.valid.sum(1)).all()
+
+
+def test_leaving_a_modality_out_removes_its_tokens():
+    model = tiny_testbed()
+    docs = build_documents("val", "avsynth_match", 3)
+    full = model.prepare(*media(docs), [d["question"] for d in docs])
+    no_audio = model.prepare(*media(docs), [d["question"] for d in docs], use_audio=[False, True, False])
+    counts = (no_audio.layout.modality == int(Modality.AUDIO)).sum(1).tolist()
+    assert counts == [0, 144, 0]
+    assert (no_audio.attention_mask.sum(1) == full.attention_mask.sum(1) - torch.tensor([144, 0, 144])).all()
+
+
+def test_labels_mark_the_answer_tokens_and_eos():
+    model = tiny_testbed()
+    docs = build_documents("val", "avsynth_caption", 2)
+    prepared = model.prepare(*media(docs), [d["question"] for d in docs], [d["answer"] for d in docs])
+    for row, doc in enumerate(docs):
+        labels = prepared.labels[row][prepared.labels[row] != -100].tolist()
+        assert labels == [*model.tokenizer.encode(doc["answer"]), model.tokenizer.eos_id]
+    assert torch.isfinite(model.loss(prepared))
+
+
+def test_save_load_round_trip_gives_identical_answers_and_logits(tmp_path):
+    model = tiny_testbed(seed=3)
+    docs = build_documents("val", "avsynth_qa", 4)
+    prepared = model.prepare(*media(docs), [d["question"] for d in docs])
+    loaded = TestbedModel.load(model.save(tmp_path))
+    again = loaded.prepare(*media(docs), [d["question"] for d in docs])
+    torch.testing.assert_close(again.inputs_embeds, prepared.inputs_embeds, rtol=0, atol=0)
+    logits = model.decoder(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask).logits
+    reloaded = loaded.decoder(inputs_embeds=again.inputs_embeds, attention_mask=again.attention_mask).logits
+    torch.testing.assert_close(reloaded, logits, rtol=0, atol=0)
+    assert loaded.decoder.lm_head.weight.data_ptr() == loaded.decoder.get_input_embeddings().weight.data_ptr()
+    assert loaded.generate(again, 5) == model.generate(prepared, 5)
+
+
+def test_load_names_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
+        TestbedModel.load(tmp_path)
+
+
+def test_tokenizer_refuses_words_outside_the_vocabulary(tmp_path):
+    tokenizer = build_vocabulary()
+    assert (
+        tokenizer.decode(tokenizer.encode("is there a red circle in the video ?"))
+        == "is there a red circle in the video ?"
+    )
+    with pytest.raises(ValueError, match="purple"):
+        tokenizer.encode("is there a purple circle ?")
+    tokenizer.save(tmp_path / "t.json")
+    assert WordTokenizer.load(tmp_path / "t.json").words == tokenizer.words
+
+
+def test_shipped_weights_answer_the_test_split():
+    """A regression guard on the committed weights (docs/avsynth.md has the full evaluation)."""
+    model = TestbedModel.load(WEIGHTS_DIR)
+    docs = build_documents("test", "avsynth_qa", 40)
+    answers = model.generate(model.prepare(*media(docs), [d["question"] for d in docs]), max_new_tokens=4)
+    accuracy = np.mean([a == d["answer"] for a, d in zip(answers, docs, strict=True)])
+    assert accuracy >= 0.75, accuracy
