@@ -30,3 +30,41 @@ def plot_tokens_per_layer(kept_per_layer: Mapping[str, Sequence[int]], title: st
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def plot_training_log(log_path: str | Path, path: str | Path) -> Path:
+    """Answer loss (smoothed) and val first-word accuracy per kind from a testbed ``train_log.jsonl``."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, losses, evals = [], [], []
+    for line in Path(log_path).read_text().splitlines():
+        record = json.loads(line)
+        if record["event"] == "step":
+            steps.append(record["step"])
+            losses.append(record["loss"])
+        elif record["event"] == "eval":
+            evals.append(record)
+    window = 50
+    smoothed = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+                for i in range(len(losses))]  # fmt: skip
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=120)
+    left.plot(steps, smoothed)
+    left.set_xlabel("step")
+    left.set_ylabel(f"answer loss (mean of {window} steps)")
+    left.set_yscale("log")
+    for kind in evals[-1]["val_first_word_accuracy"] if evals else []:
+        right.plot([e["step"] for e in evals], [100 * e["val_first_word_accuracy"][kind] for e in evals], label=kind)
+    right.set_xlabel("step")
+    right.set_ylabel("val accuracy, first answer word (%)")
+    right.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path

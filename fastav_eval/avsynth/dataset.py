@@ -20,9 +20,13 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SEED = 20261121
 
 
+# Fixed stream ids: adding a task must never reseed the existing ones.
+TASK_STREAMS = {"avsynth_caption": 0, "avsynth_halluc": 1, "avsynth_match": 2, "avsynth_qa": 3}
+TRAINING_STREAM = 99
+
+
 def _rng(seed: int, split: str, task: str, index: int) -> np.random.Generator:
-    task_code = sorted(TASKS).index(task) if task in TASKS else len(TASKS)
-    return np.random.default_rng([seed, SPLITS[split], task_code, index])
+    return np.random.default_rng([seed, SPLITS[split], TASK_STREAMS[task], index])
 
 
 def build_documents(split: str, task: str, count: int, seed: int = DEFAULT_SEED) -> list[dict]:
@@ -54,7 +58,8 @@ def load_media(document: dict) -> tuple[np.ndarray, np.ndarray]:
     if expected is not None and media_sha1(frames, waveform) != expected:
         raise ValueError(
             f"document {document.get('id')!r}: rendered media do not match media_sha1 {expected}; "
-            "the AV-Synth renderer changed since this split was written, rebuild it with `fastav-eval avsynth build`"
+            "the AV-Synth renderer changed since this split was written; rebuild it with "
+            "`fastav-eval build-avsynth --split test --per-task 240 --out tasks/avsynth/data`"
         )
     return frames, waveform
 
@@ -66,7 +71,7 @@ def training_stream(kinds: dict[str, float], seed: int, start: int = 0) -> Itera
     weights /= weights.sum()
     index = start
     while True:
-        rng = np.random.default_rng([seed, SPLITS["train"], 99, index])
+        rng = np.random.default_rng([seed, SPLITS["train"], TRAINING_STREAM, index])
         yield make_example(names[int(rng.choice(len(names), p=weights))], rng)
         index += 1
 

@@ -45,7 +45,8 @@ def _objects(rng: np.random.Generator, sources: list[Source]) -> tuple[VisibleOb
             ),
         )
     placed = []
-    for (colour, shape), x_range in zip(sources, ((8, 11), (22, 25)), strict=True):
+    # Left x <= 8 and right x >= 23 with radius <= 7: the two shapes can never touch.
+    for (colour, shape), x_range in zip(sources, ((7, 9), (23, 25)), strict=True):
         placed.append(
             VisibleObject(
                 colour,
@@ -102,37 +103,47 @@ def match(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[str,
 
 
 def halluc_sound(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[str, ...]]:
-    """Video-driven audio hallucination: a visible object that may be silent. The answer is in the audio."""
+    """Video-driven audio hallucination: a visible object that may be silent while other sources sound.
+
+    The answer is in the audio (is the target's pitch heard?). The number of sounds has the same distribution
+    (1: 1/4, 2: 1/2, 3: 1/4) whatever the answer, so counting sounds says nothing.
+    """
     visible = _shuffled(rng, _two_visible(rng))
     target = visible[int(rng.integers(len(visible)))]
-    sounds = [target] * int(rng.integers(1, 3)) if answer == "yes" else []
-    if rng.random() < 0.5:  # another source sounds too, whatever the answer
-        others = [v for v in visible if v != target]
-        other = (
-            others[0]
-            if others and rng.random() < 0.5
-            else _random_source(rng, _other_colours(*[v[0] for v in visible]))
-        )
-        sounds.append(other)
+    others = [v for v in visible if v != target] + [_random_source(rng, _other_colours(*[v[0] for v in visible]))]
+    if answer == "yes":
+        sounds = [target] * int(rng.integers(1, 3))
+        if rng.random() < 0.5:
+            sounds.append(others[int(rng.integers(len(others)))])
+    else:
+        total = int(rng.choice([1, 2, 2, 3]))
+        sounds = [others[int(rng.integers(len(others)))] for _ in range(total)]
     colour, shape = target
     return _scene(rng, visible, _shuffled(rng, sounds)), f"is the {colour} {shape} making a sound ?", YES_NO
 
 
 def halluc_visible(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[str, ...]]:
-    """Audio-driven video hallucination: the target may be heard but not seen. The answer is in the video."""
+    """Audio-driven video hallucination: the target may be heard but not seen. The answer is in the video.
+
+    One or two objects are visible (50/50 whatever the answer); a "no" shows another colour, or in a third of the
+    cases the same colour with another shape. Whether the target is heard is a coin flip independent of the answer.
+    """
     target = _random_source(rng)
     if answer == "yes":
-        visible = _shuffled(rng, _two_visible(rng, target))
+        first = target
     elif rng.random() < 1 / 3:  # same colour, another shape
-        visible = _shuffled(rng, _two_visible(rng, (target[0], _pick(rng, [s for s in SHAPES if s != target[1]]))))
+        first = (target[0], _pick(rng, [s for s in SHAPES if s != target[1]]))
     else:
-        visible = _two_visible(rng, _random_source(rng, _other_colours(target[0])))
-        visible = [v for v in visible if v[0] != target[0]]
+        first = _random_source(rng, _other_colours(target[0]))
+    visible = [first]
+    if rng.random() < 0.5:
+        visible.append(_random_source(rng, _other_colours(target[0], first[0])))
     sounds = [target] * int(rng.integers(1, 3)) if rng.random() < 0.5 else []
     if rng.random() < 0.3:
         sounds.append(_random_source(rng, _other_colours(target[0])))
     colour, shape = target
-    return _scene(rng, visible, _shuffled(rng, sounds)), f"is there a {colour} {shape} in the video ?", YES_NO
+    scene = _scene(rng, _shuffled(rng, visible), _shuffled(rng, sounds))
+    return scene, f"is there a {colour} {shape} in the video ?", YES_NO
 
 
 def _random_sounds(rng: np.random.Generator) -> list[Source]:
@@ -178,7 +189,10 @@ def qa_sounding(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tupl
     silent_colour, offscreen_colour = rng.permutation(_other_colours(answer))[:2]
     sounding = (answer, _pick(rng, SHAPES))
     visible = _shuffled(rng, [sounding, (str(silent_colour), _pick(rng, SHAPES))])
-    sounds = [sounding] * int(rng.integers(1, 3)) + [(str(offscreen_colour), _pick(rng, SHAPES))]
+    # Counts (sounding, off-screen) uniform over (1, 1), (1, 2), (2, 1): the colour heard most often is right
+    # only half the time, as often as a coin flip between the two pitches heard.
+    sounding_count, offscreen_count = ((1, 1), (1, 2), (2, 1))[int(rng.integers(3))]
+    sounds = [sounding] * sounding_count + [(str(offscreen_colour), _pick(rng, SHAPES))] * offscreen_count
     return _scene(rng, visible, _shuffled(rng, sounds)), "what colour is the sounding object ?", COLOURS
 
 

@@ -130,7 +130,8 @@ def render_audio(scene: Scene) -> np.ndarray:
 def media_sha1(video: np.ndarray, audio: np.ndarray) -> str:
     """Fingerprint of rendered media, stored with each doc so a loader can prove it rendered the same clip.
 
-    The audio is hashed as 16-bit PCM: a last-bit difference in ``np.sin`` between CPUs must not change the hash.
+    The audio is hashed as 16-bit PCM, so a last-bit difference in ``np.sin`` between CPUs changes the hash only
+    if it pushes a sample across a rounding boundary (rare, not impossible: the loader's error says how to rebuild).
     """
     digest = hashlib.sha1()
     digest.update(np.ascontiguousarray(video, dtype=np.uint8).tobytes())

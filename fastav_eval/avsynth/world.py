@@ -2,8 +2,10 @@
 
 A clip is ``NUM_FRAMES`` RGB frames of ``FRAME_SIZE``² pixels spanning ``CLIP_SECONDS`` and a mono waveform at
 ``SAMPLE_RATE`` over the same time. Every sound source has a colour and a shape; its *pitch* is tied to its colour
-(an octave apart, so they never overlap in a mel spectrogram) and its *timbre* to its shape. That fixed binding is
-what lets "does the sound match the visible object?" be answered by comparing the two senses.
+and its *timbre* (harmonics) to its shape. The fundamentals are about 1.57× apart and not in integer ratios, so no
+harmonic of one source lands on another's fundamental. The pitch ↔ colour binding is what the cross-modal
+questions test ("does the sound match the visible object?" differs in colour when the answer is no); timbre is
+rendered but no question depends on it yet (a harder level for later).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ COLOUR_RGB: dict[str, tuple[int, int, int]] = {
     "blue": (50, 80, 230),
     "yellow": (230, 220, 40),
 }
-COLOUR_PITCH_HZ: dict[str, float] = {"red": 250.0, "green": 500.0, "blue": 1000.0, "yellow": 2000.0}
+COLOUR_PITCH_HZ: dict[str, float] = {"red": 300.0, "green": 470.0, "blue": 740.0, "yellow": 1160.0}
 # Relative amplitude of harmonics 1, 2, 3, ... for each shape's timbre.
 SHAPE_HARMONICS: dict[str, tuple[float, ...]] = {
     "circle": (1.0,),

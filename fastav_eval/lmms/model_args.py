@@ -19,11 +19,12 @@ WRAPPER_ARGS = ("pretrained", "prune", "attn_implementation", "dtype", "device",
 
 
 def _keep(name: str, value: Any) -> PrefixKeep:
+    accepted = f"{name}={value!r}; accepted: an int N >= 0 (first N tokens) or a float in [0, 1] (first fraction)"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name}={value!r}; accepted: an int N >= 0 (first N tokens) or a float in [0, 1]")
-    if isinstance(value, int):
-        return PrefixKeep(first_tokens=value)
-    return PrefixKeep(first_fraction=value)
+        raise ValueError(accepted)
+    if (isinstance(value, int) and value < 0) or (isinstance(value, float) and not 0.0 <= value <= 1.0):
+        raise ValueError(accepted)
+    return PrefixKeep(first_tokens=value) if isinstance(value, int) else PrefixKeep(first_fraction=value)
 
 
 def check_known(args: dict[str, Any], accepted: tuple[str, ...]) -> None:
@@ -59,7 +60,14 @@ def pruning_config(prune: str, engine_args: dict[str, Any], default_profile: Pat
     }
     if overrides:
         base = profile or PruningProfile(keep={})
-        profile = PruningProfile(keep={**base.keep, **overrides}, source="manual" if profile is None else base.source)
+        keep = {**base.keep, **overrides}
+        inherited = set(keep) - set(overrides)  # what still comes from a calibrated profile binds it to its model
+        profile = PruningProfile(
+            keep=keep,
+            num_layers=base.num_layers if inherited else None,
+            global_layer=base.global_layer if inherited else None,
+            source="manual",
+        )
     for name in ("global_layer", "sink_tokens", "seed"):
         if name in args and (isinstance(args[name], bool) or not isinstance(args[name], int)):
             raise ValueError(f"{name}={args[name]!r}; accepted: an int")

@@ -89,9 +89,11 @@ class FastAVLMM(lmms):
             raise ValueError(f"batch_size={batch_size!r}; accepted: an int >= 1") from None
         if self.batch_size_per_gpu < 1:
             raise ValueError(f"batch_size={batch_size!r}; accepted: an int >= 1")
+        if max_batch_size is not None:
+            raise ValueError(f"max_batch_size={max_batch_size!r} is not supported; set batch_size")
+        config = pruning_config(prune, engine_args, self.adapter_class.default_profile(pretrained))  # before loading
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.adapter = self.adapter_class(pretrained, str(self._device), DTYPES[dtype], attn_implementation)
-        config = pruning_config(prune, engine_args, self.adapter.default_profile())
         self.engine = install(self.adapter.decoder, config)
         self.prune = prune
         self._timer = _PrefillTimer(find_text_model(self.adapter.decoder), self._device)

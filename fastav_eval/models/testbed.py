@@ -70,9 +70,10 @@ class TestbedAdapter:
         """The causal LM the pruning engine installs on."""
         return self.model.decoder
 
-    def default_profile(self) -> Path | None:
-        """The global-stage profile calibrated for these weights (rollout on the val split), if shipped."""
-        path = self.weights / PROFILE_FILE
+    @staticmethod
+    def default_profile(pretrained: str | Path | None) -> Path | None:
+        """The global-stage profile calibrated for the weights at ``pretrained`` (rollout on the val split), if any."""
+        path = (Path(pretrained) if pretrained else WEIGHTS_DIR) / PROFILE_FILE
         return path if path.is_file() else None
 
     def prepare(self, visuals: list[list[Any]], prompts: list[str]) -> PreparedBatch:

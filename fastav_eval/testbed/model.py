@@ -85,8 +85,9 @@ class LogMel(nn.Module):
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        spectrum = torch.stft(waveform, self.n_fft, self.hop, window=self.window, return_complex=True)
-        mel = self.filters @ spectrum.abs().pow(2)
+        """Computed in float32 whatever the model's dtype (the STFT needs it); returns float32."""
+        spectrum = torch.stft(waveform.float(), self.n_fft, self.hop, window=self.window.float(), return_complex=True)
+        mel = self.filters.float() @ spectrum.abs().pow(2)
         return (torch.log10(mel[..., : self.mel_frames] + 1e-6) + 3.0) / 3.0
 
 
@@ -107,7 +108,7 @@ class VideoEncoder(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         batch, num_frames = frames.shape[:2]
-        pixels = frames.flatten(0, 1).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        pixels = (frames.flatten(0, 1).permute(0, 3, 1, 2).float() / 127.5 - 1.0).to(self.projector[0].weight.dtype)
         features = self.convs(pixels).flatten(2).transpose(1, 2)  # [B·T, patches, C]
         features = features.unflatten(0, (batch, num_frames)) + self.frame_embedding + self.patch_embedding
         return self.projector(features.flatten(1, 2))
@@ -129,7 +130,8 @@ class AudioEncoder(nn.Module):
         self.projector = nn.Sequential(nn.Linear(channels, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        features = self.convs(self.log_mel(waveform.float()).unsqueeze(1))  # [B, C, bands, steps]
+        log_mel = self.log_mel(waveform).to(self.projector[0].weight.dtype)
+        features = self.convs(log_mel.unsqueeze(1))  # [B, C, bands, steps]
         features = features.permute(0, 3, 2, 1) + self.time_embedding + self.band_embedding  # [B, steps, bands, C]
         return self.projector(features.flatten(1, 2))
 
@@ -139,13 +141,16 @@ class PreparedBatch:
     """Decoder inputs for a left-padded batch.
 
     ``inputs_embeds [B, L, D]``, ``attention_mask [B, L]`` (0 on left padding), ``layout`` (where video and audio
-    sit), ``labels [B, L]`` (-100 except on answer tokens; only when answers were given).
+    sit), ``labels [B, L]`` (-100 except on answer tokens; only when answers were given), and the encoders' outputs
+    ``video_tokens [B, 128, D]`` / ``audio_tokens [B, 144, D]`` (for every sample, also those that left one out).
     """
 
     inputs_embeds: torch.Tensor
     attention_mask: torch.Tensor
     layout: ModalityLayout
     labels: torch.Tensor | None
+    video_tokens: torch.Tensor
+    audio_tokens: torch.Tensor
 
 
 class TestbedModel(nn.Module):
@@ -215,7 +220,9 @@ class TestbedModel(nn.Module):
             attention_mask[i, length - sequence.shape[0] :] = 1
             labels[i, length - sequence.shape[0] :] = label_rows[i]
         layout = ModalityLayout.from_segments(segments)
-        return PreparedBatch(inputs_embeds, attention_mask, layout, labels if answers is not None else None)
+        return PreparedBatch(
+            inputs_embeds, attention_mask, layout, labels if answers is not None else None, video, audio
+        )
 
     def loss(self, prepared: PreparedBatch) -> torch.Tensor:
         """Cross-entropy over each sample's answer tokens, averaged per sample, then over the batch.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -45,6 +46,37 @@ def test_the_answer_is_never_in_the_question():
                 assert example["answer"] not in example["question"].split(), example
 
 
+def _accuracy_of(rule, kind: str, count: int = 1500) -> float:
+    rng = np.random.default_rng(11)
+    hits = 0
+    for _ in range(count):
+        doc = make_example(kind, rng)
+        hits += rule(Scene.from_json(doc["scene"]), doc) == doc["answer"]
+    return hits / count
+
+
+def test_single_sense_shortcuts_stay_at_chance():
+    """Cues a model could read without the sense (or the link) a question is about carry no answer."""
+    yes = lambda ok: "yes" if ok else "no"  # noqa: E731
+    asked_colour = lambda doc: doc["question"].split()[2 if doc["kind"] == "halluc_sound" else 3]  # noqa: E731
+    shortcuts = {
+        "halluc_sound: two or more sounds": (lambda s, d: yes(len(s.events) >= 2), "halluc_sound"),
+        "halluc_sound: two objects": (lambda s, d: yes(len(s.objects) == 2), "halluc_sound"),
+        "halluc_visible: target heard": (lambda s, d: yes(s.event_count(asked_colour(d)) > 0), "halluc_visible"),
+        "halluc_visible: two objects": (lambda s, d: yes(len(s.objects) == 2), "halluc_visible"),
+        "match: two or more sounds": (lambda s, d: yes(len(s.events) >= 2), "match"),
+        "qa_order: question order": (lambda s, d: "yes", "qa_order"),
+    }
+    for name, (rule, kind) in shortcuts.items():
+        assert abs(_accuracy_of(rule, kind) - 0.5) < 0.05, name
+    # qa_sounding: the colour heard most often is one of two candidates, so it is right half the time (chance 25%).
+    most_heard = lambda s, d: Counter(e.colour for e in s.events).most_common(1)[0][0]  # noqa: E731
+    assert abs(_accuracy_of(most_heard, "qa_sounding") - 0.5) < 0.05
+    # qa_count: the number of distinct pitches does not give the count.
+    distinct = lambda s, d: ["one", "two", "three"][len({e.colour for e in s.events}) - 1]  # noqa: E731
+    assert _accuracy_of(distinct, "qa_count") < 0.6
+
+
 def test_scene_facts_are_what_the_answer_says():
     rng = np.random.default_rng(1)
     for _ in range(40):
@@ -57,6 +89,39 @@ def test_scene_facts_are_what_the_answer_says():
         doc = make_example("halluc_visible", rng)
         _, _, _, colour, shape, *_ = doc["question"].split()
         assert Scene.from_json(doc["scene"]).visible(colour, shape) == (doc["answer"] == "yes")
+        doc = make_example("halluc_sound", rng)
+        scene, (_, _, colour, shape, *_) = Scene.from_json(doc["scene"]), doc["question"].split()
+        assert scene.visible(colour, shape)
+        assert (scene.event_count(colour) > 0) == (doc["answer"] == "yes")
+        doc = make_example("qa_order", rng)
+        scene, words = Scene.from_json(doc["scene"]), doc["question"].split()
+        first = min(scene.events, key=lambda e: e.onset_s).colour
+        assert (first == words[2]) == (doc["answer"] == "yes")
+        doc = make_example("qa_sounding", rng)
+        scene = Scene.from_json(doc["scene"])
+        sounding = [o.colour for o in scene.objects if scene.event_count(o.colour) > 0]
+        assert sounding == [doc["answer"]] and len(scene.objects) == 2
+        doc = make_example("qa_colour", rng)
+        scene, shape = Scene.from_json(doc["scene"]), doc["question"].split()[-2]
+        assert [o.colour for o in scene.objects if o.shape == shape] == [doc["answer"]]
+        doc = make_example("qa_shape", rng)
+        scene, colour = Scene.from_json(doc["scene"]), doc["question"].split()[-3]
+        assert [o.shape for o in scene.objects if o.colour == colour] == [doc["answer"]]
+
+
+def test_scenes_are_well_formed():
+    """Visible objects have distinct colours and never touch; sound events never overlap in time."""
+    rng = np.random.default_rng(4)
+    for kind in KINDS:
+        for _ in range(100):
+            scene = Scene.from_json(make_example(kind, rng)["scene"])
+            assert len({o.colour for o in scene.objects}) == len(scene.objects)
+            if len(scene.objects) == 2:
+                left, right = sorted(scene.objects, key=lambda o: o.x)
+                assert left.x + left.radius < right.x - right.radius
+            events = sorted(scene.events, key=lambda e: e.onset_s)
+            for earlier, later in itertools.pairwise(events):
+                assert earlier.onset_s + earlier.duration_s < later.onset_s
 
 
 def test_rendering_shows_objects_and_sounds_at_their_pitch():

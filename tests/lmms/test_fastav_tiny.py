@@ -84,6 +84,10 @@ def test_unpruned_run_matches_the_stock_model():
         ({"finer_ratio": 0.1}, r"unknown --model_args key\(s\) \['finer_ratio'\]"),
         ({"prune": "none", "fine_ratio": 0.3}, r"prune=none takes no pruning arguments"),
         ({"attn_implementation": "flash"}, r"attn_implementation='flash'; accepted"),
+        ({"video_keep": -3}, r"video_keep=-3; accepted"),
+        ({"audio_keep": 1.5}, r"audio_keep=1\.5; accepted"),
+        ({"max_batch_size": 8}, r"max_batch_size=8 is not supported"),
+        ({"dtype": "fp8"}, r"dtype='fp8'; accepted"),
     ],
 )
 def test_bad_model_args_name_the_field(model_args, message):

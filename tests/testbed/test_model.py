@@ -73,6 +73,14 @@ def test_save_load_round_trip_gives_identical_answers_and_logits(tmp_path):
     assert loaded.generate(again, 5) == model.generate(prepared, 5)
 
 
+def test_bfloat16_model_runs_with_float32_log_mel():
+    model = tiny_testbed().to(torch.bfloat16)
+    docs = build_documents("val", "avsynth_match", 2)
+    prepared = model.prepare(*media(docs), [d["question"] for d in docs])
+    assert prepared.inputs_embeds.dtype == torch.bfloat16
+    assert len(model.generate(prepared, 2)) == 2
+
+
 def test_load_names_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
         TestbedModel.load(tmp_path)
