@@ -62,7 +62,9 @@ def _calibrate_testbed(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     model = TestbedModel.load(args.weights)
-    profile = calibrate_testbed(model, args.docs_per_task, args.global_layer, args.mass)
+    profile = calibrate_testbed(
+        model, args.docs_per_task, args.global_layer, args.mass, args.target_flops, args.fine_ratio
+    )
     profile.save(args.out)
     print(f"{args.out}: {profile.describe()}")
     return 0
@@ -105,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train-testbed",
-        help="train the small AV-Synth model from scratch (CPU, ~45 min); unset options take TrainConfig's defaults",
+        help="train the small AV-Synth model from scratch (2 CPU cores, ~50 min); unset options: TrainConfig's",
     )
     train.add_argument("--out", required=True, help="folder for model.safetensors, config.json, tokenizer.json, log")
     train.add_argument("--steps", type=int)
@@ -124,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--docs-per-task", type=int, default=24)
     calibrate.add_argument("--global-layer", type=int, help="default: half the depth")
     calibrate.add_argument("--mass", type=float, default=0.9, help="rollout mass the kept prefix must hold (0, 1]")
+    calibrate.add_argument(
+        "--target-flops", type=float, help="instead of --mass: the largest mass whose mean relative FLOPs <= this"
+    )
+    calibrate.add_argument("--fine-ratio", type=float, default=0.2, help="fine ratio assumed by --target-flops")
     calibrate.set_defaults(handler=_calibrate_testbed)
     return parser
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -137,30 +138,74 @@ def modality_mass_curves(influence: torch.Tensor, layout: ModalityLayout, bins: 
     return curves
 
 
-def calibrate_profile(
+@dataclass(frozen=True)
+class RolloutCurves:
+    """Mean per-modality rollout mass over relative-position bins, measured once on calibration samples.
+
+    Attributes:
+        curves: modality name -> ``bins`` floats summing to 1 (the mean over samples of each sample's curve).
+        num_layers, global_layer: the model's depth and the layer the rollout ran up to (exclusive).
+        alpha, num_samples: rollout's attention weight and how many samples were averaged.
+    """
+
+    curves: dict[str, list[float]]
+    num_layers: int
+    global_layer: int
+    alpha: float
+    num_samples: int
+
+    def kept_bins(self, mass: float) -> dict[str, int]:
+        """Per modality, the fewest leading bins holding ``mass`` of its mean rollout mass."""
+        if not 0.0 < mass <= 1.0:
+            raise ValueError(f"mass={mass!r}; accepted: a number in (0, 1]")
+        kept = {}
+        for name, values in self.curves.items():
+            reached = torch.nonzero(torch.tensor(values).cumsum(0) >= mass - 1e-6)
+            kept[name] = int(reached[0]) + 1 if len(reached) else len(values)
+        return kept
+
+    def profile(self, mass: float = 0.9, quiet: bool = False) -> PruningProfile:
+        """Keep, per modality, the shortest prefix of whole bins holding ``mass`` of its mean rollout mass."""
+        keep: dict[str, PrefixKeep] = {}
+        for name, kept_bins in self.kept_bins(mass).items():
+            bins = len(self.curves[name])
+            keep[name] = PrefixKeep(first_fraction=kept_bins / bins)
+            if not quiet:
+                logger.info(
+                    "%s: %.0f%% of rollout mass at layer %d lies in the first %d/%d of its positions -> keep %.1f%%",
+                    name, 100 * mass, self.global_layer, kept_bins, bins, 100 * kept_bins / bins,
+                )  # fmt: skip
+        return PruningProfile(
+            keep=keep,
+            num_layers=self.num_layers,
+            global_layer=self.global_layer,
+            source="rollout",
+            rollout={
+                "alpha": self.alpha,
+                "mass": mass,
+                "bins": len(next(iter(self.curves.values()))),
+                "num_samples": self.num_samples,
+                "curves": self.curves,
+            },
+        )
+
+
+def rollout_curves(
     model: nn.Module,
     samples: Iterable[tuple[dict[str, Any], ModalityLayout]],
     global_layer: int | None = None,
     alpha: float = 0.5,
-    mass: float = 0.9,
     bins: int = 20,
-) -> PruningProfile:
-    """Calibrate a positional profile from rollout on ``samples``.
+) -> RolloutCurves:
+    """Run rollout on every sample (batch 1, unpadded, eager attention) and average the per-modality curves.
 
     Args:
         model: the unpruned model (a causal LM or a thinker).
         samples: ``(model inputs, layout)`` pairs, one sample each (``model(**inputs)`` must run it).
         global_layer: the layer the profile is for (rollout over layers ``< global_layer``); None = half depth.
         alpha: rollout's attention weight against the residual identity.
-        mass: share of each modality's rollout mass the kept prefix must hold, in (0, 1].
         bins: relative-position resolution of the curves and of the kept prefix.
-
-    Returns:
-        a profile keeping, per modality, the first ``k / bins`` of its tokens, the smallest such prefix
-        holding ``mass`` of the modality's mean rollout mass; its ``rollout`` field records the curves.
     """
-    if not 0.0 < mass <= 1.0:
-        raise ValueError(f"mass={mass!r}; accepted: a number in (0, 1]")
     if not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins={bins!r}; accepted: an int >= 1")
     num_layers = len(find_text_model(model).layers)
@@ -176,27 +221,24 @@ def calibrate_profile(
         count += 1
     if count == 0:
         raise ValueError("samples is empty: calibration needs at least one sample")
-    keep: dict[str, PrefixKeep] = {}
-    curves: dict[str, list[float]] = {}
-    for name, total in totals.items():
-        curve = total / count
-        curves[name] = curve.tolist()
-        reached = torch.nonzero(curve.cumsum(0) >= mass - 1e-6)
-        kept_bins = int(reached[0]) + 1 if len(reached) else bins
-        keep[name] = PrefixKeep(first_fraction=kept_bins / bins)
-        logger.info(
-            "%s: %.0f%% of rollout mass at layer %d lies in the first %d/%d of its positions -> keep %.1f%%",
-            name,
-            100 * mass,
-            global_layer,
-            kept_bins,
-            bins,
-            100 * kept_bins / bins,
-        )
-    return PruningProfile(
-        keep=keep,
-        num_layers=num_layers,
-        global_layer=global_layer,
-        source="rollout",
-        rollout={"alpha": alpha, "mass": mass, "bins": bins, "num_samples": count, "curves": curves},
-    )
+    curves = {name: (total / count).tolist() for name, total in totals.items()}
+    return RolloutCurves(curves, num_layers, global_layer, alpha, count)
+
+
+def calibrate_profile(
+    model: nn.Module,
+    samples: Iterable[tuple[dict[str, Any], ModalityLayout]],
+    global_layer: int | None = None,
+    alpha: float = 0.5,
+    mass: float = 0.9,
+    bins: int = 20,
+) -> PruningProfile:
+    """Calibrate a positional profile from rollout on ``samples``: ``rollout_curves(...).profile(mass)``.
+
+    Returns:
+        a profile keeping, per modality, the first ``k / bins`` of its tokens, the smallest such prefix
+        holding ``mass`` of the modality's mean rollout mass; its ``rollout`` field records the curves.
+    """
+    if not 0.0 < mass <= 1.0:
+        raise ValueError(f"mass={mass!r}; accepted: a number in (0, 1]")
+    return rollout_curves(model, samples, global_layer, alpha, bins).profile(mass)

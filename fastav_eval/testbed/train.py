@@ -41,7 +41,7 @@ ALL_KINDS = {**SINGLE_SENSE, "sound_colour": 0.5, "match": 2.5, "qa_sounding": 1
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 4000
+    steps: int = 6000
     batch_size: int = 16
     learning_rate: float = 2e-3
     warmup_steps: int = 100
@@ -49,7 +49,7 @@ class TrainConfig:
     perception_weight: float = 1.0
     modality_dropout: float = 0.1
     seed: int = 0
-    eval_every: int = 400
+    eval_every: int = 500
     eval_docs_per_task: int = 96
     threads: int = 2
 
