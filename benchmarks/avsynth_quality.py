@@ -6,7 +6,9 @@
 Conditions (each answers every document; prompts, decoding and scoring are the lmms-eval tasks'):
 - ``full``: every token;  ``no_audio`` / ``no_video`` / ``no_av``: that modality's tokens left out of the sequence;
 - ``fastav``: the defaults ``prune=fastav`` uses (the shipped rollout profile at half depth, fine ratio 0.2);
-- ``fastav P=x``: the same global stage with other fine ratios, and ``random`` drops at the same budget as a control.
+- ``fastav P=x``: the same global stage with other fine ratios; ``rollout mass 0.9``: the prefix holding 90% of the
+  rollout mass (the paper-style calibration, whatever its FLOPs); ``global low_attentive``: keep as many tokens as
+  the profile but the ones the last query attends to most (FastV-style); ``random``: random drops, same budget.
 
 Chance is known because answers are balanced: 1 / (number of valid answers), averaged over a task's kinds.
 Prints markdown tables and the quality-bar verdicts; ``--json`` writes every figure, ``--plot`` accuracy vs FLOPs.
@@ -24,7 +26,8 @@ import numpy as np
 import torch
 
 from fastav_eval.avsynth import KINDS, TASKS, build_documents
-from fastav_eval.pruning import PruningConfig
+from fastav_eval.pruning import PruningConfig, PruningProfile
+from fastav_eval.pruning.rollout import RolloutCurves
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
 from fastav_eval.testbed.evaluate import run_condition, summarise
 
@@ -49,15 +52,20 @@ def main() -> None:
     model = TestbedModel.load(args.weights)
     profile = Path(args.weights) / "profile.json"
     documents = [d for task in sorted(TASKS) for d in build_documents("test", task, args.per_task)]
+    shipped = PruningProfile.load(profile)
+    rollout = shipped.rollout or {}
+    curves = RolloutCurves(rollout["curves"], shipped.num_layers, shipped.global_layer, rollout["alpha"], 0)
     runs: dict[str, tuple[str, PruningConfig | None]] = {
         "full": ("full", None),
         "no_audio": ("no_audio", None),
         "no_video": ("no_video", None),
         "no_av": ("no_av", None),
-        "fastav": ("full", PruningConfig(profile=profile, fine_ratio=0.2)),
-        "fastav P=0": ("full", PruningConfig(profile=profile, fine_ratio=0.0)),
-        "fastav P=0.3": ("full", PruningConfig(profile=profile, fine_ratio=0.3)),
-        "random, same budget": ("full", PruningConfig(global_rule="random", profile=profile, fine_rule="random")),
+        "fastav": ("full", PruningConfig(profile=shipped, fine_ratio=0.2)),
+        "fastav P=0": ("full", PruningConfig(profile=shipped, fine_ratio=0.0)),
+        "fastav P=0.3": ("full", PruningConfig(profile=shipped, fine_ratio=0.3)),
+        "rollout mass 0.9, P=0.2": ("full", PruningConfig(profile=curves.profile(0.9, quiet=True), fine_ratio=0.2)),
+        "global low_attentive, same budget": ("full", PruningConfig(global_rule="low_attentive", profile=shipped)),
+        "random, same budget": ("full", PruningConfig(global_rule="random", profile=shipped, fine_rule="random")),
     }
     summaries = {}
     for name, (condition, pruning) in runs.items():
@@ -119,7 +127,7 @@ def main() -> None:
 
         figure, axis = plt.subplots(figsize=(6, 4))
         for name, summary in summaries.items():
-            if name.startswith(("full", "fastav", "random")):
+            if not name.startswith("no_"):
                 flops = np.mean([summary[t]["relative_flops"] for t in TASKS])
                 accuracy = np.mean([summary[t]["accuracy"] for t in CHOICE_TASKS])
                 axis.scatter(flops, 100 * accuracy, label=name)

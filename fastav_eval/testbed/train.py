@@ -41,9 +41,9 @@ ALL_KINDS = {**SINGLE_SENSE, "sound_colour": 0.5, "match": 2.5, "qa_sounding": 1
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 6000
+    steps: int = 5000
     batch_size: int = 16
-    learning_rate: float = 2e-3
+    learning_rate: float = 7e-4
     warmup_steps: int = 100
     curriculum_steps: int = 800
     perception_weight: float = 1.0
@@ -123,14 +123,22 @@ def first_word_accuracy(model: TestbedModel, documents: list[dict], batch_size: 
     return {kind: float(np.mean(values)) for kind, values in sorted(hits.items())}
 
 
-def train(out_dir: str | Path, config: TrainConfig = TrainConfig()) -> TestbedModel:
-    """Train from scratch and save to ``out_dir`` (weights, config, tokenizer, ``train_log.jsonl``)."""
+def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), continue_steps: int = 0) -> TestbedModel:
+    """Train from scratch and save to ``out_dir`` (weights, config, tokenizer, ``train_log.jsonl``).
+
+    ``continue_steps > 0`` instead loads the model saved in ``out_dir`` by a run with this ``config`` and trains it
+    for that many more steps on every kind, with fresh optimizer state (warm-up again) and the data streams going on
+    where that run stopped; the log is appended to. Both stages are deterministic from the seed.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     tokenizer = build_vocabulary()
-    model = TestbedModel(TestbedConfig(vocab_size=len(tokenizer)), tokenizer).train()
+    if continue_steps:
+        model = TestbedModel.load(out_dir).train()
+    else:
+        model = TestbedModel(TestbedConfig(vocab_size=len(tokenizer)), tokenizer).train()
     heads = PerceptionHeads(model.config.hidden_size)
     parameters_to_train = [*model.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(parameters_to_train, lr=config.learning_rate, weight_decay=0.01)
@@ -141,15 +149,18 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig()) -> TestbedMo
         if task != "avsynth_caption"
         for doc in build_documents("val", task, config.eval_docs_per_task, DEFAULT_SEED)
     ]
-    dropout_rng = np.random.default_rng([config.seed, 7])
+    first_step, last_step = (config.steps, config.steps + continue_steps) if continue_steps else (0, config.steps)
+    dropout_rng = np.random.default_rng([config.seed, 7, first_step] if continue_steps else [config.seed, 7])
     single_sense = training_stream(SINGLE_SENSE, seed=config.seed)
-    every_kind = training_stream(ALL_KINDS, seed=config.seed + 1)
+    consumed = max(0, first_step - config.curriculum_steps) * config.batch_size
+    every_kind = training_stream(ALL_KINDS, seed=config.seed + 1, start=consumed)
     parameters = sum(p.numel() for p in model.parameters())
-    log.info("training %d parameters for %d steps, %s", parameters, config.steps, asdict(config))
+    log.info("training %d parameters, steps %d..%d, %s", parameters, first_step, last_step, asdict(config))
     started = time.time()
-    with (out_dir / "train_log.jsonl").open("w") as log_file:
-        log_file.write(json.dumps({"event": "config", "parameters": parameters, **asdict(config)}) + "\n")
-        progress = tqdm(range(config.steps), desc="train testbed", unit="step")
+    with (out_dir / "train_log.jsonl").open("a" if continue_steps else "w") as log_file:
+        header = {"event": "config", "parameters": parameters, **asdict(config), "continue_steps": continue_steps}
+        log_file.write(json.dumps(header) + "\n")
+        progress = tqdm(range(first_step, last_step), desc="train testbed", unit="step")
         for step in progress:
             stream = single_sense if step < config.curriculum_steps else every_kind
             batch = [next(stream) for _ in range(config.batch_size)]
@@ -179,7 +190,7 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig()) -> TestbedMo
                 perception=f"{perception_loss.item():.3f}",
                 phase="all" if step >= config.curriculum_steps else "single",
             )
-            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            if (step + 1) % config.eval_every == 0 or step + 1 == last_step:
                 accuracy = first_word_accuracy(model, eval_docs)
                 log_file.write(
                     json.dumps({"event": "eval", "step": step + 1, "val_first_word_accuracy": accuracy}) + "\n"
