@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 SINGLE_SENSE = {"qa_colour": 1.0, "qa_shape": 1.0, "qa_count": 1.0, "qa_order": 1.0, "sound_colour": 1.0,
                 "halluc_sound": 1.0, "halluc_visible": 1.0}  # fmt: skip
 ALL_KINDS = {**SINGLE_SENSE, "sound_colour": 0.5, "match": 2.5, "qa_sounding": 1.5, "caption": 1.0}
+# A continuation (--continue-steps) weights up the kinds the val monitor showed learning last.
+LATE_KINDS = {**ALL_KINDS, "halluc_visible": 4.0, "qa_order": 4.0, "halluc_sound": 2.0, "qa_shape": 2.0}
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,9 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), continue_ste
     """Train from scratch and save to ``out_dir`` (weights, config, tokenizer, ``train_log.jsonl``).
 
     ``continue_steps > 0`` instead loads the model saved in ``out_dir`` by a run with this ``config`` and trains it
-    for that many more steps on every kind, with fresh optimizer state (warm-up again) and the data streams going on
-    where that run stopped; the log is appended to. Both stages are deterministic from the seed.
+    for that many more steps on every kind, the late-learning ones weighted up (``LATE_KINDS``), with fresh
+    optimizer state (warm-up again) and the data stream going on where that run stopped; the log is appended to.
+    Both stages are deterministic from the seed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +156,7 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), continue_ste
     dropout_rng = np.random.default_rng([config.seed, 7, first_step] if continue_steps else [config.seed, 7])
     single_sense = training_stream(SINGLE_SENSE, seed=config.seed)
     consumed = max(0, first_step - config.curriculum_steps) * config.batch_size
-    every_kind = training_stream(ALL_KINDS, seed=config.seed + 1, start=consumed)
+    every_kind = training_stream(LATE_KINDS if continue_steps else ALL_KINDS, seed=config.seed + 1, start=consumed)
     parameters = sum(p.numel() for p in model.parameters())
     log.info("training %d parameters, steps %d..%d, %s", parameters, first_step, last_step, asdict(config))
     started = time.time()
