@@ -46,7 +46,7 @@ def profile_for_target(
 ) -> PruningProfile:
     """The profile of the largest mass (in steps of 0.01) whose mean relative FLOPs stay <= ``target_flops``."""
     for mass in np.arange(1.0, 0.0, -0.01):
-        profile = curves.profile(float(mass), quiet=True)
+        profile = curves.profile(round(float(mass), 2), quiet=True)
         flops = mean_relative_flops(model, layouts, PruningConfig(profile=profile, fine_ratio=fine_ratio))
         if flops <= target_flops:
             log.info("target %.1f%% FLOPs at fine ratio %g: mass %.2f -> %.1f%% (%s)",
