@@ -30,7 +30,7 @@ def evaluate(model_args: str, tasks: list[str], limit: int = 2) -> dict:
         limit=limit,
         bootstrap_iters=0,
         log_samples=True,
-        task_manager=TaskManager(include_path=str(tasks_path())),
+        task_manager=TaskManager(include_path=str(tasks_path()), model_name="fastav_tiny"),  # selects its prompts
     )
 
 
