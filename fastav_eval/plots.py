@@ -8,6 +8,18 @@ from pathlib import Path
 MODALITY_COLOURS = {"text": "#4c72b0", "video": "#55a868", "audio": "#dd8452"}
 
 
+def _save(figure, path: str | Path) -> Path:
+    """Lay out, write and close a figure; returns the PNG's path."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
 def plot_tokens_per_layer(kept_per_layer: Mapping[str, Sequence[int]], title: str, path: str | Path) -> Path:
     """Stacked bars of the tokens of each modality that every decoder layer processed; writes a PNG."""
     import matplotlib
@@ -24,12 +36,7 @@ def plot_tokens_per_layer(kept_per_layer: Mapping[str, Sequence[int]], title: st
     axes.set_ylabel("tokens processed")
     axes.set_title(title)
     axes.legend(loc="upper right")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_training_log(log_path: str | Path, path: str | Path) -> Path:
@@ -62,9 +69,4 @@ def plot_training_log(log_path: str | Path, path: str | Path) -> Path:
     right.set_xlabel("step")
     right.set_ylabel("val accuracy, first answer word (%)")
     right.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
