@@ -39,6 +39,11 @@ def chance(task_or_kind: str) -> float:
     return float(np.mean([1.0 / len(KINDS[k].choices) for k in kinds]))
 
 
+def mean_flops(summary: dict[str, dict[str, float]]) -> float:
+    """Mean relative FLOPs over the four tasks (each task's own mean over its documents)."""
+    return float(np.mean([summary[t]["relative_flops"] for t in TASKS]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=str(WEIGHTS_DIR))
@@ -78,7 +83,7 @@ def main() -> None:
     print(header + "\n|" + "---|" * (header.count("|") - 1))
     print("| chance | | " + " | ".join(f"{100 * chance(t):.1f}" for t in CHOICE_TASKS) + " | | |")
     for name, summary in summaries.items():
-        flops = np.mean([summary[t]["relative_flops"] for t in TASKS])
+        flops = mean_flops(summary)
         cells = " | ".join(f"{100 * summary[t]['accuracy']:.1f}" for t in CHOICE_TASKS)
         caption = summary["avsynth_caption"]
         print(f"| {name} | {flops:.1f} | {cells} | {caption['cider']:.3f} | {100 * caption['bleu4']:.1f} |")
@@ -108,7 +113,7 @@ def main() -> None:
         bars[f"{removed}: {sense}-dependent kinds within 10 of chance ({', '.join(dependent)})"] = all(
             abs(summaries[removed][f"{KINDS[k].task}/{k}"]["accuracy"] - chance(k)) <= 0.10 for k in dependent
         )
-    fastav_flops = np.mean([fastav[t]["relative_flops"] for t in TASKS])
+    fastav_flops = mean_flops(fastav)
     worst_drop = max(full[t]["accuracy"] - fastav[t]["accuracy"] for t in CHOICE_TASKS)
     bars[f"fastav <= 60 FLOPs ({fastav_flops:.1f})"] = fastav_flops <= 60
     bars[f"fastav within 2 points of full on every task (worst drop {100 * worst_drop:.1f})"] = worst_drop <= 0.02
@@ -129,7 +134,7 @@ def main() -> None:
         figure, axis = plt.subplots(figsize=(6, 4))
         for name, summary in summaries.items():
             if not name.startswith("no_"):
-                flops = np.mean([summary[t]["relative_flops"] for t in TASKS])
+                flops = mean_flops(summary)
                 accuracy = np.mean([summary[t]["accuracy"] for t in CHOICE_TASKS])
                 axis.scatter(flops, 100 * accuracy, label=name)
         axis.set_xlabel("relative prefill FLOPs (%)")

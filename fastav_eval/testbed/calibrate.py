@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from fastav_eval.avsynth.dataset import DEFAULT_SEED, build_documents, load_media
+from fastav_eval.avsynth.dataset import DEFAULT_SEED, build_documents
 from fastav_eval.avsynth.questions import TASKS
 from fastav_eval.pruning import DecoderShape, ModalityLayout, PruningConfig, PruningProfile, simulate_prefill
 from fastav_eval.pruning.rollout import RolloutCurves, rollout_curves
-from fastav_eval.testbed.model import TestbedModel
+from fastav_eval.testbed.model import TestbedModel, media_tensors
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +25,8 @@ log = logging.getLogger(__name__)
 def calibration_samples(model: TestbedModel, documents: list[dict]) -> Iterator[tuple[dict, ModalityLayout]]:
     """One ``(decoder inputs, layout)`` pair per document, batch 1 and unpadded as rollout needs."""
     for doc in documents:
-        frames, waveform = load_media(doc)
         with torch.no_grad():
-            prepared = model.prepare(
-                torch.from_numpy(frames[None]), torch.from_numpy(waveform[None]), [doc["question"]]
-            )
+            prepared = model.prepare(*media_tensors([doc]), [doc["question"]])
         yield {"inputs_embeds": prepared.inputs_embeds}, prepared.layout
 
 

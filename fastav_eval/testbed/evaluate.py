@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fastav_eval.avsynth.dataset import load_media
 from fastav_eval.avsynth.scoring import corpus_bleu4, corpus_cider, score_choice
 from fastav_eval.pruning import PruningConfig, install
-from fastav_eval.testbed.model import TestbedModel
+from fastav_eval.testbed.model import TestbedModel, media_tensors
 
 CONDITIONS = {"full": (True, True), "no_audio": (True, False), "no_video": (False, True), "no_av": (False, False)}
 
@@ -65,10 +64,8 @@ def run_condition(
         label = condition if pruning is None else f"{condition} + {pruning.describe()}"
         for start in tqdm(range(0, len(documents), batch_size), desc=label[:60], unit="batch", leave=False):
             batch = documents[start : start + batch_size]
-            frames, waveforms = zip(*(load_media(d) for d in batch), strict=True)
             prepared = model.prepare(
-                torch.from_numpy(np.stack(frames)),
-                torch.from_numpy(np.stack(waveforms)),
+                *media_tensors(batch),
                 [d["question"] for d in batch],
                 use_video=[use_video] * len(batch),
                 use_audio=[use_audio] * len(batch),

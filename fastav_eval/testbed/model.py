@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from fastav_eval.avsynth.dataset import load_media
 from fastav_eval.avsynth.world import FRAME_SIZE, NUM_FRAMES, NUM_SAMPLES, SAMPLE_RATE
 from fastav_eval.pruning.layout import ModalityLayout
 from fastav_eval.testbed.tokenizer import WordTokenizer
@@ -134,6 +135,12 @@ class AudioEncoder(nn.Module):
         features = self.convs(log_mel.unsqueeze(1))  # [B, C, bands, steps]
         features = features.permute(0, 3, 2, 1) + self.time_embedding + self.band_embedding  # [B, steps, bands, C]
         return self.projector(features.flatten(1, 2))
+
+
+def media_tensors(documents: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """AV-Synth documents -> frames ``[B, 8, 32, 32, 3]`` uint8 and waveforms ``[B, 32000]`` float32."""
+    frames, waveforms = zip(*(load_media(doc) for doc in documents), strict=True)
+    return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(waveforms))
 
 
 @dataclass

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fastav_eval.avsynth.dataset import DEFAULT_SEED, build_documents, load_media, training_stream
+from fastav_eval.avsynth.dataset import DEFAULT_SEED, build_documents, training_stream
 from fastav_eval.avsynth.questions import KINDS, TASKS, make_example
 from fastav_eval.avsynth.scene import Scene
 from fastav_eval.avsynth.world import COLOURS, MAX_EVENTS, NUMBER_WORDS, SHAPES
-from fastav_eval.testbed.model import ANSWER_CUE, PREFIX, TestbedConfig, TestbedModel
+from fastav_eval.testbed.model import ANSWER_CUE, PREFIX, TestbedConfig, TestbedModel, media_tensors
 from fastav_eval.testbed.tokenizer import WordTokenizer
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,6 @@ def build_vocabulary() -> WordTokenizer:
     return WordTokenizer.from_texts(texts)
 
 
-def _media(batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    frames, waveforms = zip(*(load_media(doc) for doc in batch), strict=True)
-    return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(waveforms))
-
-
 @torch.no_grad()
 def first_word_accuracy(model: TestbedModel, documents: list[dict], batch_size: int = 96) -> dict[str, float]:
     """Teacher-forced accuracy of the first answer word per kind (a cheap training-time monitor, not the benchmark)."""
@@ -114,7 +109,7 @@ def first_word_accuracy(model: TestbedModel, documents: list[dict], batch_size: 
     hits: dict[str, list[bool]] = {}
     for start in range(0, len(documents), batch_size):
         batch = documents[start : start + batch_size]
-        prepared = model.prepare(*_media(batch), [d["question"] for d in batch], [d["answer"] for d in batch])
+        prepared = model.prepare(*media_tensors(batch), [d["question"] for d in batch], [d["answer"] for d in batch])
         logits = model.decoder(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask).logits
         first = (prepared.labels != -100).int().argmax(dim=1)
         predicted = logits[torch.arange(len(batch)), first].argmax(-1)
@@ -170,7 +165,11 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), continue_ste
             use_video = (dropout_rng.random(len(batch)) >= config.modality_dropout).tolist()
             use_audio = (dropout_rng.random(len(batch)) >= config.modality_dropout).tolist()
             prepared = model.prepare(
-                *_media(batch), [d["question"] for d in batch], [d["answer"] for d in batch], use_video, use_audio
+                *media_tensors(batch),
+                [d["question"] for d in batch],
+                [d["answer"] for d in batch],
+                use_video,
+                use_audio,
             )
             answer_loss = model.loss(prepared)
             perception_loss = heads.loss(prepared.video_tokens, prepared.audio_tokens, batch)

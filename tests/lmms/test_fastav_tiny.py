@@ -7,14 +7,14 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
-from fastav_eval.avsynth import build_documents, load_media
+from fastav_eval.avsynth import build_documents
 from fastav_eval.cli import tasks_path
 from fastav_eval.lmms.fastav_tiny import FastAVTiny
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
+from fastav_eval.testbed.model import media_tensors
 
 lmms_eval = pytest.importorskip("lmms_eval")
 
@@ -65,10 +65,8 @@ def test_unpruned_run_matches_the_stock_model():
     assert output["throughput"]["avg_relative_flops"] == pytest.approx(100.0)
     docs = build_documents("test", "avsynth_qa", 4)
     model = TestbedModel.load(WEIGHTS_DIR)
-    frames, waves = zip(*(load_media(d) for d in docs), strict=True)
     with torch.no_grad():
-        prepared = model.prepare(torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(waves)),
-                                 [d["question"] for d in docs])  # fmt: skip
+        prepared = model.prepare(*media_tensors(docs), [d["question"] for d in docs])
     expected = model.generate(prepared, max_new_tokens=4)
     got = [s["filtered_resps"][0] for s in sorted(output["samples"]["avsynth_qa"], key=lambda s: s["doc_id"])]
     assert got == expected

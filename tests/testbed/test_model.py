@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastav_eval.avsynth import build_documents, load_media
+from fastav_eval.avsynth import build_documents
 from fastav_eval.pruning import Modality
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedConfig, TestbedModel, WordTokenizer
+from fastav_eval.testbed.model import media_tensors
 from fastav_eval.testbed.train import build_vocabulary
 
 
@@ -20,15 +21,10 @@ def tiny_testbed(seed: int = 0) -> TestbedModel:
     return TestbedModel(config, tokenizer).eval()
 
 
-def media(documents: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    frames, waves = zip(*(load_media(d) for d in documents), strict=True)
-    return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(waves))
-
-
 def test_layout_is_prefix_video_audio_question_left_padded():
     model = tiny_testbed()
     docs = build_documents("val", "avsynth_qa", 2)
-    prepared = model.prepare(*media(docs), [d["question"] for d in docs])
+    prepared = model.prepare(*media_tensors(docs), [d["question"] for d in docs])
     layout, config = prepared.layout, model.config
     for row, doc in enumerate(docs):
         codes = layout.modality[row][layout.valid[row]].tolist()
@@ -42,8 +38,8 @@ def test_layout_is_prefix_video_audio_question_left_padded():
 def test_leaving_a_modality_out_removes_its_tokens():
     model = tiny_testbed()
     docs = build_documents("val", "avsynth_match", 3)
-    full = model.prepare(*media(docs), [d["question"] for d in docs])
-    no_audio = model.prepare(*media(docs), [d["question"] for d in docs], use_audio=[False, True, False])
+    full = model.prepare(*media_tensors(docs), [d["question"] for d in docs])
+    no_audio = model.prepare(*media_tensors(docs), [d["question"] for d in docs], use_audio=[False, True, False])
     counts = (no_audio.layout.modality == int(Modality.AUDIO)).sum(1).tolist()
     assert counts == [0, 144, 0]
     assert (no_audio.attention_mask.sum(1) == full.attention_mask.sum(1) - torch.tensor([144, 0, 144])).all()
@@ -52,7 +48,7 @@ def test_leaving_a_modality_out_removes_its_tokens():
 def test_labels_mark_the_answer_tokens_and_eos():
     model = tiny_testbed()
     docs = build_documents("val", "avsynth_caption", 2)
-    prepared = model.prepare(*media(docs), [d["question"] for d in docs], [d["answer"] for d in docs])
+    prepared = model.prepare(*media_tensors(docs), [d["question"] for d in docs], [d["answer"] for d in docs])
     for row, doc in enumerate(docs):
         labels = prepared.labels[row][prepared.labels[row] != -100].tolist()
         assert labels == [*model.tokenizer.encode(doc["answer"]), model.tokenizer.eos_id]
@@ -62,9 +58,9 @@ def test_labels_mark_the_answer_tokens_and_eos():
 def test_save_load_round_trip_gives_identical_answers_and_logits(tmp_path):
     model = tiny_testbed(seed=3)
     docs = build_documents("val", "avsynth_qa", 4)
-    prepared = model.prepare(*media(docs), [d["question"] for d in docs])
+    prepared = model.prepare(*media_tensors(docs), [d["question"] for d in docs])
     loaded = TestbedModel.load(model.save(tmp_path))
-    again = loaded.prepare(*media(docs), [d["question"] for d in docs])
+    again = loaded.prepare(*media_tensors(docs), [d["question"] for d in docs])
     torch.testing.assert_close(again.inputs_embeds, prepared.inputs_embeds, rtol=0, atol=0)
     logits = model.decoder(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask).logits
     reloaded = loaded.decoder(inputs_embeds=again.inputs_embeds, attention_mask=again.attention_mask).logits
@@ -76,7 +72,7 @@ def test_save_load_round_trip_gives_identical_answers_and_logits(tmp_path):
 def test_bfloat16_model_runs_with_float32_log_mel():
     model = tiny_testbed().to(torch.bfloat16)
     docs = build_documents("val", "avsynth_match", 2)
-    prepared = model.prepare(*media(docs), [d["question"] for d in docs])
+    prepared = model.prepare(*media_tensors(docs), [d["question"] for d in docs])
     assert prepared.inputs_embeds.dtype == torch.bfloat16
     assert len(model.generate(prepared, 2)) == 2
 
@@ -102,6 +98,6 @@ def test_shipped_weights_answer_the_test_split():
     """A regression guard on the committed weights (docs/avsynth.md has the full evaluation)."""
     model = TestbedModel.load(WEIGHTS_DIR)
     docs = build_documents("test", "avsynth_qa", 40)
-    answers = model.generate(model.prepare(*media(docs), [d["question"] for d in docs]), max_new_tokens=4)
+    answers = model.generate(model.prepare(*media_tensors(docs), [d["question"] for d in docs]), max_new_tokens=4)
     accuracy = np.mean([a == d["answer"] for a, d in zip(answers, docs, strict=True)])
     assert accuracy >= 0.75, accuracy
