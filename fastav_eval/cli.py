@@ -33,7 +33,7 @@ def _train_testbed(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "threads": args.threads}
     config = TrainConfig(**{name: value for name, value in overrides.items() if value is not None})
-    train(args.out, config, continue_steps=args.continue_steps)
+    train(args.out, config)
     print(f"saved the testbed model to {args.out}")
     return 0
 
@@ -107,17 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train-testbed",
-        help="train the small AV-Synth model from scratch (2 CPU cores, ~50 min); unset options: TrainConfig's",
+        help="train the small AV-Synth model from scratch (2 CPU cores, ~55 min); unset options: TrainConfig's",
     )
     train.add_argument("--out", required=True, help="folder for model.safetensors, config.json, tokenizer.json, log")
     train.add_argument("--steps", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--threads", type=int, help="torch CPU threads")
-    train.add_argument(
-        "--continue-steps", type=int, default=0,
-        help="load the model a run with the same options saved in --out and train it this many more steps",
-    )  # fmt: skip
     train.set_defaults(handler=_train_testbed)
 
     calibrate = commands.add_parser(

@@ -48,12 +48,13 @@ def plot_training_log(log_path: str | Path, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps, losses, evals = [], [], []
+    steps, losses, evals, phase_starts = [], [], [], {}
     for line in Path(log_path).read_text().splitlines():
         record = json.loads(line)
         if record["event"] == "step":
             steps.append(record["step"])
             losses.append(record["loss"])
+            phase_starts.setdefault(record.get("phase", "all"), record["step"])
         elif record["event"] == "eval":
             evals.append(record)
     window = 50
@@ -69,4 +70,9 @@ def plot_training_log(log_path: str | Path, path: str | Path) -> Path:
     right.set_xlabel("step")
     right.set_ylabel("val accuracy, first answer word (%)")
     right.legend(fontsize=7, ncol=2)
+    for phase, start in phase_starts.items():
+        if start > 0:
+            for axes in (left, right):
+                axes.axvline(start, color="grey", linestyle=":", linewidth=1)
+            left.annotate(f"{phase} →", (start, 1.0), xycoords=("data", "axes fraction"), fontsize=7, va="top")
     return _save(figure, path)

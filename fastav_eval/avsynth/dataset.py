@@ -64,12 +64,12 @@ def load_media(document: dict) -> tuple[np.ndarray, np.ndarray]:
     return frames, waveform
 
 
-def training_stream(kinds: dict[str, float], seed: int, start: int = 0) -> Iterator[dict]:
+def training_stream(kinds: dict[str, float], seed: int) -> Iterator[dict]:
     """An endless, reproducible stream of training examples, kinds drawn with the given weights."""
     names = sorted(kinds)
     weights = np.array([kinds[n] for n in names], dtype=np.float64)
     weights /= weights.sum()
-    index = start
+    index = 0
     while True:
         rng = np.random.default_rng([seed, SPLITS["train"], TRAINING_STREAM, index])
         yield make_example(names[int(rng.choice(len(names), p=weights))], rng)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from fastav_eval.avsynth import build_documents
 from fastav_eval.pruning import Modality
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedConfig, TestbedModel, WordTokenizer
 from fastav_eval.testbed.model import media_tensors
-from fastav_eval.testbed.train import build_vocabulary
+from fastav_eval.testbed.train import TrainConfig, build_vocabulary, train
 
 
 def tiny_testbed(seed: int = 0) -> TestbedModel:
@@ -101,3 +103,19 @@ def test_shipped_weights_answer_the_test_split():
     answers = model.generate(model.prepare(*media_tensors(docs), [d["question"] for d in docs]), max_new_tokens=4)
     accuracy = np.mean([a == d["answer"] for a, d in zip(answers, docs, strict=True)])
     assert accuracy >= 0.75, accuracy
+
+
+def test_training_runs_its_three_phases_and_saves_a_loadable_model(tmp_path):
+    """A 3-step run: one step per curriculum phase, then the saved model answers like the one in memory."""
+    config = TrainConfig(steps=3, batch_size=2, curriculum_steps=1, late_steps=1, eval_every=100, eval_docs_per_task=2)
+    model = train(tmp_path, config)
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in records if r["event"] == "step"] == ["single", "all", "late"]
+    assert [r["step"] for r in records if r["event"] == "eval"] == [3]
+    assert (tmp_path / "training_curves.png").stat().st_size > 0
+    docs = build_documents("test", "avsynth_match", 2)
+    prepared = model.prepare(*media_tensors(docs), [d["question"] for d in docs])
+    reloaded = TestbedModel.load(tmp_path)
+    assert reloaded.generate(reloaded.prepare(*media_tensors(docs), [d["question"] for d in docs])) == (
+        model.generate(prepared)
+    )
