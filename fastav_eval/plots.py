@@ -54,7 +54,7 @@ def plot_training_log(log_path: str | Path, path: str | Path) -> Path:
         if record["event"] == "step":
             steps.append(record["step"])
             losses.append(record["loss"])
-            phase_starts.setdefault(record.get("phase", "all"), record["step"])
+            phase_starts.setdefault(record["phase"], record["step"])
         elif record["event"] == "eval":
             evals.append(record)
     window = 50

@@ -8,6 +8,7 @@ waveform in the dataset as well.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,11 +70,9 @@ def training_stream(kinds: dict[str, float], seed: int) -> Iterator[dict]:
     names = sorted(kinds)
     weights = np.array([kinds[n] for n in names], dtype=np.float64)
     weights /= weights.sum()
-    index = 0
-    while True:
+    for index in itertools.count():
         rng = np.random.default_rng([seed, SPLITS["train"], TRAINING_STREAM, index])
         yield make_example(names[int(rng.choice(len(names), p=weights))], rng)
-        index += 1
 
 
 def write_split(
