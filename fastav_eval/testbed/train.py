@@ -10,8 +10,10 @@ a fair probe (the model has seen it and learned to fall back to the answer prior
 
 Real AV-LLMs start from pretrained encoders (CLIP, BEATs). The testbed trains its encoders from scratch, so small
 *perception heads* (training only, not saved) ask the mean of each encoder's tokens to name what is in the clip:
-the visible colours and shapes, the heard colours and the number of sounds. Their loss is added to the answer
-loss with weight ``perception_weight``; without them the decoder sat at chance for the first ~600 steps.
+the visible colours, shapes and (colour, shape) pairs, the heard colours and the number of sounds. Their loss is
+added to the answer loss with weight ``perception_weight``; without them the decoder sat at chance for the first
+~600 steps. The pairs ask the video encoder to bind each colour to its shape; the decoder still answers some
+binding questions from the colour alone (``benchmarks/avsynth_binding_errors.py`` shows where).
 """
 
 from __future__ import annotations
@@ -60,24 +62,29 @@ class TrainConfig:
     threads: int = 2
 
 
+PAIRS = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+
+
 class PerceptionHeads(nn.Module):
-    """Training-only probes on the mean encoder token: video -> visible colours and shapes (multi-hot), audio ->
-    heard colours (multi-hot) and the number of sounds (0..3)."""
+    """Training-only probes on the mean encoder token: video -> visible colours, shapes and (colour, shape) pairs
+    (multi-hot), audio -> heard colours (multi-hot) and the number of sounds (0..3)."""
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
-        self.video = nn.Linear(hidden_size, len(COLOURS) + len(SHAPES))
+        self.video = nn.Linear(hidden_size, len(COLOURS) + len(SHAPES) + len(PAIRS))
         self.audio = nn.Linear(hidden_size, len(COLOURS) + MAX_EVENTS + 1)
 
     @staticmethod
     def targets(documents: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``seen [B, 7]`` and ``heard [B, 4]`` multi-hot floats, ``count [B]`` long."""
+        """``seen [B, 4 + 3 + 12]`` (colours, shapes, pairs) and ``heard [B, 4]`` multi-hot floats, ``count [B]``
+        long."""
         seen, heard, count = [], [], []
         for doc in documents:
             scene = Scene.from_json(doc["scene"])
             seen.append(
                 [float(scene.visible(c)) for c in COLOURS]
                 + [float(any(o.shape == s for o in scene.objects)) for s in SHAPES]
+                + [float(scene.visible(c, s)) for c, s in PAIRS]
             )
             heard.append([float(scene.event_count(c) > 0) for c in COLOURS])
             count.append(len(scene.events))

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from fastav_eval.avsynth import build_documents
+from fastav_eval.avsynth.scene import Scene, SoundEvent, VisibleObject
 from fastav_eval.pruning import Modality
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedConfig, TestbedModel, WordTokenizer
 from fastav_eval.testbed.model import media_tensors
-from fastav_eval.testbed.train import TrainConfig, build_vocabulary, train
+from fastav_eval.testbed.train import PAIRS, PerceptionHeads, TrainConfig, build_vocabulary, train
 
 
 def tiny_testbed(seed: int = 0) -> TestbedModel:
@@ -119,3 +120,15 @@ def test_training_runs_its_three_phases_and_saves_a_loadable_model(tmp_path):
     assert reloaded.generate(reloaded.prepare(*media_tensors(docs), [d["question"] for d in docs])) == (
         model.generate(prepared)
     )
+
+
+def test_perception_targets_name_each_visible_colour_shape_pair():
+    """A red square and a blue circle: the pair targets must not also claim a red circle or a blue square."""
+    objects = (VisibleObject("red", "square", 8, 16, 6, 0, 7), VisibleObject("blue", "circle", 24, 16, 6, 0, 7))
+    events = (SoundEvent("green", "circle", 0.2, 0.3), SoundEvent("green", "circle", 1.2, 0.3))
+    seen, heard, count = PerceptionHeads.targets([{"scene": Scene(objects, events, noise_seed=0).to_json()}])
+    colours, shapes, pairs = seen[0, :4].tolist(), seen[0, 4:7].tolist(), seen[0, 7:].tolist()
+    assert colours == [1.0, 0.0, 1.0, 0.0]  # red, green, blue, yellow
+    assert shapes == [1.0, 1.0, 0.0]  # circle, square, triangle
+    assert {PAIRS[i] for i, on in enumerate(pairs) if on} == {("red", "square"), ("blue", "circle")}
+    assert heard[0].tolist() == [0.0, 1.0, 0.0, 0.0] and count.tolist() == [2]
