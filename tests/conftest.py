@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,7 +10,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import Cache, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers.utils import ModelOutput
 
 VOCAB = 97
 
@@ -37,6 +39,19 @@ def tiny_qwen2(attn: str = "sdpa", layers: int = 6, seed: int = 0) -> Qwen2ForCa
 def tiny_llama(attn: str = "sdpa", layers: int = 4, seed: int = 0) -> LlamaForCausalLM:
     """4 layers, d 64, 4 query heads sharing 1 KV head."""
     return _tiny(LlamaConfig, LlamaForCausalLM, attn, layers, kv_heads=1, seed=seed)
+
+
+CACHE_NAME = "cache" if "cache" in inspect.signature(Qwen2ForCausalLM.forward).parameters else "past_key_values"
+"""The keyword the installed transformers takes the KV cache by (``cache`` from 5.24)."""
+
+
+def with_cache(cache: Cache) -> dict[str, Cache]:
+    """``model(..., **with_cache(cache))`` on any supported transformers release."""
+    return {CACHE_NAME: cache}
+
+
+def output_cache(output: ModelOutput) -> Cache:
+    return output[CACHE_NAME]
 
 
 @pytest.fixture(autouse=True)

@@ -1,37 +1,43 @@
-"""The pruned decoder forward, installed on a loaded transformers model in one reversible call.
+"""FastAV on a stock transformers text decoder, through hooks: one reversible call, no copy of its forward.
 
 :func:`install` finds the model's text decoder (``Qwen2Model``, ``LlamaModel`` or the Qwen2.5-Omni thinker's
-text model), replaces its ``forward`` on that instance only, and switches its attention to the scored
-``fastav_<kernel>`` wrapper. The forward runs the stock decoder layers; at a fresh prefill with a layout set
-(:meth:`FastAVDecoder.layout`) it:
+text model), checks that it speaks the interface the engine was written for
+(:func:`~fastav_eval.pruning.compat.check_decoder_interface`), switches its attention to the scored
+``fastav_<kernel>`` wrapper and registers hooks. The stock forward keeps doing everything else (embeddings, the
+cache, positions including TMRoPE, rotary, the final norm); the hooks only change what the layers receive:
 
-1. keeps every token through layers ``0 .. global_layer - 1``;
-2. before each prune point gathers the kept tokens (sorted, so causal order holds) from the hidden states and
-   the rotary ``cos``/``sin`` (so kept tokens keep their original positions);
-3. gives each layer a causal mask sized to what that layer holds, so each layer's KV cache keeps exactly
-   the tokens that layer saw.
+- before the decoder: note the 2-D attention mask, refuse what the engine does not handle;
+- before layer 0: decide what this forward is, from the cache the stock forward hands its layers (so however a
+  release passes it): a fresh prefill to prune (a layout is set), a forward over a cache this engine pruned, or
+  one to leave alone; anything else under a layout is an error, never a silent fresh prefill;
+- before each layer of a pruned prefill: run the prune point, then hand the layer the kept tokens (sorted, so
+  causal order holds) with their own rotary ``cos``/``sin`` (kept tokens keep their original positions) and a
+  causal mask sized to what the layer holds, so each layer's KV cache keeps exactly the tokens that layer saw;
+- before each pruned layer of a later forward over that cache (decode steps, continuations): a mask over the
+  layer's own cache; layers that hold the whole prompt keep the stock mask;
+- after the decoder: keep the prefill's statistics and what each layer's cache holds.
 
-Decode steps prune nothing: the new token is appended to every layer's (shorter) cache, and each layer gets
-a mask over its own cache. Positions come from ``generate``, which derives them from the unpruned
-attention mask, so decoding uses the original positions.
+Positions of decode steps come from ``generate``, which derives them from the unpruned attention mask, so
+decoding uses the original positions.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import types
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from fastav_eval.pruning.compat import check_decoder_interface
 from fastav_eval.pruning.config import PruningConfig
 from fastav_eval.pruning.flops import DecoderShape
 from fastav_eval.pruning.layout import ModalityLayout
@@ -41,11 +47,11 @@ from fastav_eval.pruning.scoring import SINK_ATTRIBUTE, ScoreSink, register_scor
 logger = logging.getLogger(__name__)
 
 SUPPORTED_DECODERS: dict[str, str] = {
-    "qwen2": "rope",  # Qwen2 (VideoLLaMA2-AV's and video-SALMONN 2's LLM)
-    "llama": "rope",
-    "qwen2_5_omni_text": "mrope",  # Qwen2.5-Omni thinker: [3, B, L] positions, cos/sin arrive [B, L, D]
+    "qwen2": "Qwen2 (VideoLLaMA2-AV's and video-SALMONN 2's LLM)",
+    "llama": "Llama",
+    "qwen2_5_omni_text": "Qwen2.5-Omni thinker (TMRoPE: [3, B, L] positions, cos/sin arrive [B, L, D])",
 }
-"""Text-model ``config.model_type`` -> its position scheme."""
+"""Text-model ``config.model_type`` -> what it is."""
 
 TEXT_MODEL_PATHS: tuple[str, ...] = (
     "",
@@ -71,18 +77,6 @@ def find_text_model(model: nn.Module) -> nn.Module:
     )
 
 
-@dataclass
-class _LayerInputs:
-    """What every decoder layer of one forward receives besides its hidden states and mask."""
-
-    cos: torch.Tensor  # [B or 1, L, head_dim]
-    sin: torch.Tensor
-    text_position_ids: torch.Tensor | None  # [B or 1, L]; for masks and FlashAttention's packing check
-    cache: Cache | None
-    use_cache: bool
-    kwargs: dict[str, Any]
-
-
 class FastAVDecoder:
     """FastAV installed on one text decoder. Create it with :func:`install`.
 
@@ -93,6 +87,7 @@ class FastAVDecoder:
     Attributes:
         config: the resolved :class:`PruningConfig`.
         shape: the decoder's :class:`DecoderShape` (for FLOPs).
+        interface: how the installed transformers calls the decoder (:class:`DecoderInterface`).
         last_stats: what the most recent fresh prefill with a layout processed; None after a prefill without one.
     """
 
@@ -103,17 +98,20 @@ class FastAVDecoder:
             raise ValueError(f"text model type {model_type!r} is not supported; accepted: {sorted(SUPPORTED_DECODERS)}")
         if any(kind != "full_attention" for kind in getattr(text_config, "layer_types", None) or []):
             raise ValueError("sliding-window attention layers are not supported (config.layer_types)")
+        self.interface = check_decoder_interface(text_model)
         self.text_model = text_model
-        self.position_scheme = SUPPORTED_DECODERS[model_type]
         self.num_layers = len(text_model.layers)
         self.config = config.resolve(self.num_layers)
         self.shape = DecoderShape.from_config(text_config)
         self.last_stats: PrefillStats | None = None
         self._layout: ModalityLayout | None = None
+        self._pruned_under_layout = False  # a pruned prefill ran inside the current layout block
+        self._attention_mask: torch.Tensor | None = None  # the 2-D mask of the forward in progress
+        self._run: _Prefill | _OverCache | None = None  # what the forward in progress does, decided at layer 0
         self._sink = ScoreSink()
         self._decode_states: weakref.WeakKeyDictionary[Cache, _DecodeState] = weakref.WeakKeyDictionary()
         self._original_attn: str | None = text_config._attn_implementation
-        self._installed = False
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     # ------------------------------------------------------------------ install / uninstall
     def _install(self) -> None:
@@ -122,173 +120,188 @@ class FastAVDecoder:
             raise ValueError("FastAV is already installed on this model; call uninstall() first")
         kernel = self._original_attn or "eager"
         text_model.config._attn_implementation = register_scored_attention(kernel)
-        for layer in text_model.layers:
+        self._hooks.append(text_model.register_forward_pre_hook(self._before_decoder, with_kwargs=True))
+        self._hooks.append(text_model.register_forward_hook(self._after_decoder))
+        for layer_idx, layer in enumerate(text_model.layers):
             setattr(layer.self_attn, SINK_ATTRIBUTE, self._sink)
-        text_model.forward = types.MethodType(_pruned_forward, text_model)
+            hook = functools.partial(self._before_layer, layer_idx)
+            self._hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
         setattr(text_model, ENGINE_ATTRIBUTE, self)
-        self._installed = True
         logger.info(
-            "FastAV installed on %s (%d layers, attention %s): %s",
+            "FastAV installed on %s (%d layers, attention %s, transformers %s): %s",
             type(text_model).__name__,
             self.num_layers,
             kernel,
+            transformers.__version__,
             self.config.describe(),
         )
 
     def uninstall(self) -> None:
-        """Restore the stock forward and attention implementation."""
-        if not self._installed:
+        """Remove the hooks and restore the attention implementation."""
+        if not self._hooks:
             return
         text_model = self.text_model
-        del text_model.forward
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
         for layer in text_model.layers:
             delattr(layer.self_attn, SINK_ATTRIBUTE)
         text_model.config._attn_implementation = self._original_attn
         delattr(text_model, ENGINE_ATTRIBUTE)
-        self._installed = False
 
     @contextmanager
     def layout(self, layout: ModalityLayout) -> Iterator[FastAVDecoder]:
         """Prune every fresh prefill run inside this block with ``layout`` (``[B, L]``, the prompt)."""
-        previous, self._layout = self._layout, layout
+        previous = self._layout, self._pruned_under_layout
+        self._layout, self._pruned_under_layout = layout, False
         try:
             yield self
         finally:
-            self._layout = previous
+            self._layout, self._pruned_under_layout = previous
 
-    # ------------------------------------------------------------------ forward
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        use_cache: bool | None = None,
-        **kwargs: Any,
-    ) -> BaseModelOutputWithPast:
-        text_model = self.text_model
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    # ------------------------------------------------------------------ hooks
+    def _before_decoder(self, _module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        call = {**dict(zip(self.interface.decoder_parameters, args, strict=False)), **kwargs}
         for flag in ("output_attentions", "output_hidden_states"):
-            if kwargs.pop(flag, False):
+            if call.get(flag):
                 raise ValueError(f"{flag}=True is not supported while FastAV is installed (layers differ in length)")
+        attention_mask = call.get("attention_mask")
         if isinstance(attention_mask, dict):
             raise ValueError("precomputed mask dicts (static caches, torch.compile) are not supported with FastAV")
-        if past_key_values is not None and not isinstance(past_key_values, DynamicCache):
+        self._attention_mask = attention_mask
+        self._run = None
+
+    def _before_layer(
+        self, layer_idx: int, _layer: nn.Module, args: tuple, kwargs: dict[str, Any]
+    ) -> tuple[tuple, dict[str, Any]] | None:
+        if layer_idx == 0:
+            self._run = self._start(args, kwargs)
+        run = self._run
+        if run is None:
+            return None
+        if isinstance(run, _Prefill):
+            return self._prefill_layer(run, layer_idx, args, kwargs)
+        return self._cached_layer(run, layer_idx, args, kwargs)
+
+    def _after_decoder(self, _module: nn.Module, _args: tuple, _output: Any) -> None:
+        run, self._run, self._attention_mask = self._run, None, None
+        self._sink.request(None)
+        if isinstance(run, _Prefill):
+            self.last_stats = run.plan.stats()
+            self._pruned_under_layout = True
+            if run.cache is not None and run.use_cache:
+                self._decode_states[run.cache] = _DecodeState(run.plan.layout.length, run.kv_valid)
+
+    # ------------------------------------------------------------------ what a forward is
+    def _start(self, args: tuple, kwargs: dict[str, Any]) -> _Prefill | _OverCache | None:
+        """Decide, before layer 0 runs, what the forward in progress does."""
+        self.interface.check_layer_call(name for name in kwargs if name != "hidden_states")
+        self._sink.request(None)
+        hidden = _hidden(args, kwargs)
+        cache = kwargs.get(self.interface.cache_name)
+        if cache is not None and not isinstance(cache, DynamicCache):
             raise ValueError(
-                f"past_key_values={type(past_key_values).__name__}; accepted: DynamicCache or None "
+                f"{self.interface.cache_name}={type(cache).__name__}; accepted: DynamicCache or None "
                 "(pruned layers hold caches of different lengths)"
             )
-        if use_cache is None:
-            use_cache = bool(getattr(text_model.config, "use_cache", True))
-        if inputs_embeds is None:
-            inputs_embeds = text_model.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=text_model.config)
-        batch, length = inputs_embeds.shape[:2]
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        position_ids, text_position_ids = self._positions(position_ids, batch, length, past_length, inputs_embeds)
-        cos, sin = text_model.rotary_emb(inputs_embeds, position_ids)
-        inputs = _LayerInputs(cos, sin, text_position_ids, past_key_values, use_cache, kwargs)
-
-        plan = self._start_prefill(past_length, attention_mask, batch, length)
-        if plan is None:
-            hidden = self._run_over_cache(inputs_embeds, attention_mask, inputs)
-        else:
-            hidden = self._run_prefill(plan, inputs_embeds, inputs)
-        hidden = text_model.norm(hidden)
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values if use_cache else None)
-
-    def _positions(
-        self, position_ids: torch.Tensor | None, batch: int, length: int, past_length: int, embeds: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(rotary position ids, text position ids for masks)`` as the stock forward derives them."""
-        if self.position_scheme == "rope":
-            if position_ids is None:
-                position_ids = (torch.arange(length, device=embeds.device) + past_length).unsqueeze(0)
-            return position_ids, position_ids
-        if position_ids is None:
-            position_ids = torch.arange(length, device=embeds.device) + past_length
-            position_ids = position_ids.view(1, 1, -1).expand(3, batch, -1)
-        elif position_ids.ndim == 2:
-            position_ids = position_ids[None, ...].expand(3, position_ids.shape[0], -1)
-        if position_ids.ndim == 3 and position_ids.shape[0] == 4:
-            return position_ids[1:], position_ids[0]
-        return position_ids, None
-
-    def _start_prefill(
-        self, past_length: int, attention_mask: torch.Tensor | None, batch: int, length: int
-    ) -> PrefillPlan | None:
-        """A plan when this forward is a fresh prefill with a layout (with pruning off it records, never drops)."""
+        batch, length = hidden.shape[:2]
+        past_length = cache.get_seq_length() if cache is not None else 0
         layout = self._layout
-        if past_length > 0:
-            return None
-        self.last_stats = None
-        if layout is None or length < 2:
-            return None
-        if (layout.batch_size, layout.length) != (batch, length):
-            raise ValueError(
-                f"layout is [{layout.batch_size}, {layout.length}] but the prefill input is [{batch}, {length}]; "
-                "FastAV prunes the prompt's prefill once, so generate with use_cache=True and without "
-                "assisted or prompt-lookup decoding"
-            )
-        layout = layout.to(self.text_model.embed_tokens.weight.device)
-        layout.check_padding(None if attention_mask is None else attention_mask[:, :length])
-        return PrefillPlan(layout, self.config, self.num_layers)
-
-    def _run_prefill(self, plan: PrefillPlan, hidden: torch.Tensor, inputs: _LayerInputs) -> torch.Tensor:
-        config = self.text_model.config
-        mask = _causal_mask(config, hidden, plan.valid, inputs.cache, inputs.text_position_ids, layer_idx=0)
-        position_ids = inputs.text_position_ids
-        cos, sin = inputs.cos, inputs.sin
-        segment_valid: list[torch.Tensor] = []
-        scores = None
-        for layer_idx, layer in enumerate(self.text_model.layers):
-            index = plan.step(layer_idx, scores)
-            if index is not None:
-                hidden = _gather(hidden, index)
-                cos, sin = _gather(cos, index), _gather(sin, index)
-                # Kept positions are no longer contiguous: masks and FlashAttention must not read them as packing.
-                position_ids = None
-                mask = _causal_mask(config, hidden, plan.valid, inputs.cache, None, layer_idx=layer_idx)
-            segment_valid.append(plan.valid)
-            self._sink.request(layer_idx if plan.needs_scores(layer_idx) else None)
-            hidden = _run_layer(layer, hidden, mask, cos, sin, position_ids, inputs)
-            scores = self._sink.take()
-        self.last_stats = plan.stats()
-        if inputs.use_cache and inputs.cache is not None:
-            self._decode_states[inputs.cache] = _DecodeState(plan.layout.length, segment_valid)
-        return hidden
-
-    def _run_over_cache(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, inputs: _LayerInputs
-    ) -> torch.Tensor:
-        """A forward that prunes nothing: decode steps and continuations (per-layer masks over a pruned cache),
-        and prefills without a layout (the stock computation)."""
-        config, cache = self.text_model.config, inputs.cache
-        state = self._decode_states.get(cache) if cache is not None else None
-        if state is None and cache is not None and cache.get_seq_length() > 0:
+        if past_length == 0:
+            self.last_stats = None
+            if layout is None:
+                return None
+            self._check_prefill(layout, batch, length)
+            layout = layout.to(hidden.device)
+            mask = self._attention_mask
+            layout.check_padding(None if mask is None else mask[:, :length])
+            plan = PrefillPlan(layout, self.config, self.num_layers)
+            return _Prefill(plan, cache, bool(kwargs.get("use_cache")))
+        state = self._decode_states.get(cache)
+        if state is None:
             if len({cache.get_seq_length(i) for i in range(len(cache.layers))}) > 1:
                 raise ValueError("this cache holds pruned layers from a prefill another FastAV engine ran")
-            if self._layout is not None and hidden.shape[1] > 1:
+            if layout is not None:
                 raise ValueError(
-                    f"a layout is set, but this forward continues a cache of {cache.get_seq_length()} tokens that "
-                    "FastAV did not prune; FastAV prunes fresh prefills only (pass past_key_values=None)"
+                    f"a layout is set, but this forward continues a cache of {past_length} tokens that FastAV did "
+                    "not prune; FastAV prunes fresh prefills only (pass an empty cache or none)"
                 )
-        masks: dict[int, Any] = {}
-        for layer_idx, layer in enumerate(self.text_model.layers):
-            if state is None:
-                key, position_ids = 0, inputs.text_position_ids
-                if key not in masks:
-                    masks[key] = _causal_mask(config, hidden, attention_mask, cache, position_ids, layer_idx=0)
-            else:
-                key, position_ids = id(state.kv_valid[layer_idx]), None
-                if key not in masks:
-                    layer_mask = state.mask_2d(layer_idx, cache, attention_mask, hidden.shape[1])
-                    masks[key] = _causal_mask(config, hidden, layer_mask, cache, None, layer_idx=layer_idx)
-            hidden = _run_layer(layer, hidden, masks[key], inputs.cos, inputs.sin, position_ids, inputs)
-        return hidden
+            return None
+        if not state.pruned:
+            return None
+        return _OverCache(state, cache, self._attention_mask)
+
+    def _check_prefill(self, layout: ModalityLayout, batch: int, length: int) -> None:
+        if (layout.batch_size, layout.length) == (batch, length):
+            return
+        if self._pruned_under_layout:
+            raise ValueError(
+                f"a forward of [{batch}, {length}] tokens arrived with no KV cache after a pruned prefill of "
+                f"[{layout.batch_size}, {layout.length}]; FastAV refuses to run it as a fresh prefill (generate with "
+                "use_cache=True; if it did, this transformers passes the cache in a way the engine does not read)"
+            )
+        raise ValueError(
+            f"layout is [{layout.batch_size}, {layout.length}] but the prefill input is [{batch}, {length}]; "
+            "FastAV prunes the prompt's prefill once, so generate with use_cache=True and without "
+            "assisted or prompt-lookup decoding"
+        )
+
+    # ------------------------------------------------------------------ per layer
+    def _prefill_layer(
+        self, run: _Prefill, layer_idx: int, args: tuple, kwargs: dict[str, Any]
+    ) -> tuple[tuple, dict[str, Any]] | None:
+        plan = run.plan
+        index = plan.step(layer_idx, self._sink.take())
+        hidden = _hidden(args, kwargs)
+        if index is not None:
+            hidden = _gather(hidden, index)
+            cos, sin = run.position_embeddings or kwargs["position_embeddings"]
+            run.position_embeddings = (_gather(cos, index), _gather(sin, index))
+            key_valid = None if bool(plan.valid.all()) else plan.valid
+            run.mask = _causal_mask(self.text_model.config, hidden, key_valid, run.cache, layer_idx)
+        run.kv_valid.append(plan.valid)
+        self._sink.request(layer_idx if plan.needs_scores(layer_idx) else None)
+        if run.position_embeddings is None:  # nothing dropped yet: the stock inputs are right
+            return None
+        # Kept positions are no longer contiguous: masks and FlashAttention must not read them as packing.
+        changed = {"attention_mask": run.mask, "position_ids": None, "position_embeddings": run.position_embeddings}
+        return _with_hidden(args, {**kwargs, **changed}, hidden)
+
+    def _cached_layer(
+        self, run: _OverCache, layer_idx: int, args: tuple, kwargs: dict[str, Any]
+    ) -> tuple[tuple, dict[str, Any]] | None:
+        state = run.state
+        prompt_valid = state.kv_valid[layer_idx]
+        if prompt_valid is state.kv_valid[0]:  # this layer holds the whole prompt: the stock mask is right
+            return None
+        key = id(prompt_valid)
+        if key not in run.masks:
+            hidden = _hidden(args, kwargs)
+            key_valid = state.key_valid(layer_idx, run.cache, run.attention_mask, hidden.shape[1])
+            run.masks[key] = _causal_mask(self.text_model.config, hidden, key_valid, run.cache, layer_idx)
+        return args, {**kwargs, "attention_mask": run.masks[key], "position_ids": None}
+
+
+@dataclass
+class _Prefill:
+    """A fresh prefill being pruned."""
+
+    plan: PrefillPlan
+    cache: Cache | None
+    use_cache: bool
+    kv_valid: list[torch.Tensor] = field(default_factory=list)  # per layer run so far, [B, L_i] bool
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None  # kept tokens' cos/sin, once pruned
+    mask: Any = None  # the causal mask of the current segment, once pruned
+
+
+@dataclass
+class _OverCache:
+    """A forward (decode step or continuation) over a cache this engine pruned."""
+
+    state: _DecodeState
+    cache: Cache
+    attention_mask: torch.Tensor | None  # this forward's 2-D mask, [B, prompt + past new + new] or None
+    masks: dict[int, Any] = field(default_factory=dict)  # one per distinct prompt key set
 
 
 class _DecodeState:
@@ -297,39 +310,33 @@ class _DecodeState:
     def __init__(self, prompt_length: int, kv_valid: list[torch.Tensor]) -> None:
         self.prompt_length = prompt_length
         self.kv_valid = kv_valid  # per layer [B, L_i] bool; layers of one segment share one tensor
+        self.pruned = any(valid is not kv_valid[0] for valid in kv_valid)
+        self._dense = {id(valid): bool(valid.all()) for valid in kv_valid}  # no padding or filler slot
 
-    def mask_2d(
+    def key_valid(
         self, layer_idx: int, cache: Cache, attention_mask: torch.Tensor | None, new_tokens: int
-    ) -> torch.Tensor:
-        """``[B, L_i + past_new + new_tokens]`` key mask of layer ``layer_idx`` for the current forward."""
+    ) -> torch.Tensor | None:
+        """``[B, L_i + past_new + new_tokens]`` key mask of layer ``layer_idx`` for the current forward, or None
+        when every key is visible and one new token attends to all of them (no mask needed)."""
         prompt_valid = self.kv_valid[layer_idx]
-        cached_new = cache.get_seq_length(0) - self.prompt_length
-        if attention_mask is not None:
-            tail = attention_mask[:, self.prompt_length :].bool()
-        else:
-            shape = (prompt_valid.shape[0], cached_new + new_tokens)
+        if attention_mask is None:
+            if new_tokens == 1 and self._dense[id(prompt_valid)]:
+                return None
+            shape = (prompt_valid.shape[0], cache.get_seq_length(0) - self.prompt_length + new_tokens)
             tail = torch.ones(shape, dtype=torch.bool, device=prompt_valid.device)
+        else:
+            tail = attention_mask[:, self.prompt_length :].bool()
         return torch.cat([prompt_valid, tail], dim=1)
 
 
-def _run_layer(
-    layer: nn.Module,
-    hidden: torch.Tensor,
-    mask: Any,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    position_ids: torch.Tensor | None,
-    inputs: _LayerInputs,
-) -> torch.Tensor:
-    return layer(
-        hidden,
-        attention_mask=mask,
-        position_embeddings=(cos, sin),
-        position_ids=position_ids,
-        past_key_values=inputs.cache,
-        use_cache=inputs.use_cache,
-        **inputs.kwargs,
-    )
+def _hidden(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict[str, Any], hidden: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
 
 
 def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -341,29 +348,14 @@ def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def _causal_mask(
-    config: Any,
-    hidden: torch.Tensor,
-    key_valid: torch.Tensor | None,
-    cache: Cache | None,
-    position_ids: torch.Tensor | None,
-    layer_idx: int,
+    config: Any, hidden: torch.Tensor, key_valid: torch.Tensor | None, cache: Cache | None, layer_idx: int
 ) -> Any:
-    """The layer's causal mask over its own cache; a key-validity mask with no False entry is passed as None."""
-    if key_valid is not None and bool(key_valid.all()):
-        key_valid = None
-    return create_causal_mask(
-        config=config,
-        inputs_embeds=hidden,
-        attention_mask=key_valid,
-        past_key_values=cache,
-        position_ids=position_ids,
-        layer_idx=layer_idx,
-    )
+    """Layer ``layer_idx``'s causal mask over its own cache (``key_valid [B, kv_len]`` bool or None: all valid).
 
-
-def _pruned_forward(self: nn.Module, *args: Any, **kwargs: Any) -> BaseModelOutputWithPast:
-    engine: FastAVDecoder = getattr(self, ENGINE_ATTRIBUTE)
-    return engine.forward(*args, **kwargs)
+    The cache is passed by position: transformers renamed that parameter (``past_key_values`` -> ``cache``), and
+    :func:`~fastav_eval.pruning.compat.check_decoder_interface` checked the order at install.
+    """
+    return create_causal_mask(config, hidden, key_valid, cache, None, layer_idx=layer_idx)
 
 
 def install(model: nn.Module, config: PruningConfig | None = None) -> FastAVDecoder:

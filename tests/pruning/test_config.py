@@ -16,7 +16,7 @@ from fastav_eval.pruning import (
     PruningProfile,
     install,
 )
-from tests.conftest import tiny_qwen2
+from tests.conftest import CACHE_NAME, tiny_qwen2, with_cache
 
 PROFILE = PruningProfile.prefix(audio=10)
 
@@ -101,8 +101,8 @@ def test_right_padding_and_static_caches_are_refused():
     model = tiny_qwen2()
     engine = install(model, PruningConfig(profile=PROFILE))
     cache = StaticCache(config=model.config, max_cache_len=16)
-    with pytest.raises(ValueError, match="past_key_values=StaticCache; accepted: DynamicCache or None"):
-        model(torch.tensor([[1, 2, 3]]), past_key_values=cache)
+    with pytest.raises(ValueError, match=f"{CACHE_NAME}=StaticCache; accepted: DynamicCache or None"):
+        model(torch.tensor([[1, 2, 3]]), **with_cache(cache))
     engine.uninstall()
 
 

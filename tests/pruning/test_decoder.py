@@ -17,7 +17,7 @@ from fastav_eval.pruning import (
     scoring,
 )
 from fastav_eval.pruning.scoring import register_wrapper
-from tests.conftest import VOCAB, tiny_llama, tiny_qwen2
+from tests.conftest import VOCAB, output_cache, tiny_llama, tiny_qwen2, with_cache
 from tests.pruning.oracle import kept_masks, masked_forward
 
 SEGMENTS = [("text", 3), ("video", 16), ("audio", 24), ("text", 5)]  # 48 tokens, VideoLLaMA2's order
@@ -118,7 +118,7 @@ def test_cached_generate_equals_no_cache_recompute(attn):
             input_ids, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True
         )
     stats = engine.last_stats
-    cache_lengths = [layer.keys.shape[-2] for layer in output.past_key_values.layers]
+    cache_lengths = [layer.keys.shape[-2] for layer in output_cache(output).layers]
     engine.uninstall()
 
     prompt_length = layout.length
@@ -284,8 +284,8 @@ def test_continuing_a_pruned_cache_with_several_tokens(attn):
     engine = install(model, FASTAV)
     cache = DynamicCache(config=model.config)
     with engine.layout(layout):
-        model(input_ids, past_key_values=cache)
-        continued = model(extra, past_key_values=cache, attention_mask=torch.ones(1, layout.length + 4)).logits
+        model(input_ids, **with_cache(cache))
+        continued = model(extra, **with_cache(cache), attention_mask=torch.ones(1, layout.length + 4)).logits
     stats = engine.last_stats
     engine.uninstall()
     visible = [torch.cat([m, torch.ones(1, 4, dtype=torch.bool)], 1) for m in kept_masks(stats.kv_positions, 48)]
@@ -301,7 +301,7 @@ def test_interleaved_conversations_keep_their_own_caches():
     def greedy_steps(ids, cache, steps):
         tokens = [ids]
         for _ in range(steps):
-            logits = model(tokens[-1], past_key_values=cache).logits[:, -1]
+            logits = model(tokens[-1], **with_cache(cache)).logits[:, -1]
             tokens.append(logits.argmax(-1, keepdim=True))
         return torch.cat(tokens[1:], 1)
 
@@ -331,9 +331,9 @@ def test_stats_belong_to_the_last_prefill_and_stray_layouts_are_refused():
     model(input_ids)  # a prefill without a layout: stock computation, no stats
     assert engine.last_stats is None
     cache = DynamicCache(config=model.config)
-    model(input_ids[:, :10], past_key_values=cache)  # an unpruned cache ...
+    model(input_ids[:, :10], **with_cache(cache))  # an unpruned cache ...
     with engine.layout(layout), pytest.raises(ValueError, match="continues a cache of 10 tokens that FastAV did not"):
-        model(input_ids[:, 10:], past_key_values=cache)  # ... continued while a layout is set
+        model(input_ids[:, 10:], **with_cache(cache))  # ... continued while a layout is set
     engine.uninstall()
 
 
@@ -362,5 +362,6 @@ def test_scored_wrapper_scores_only_the_requested_layer_and_runs_the_real_kernel
         ours = model(input_ids).logits
     engine.uninstall()
     assert seen == [(layer, "spy_kernel") for layer in range(6)]
-    assert recorded == [None, None, 2, None, None, None], "scores are requested at layer K-1 only"
+    # Before each layer the engine takes the scores of the layer before: only layer K-1 = 2 was asked for them.
+    assert recorded == [None, None, None, 2, None, None], "scores are requested at layer K-1 only"
     assert torch.allclose(ours, stock, atol=1e-6)

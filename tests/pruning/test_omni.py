@@ -6,6 +6,7 @@ import torch
 from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
 from fastav_eval.pruning import Modality, ModalityLayout, PrefixKeep, PruningConfig, PruningProfile, install
+from tests.conftest import output_cache
 from tests.pruning.oracle import kept_masks, masked_decoder
 
 AUDIO, VIDEO = 101, 103
@@ -132,7 +133,7 @@ def test_thinker_generates_under_pruning_and_matches_masking():
     hook.remove()
     engine.uninstall()
 
-    cache_lengths = [layer.keys.shape[-2] for layer in output.past_key_values.layers]
+    cache_lengths = [layer.keys.shape[-2] for layer in output_cache(output).layers]
     assert cache_lengths[:2] == [layout.length + 3] * 2
     assert cache_lengths[3] < cache_lengths[2] < cache_lengths[1]
     # The global stage kept chunk 0 of both modalities: 8 video + 50 audio tokens.
