@@ -9,24 +9,36 @@ engine with pruning off, which computes what the stock decoder computes and repo
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import lmms_eval
 import torch
+from lmms_eval import utils as lmms_utils
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
-from lmms_eval.models.model_utils.gen_metrics import log_metrics
+from lmms_eval.models.model_utils import gen_metrics
+from loguru import logger as log  # lmms-eval's own log, shown at INFO
 from tqdm import tqdm
 
 from fastav_eval.lmms.model_args import ENGINE_ARGS, WRAPPER_ARGS, check_known, pruning_config
 from fastav_eval.pruning import find_text_model, install
-
-log = logging.getLogger(__name__)
+from fastav_eval.pruning.scoring import check_attention_kernel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GREEDY_KWARGS = ("max_new_tokens", "temperature", "do_sample", "until", "top_p", "num_beams")
+CLI_DEFAULTS = {"batch_size": 1}
+"""Values lmms-eval passes for options the user did not give (``--batch_size`` defaults to 1)."""
+
+# Per-sample figures go to lmms-eval's throughput summary without its one INFO line per sample (``log_metrics``
+# logs each call); the wrapper logs one summary per run instead. A private function, so check it is there.
+_record_metrics = getattr(gen_metrics, "_record_metrics", None)
+if _record_metrics is None:
+    raise ImportError(
+        f"lmms-eval {getattr(lmms_eval, '__version__', '?')} has no gen_metrics._record_metrics, which the FastAV "
+        "wrappers use to fill the results' throughput summary; FastAV-Eval is tested with lmms-eval==0.7.3"
+    )
 
 
 @dataclass
@@ -83,6 +95,7 @@ class FastAVLMM(lmms):
         check_known(engine_args, (*ENGINE_ARGS, *WRAPPER_ARGS))
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}; accepted: {list(DTYPES)}")
+        check_attention_kernel(attn_implementation, self.adapter_class.attn_implementations)
         try:
             self.batch_size_per_gpu = int(batch_size)
         except ValueError:
@@ -97,7 +110,25 @@ class FastAVLMM(lmms):
         self.engine = install(self.adapter.decoder, config)
         self.prune = prune
         self._timer = _PrefillTimer(find_text_model(self.adapter.decoder), self._device)
-        log.info("%s on %s: %s", type(self).__name__, self._device, self.engine.config.describe())
+        log.info(f"{type(self).__name__} on {self._device}: {self.engine.config.describe()}")
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> FastAVLMM:
+        """lmms-eval's constructor path: ``--model_args`` plus the CLI's own ``--batch_size`` / ``--device``.
+
+        A key given both ways must agree (lmms-eval would pass it twice); a CLI value that is only lmms-eval's
+        default (``--batch_size`` 1) yields to ``--model_args``.
+        """
+        args = lmms_utils.simple_parse_args_string(arg_string)
+        for key, value in (additional_config or {}).items():
+            if value is None or (key in args and value == CLI_DEFAULTS.get(key)):
+                continue
+            if key in args and str(args[key]) != str(value):
+                raise ValueError(
+                    f"{key} is given twice, --model_args {key}={args[key]} and --{key} {value}; give one of them"
+                )
+            args[key] = value
+        return cls(**args)
 
     @property
     def device(self) -> torch.device:
@@ -149,7 +180,7 @@ class FastAVLMM(lmms):
             if peak_mb is not None:
                 figures["peak_memory_mb"] = peak_mb
             output_tokens = len(answer.split())
-            log_metrics(
+            _record_metrics(
                 total_elapsed_time=elapsed / len(requests),
                 total_gen_tokens=output_tokens,
                 avg_speed=output_tokens * len(requests) / elapsed,
@@ -174,7 +205,24 @@ class FastAVLMM(lmms):
                     results += self._run_batch([request])
             else:
                 results += self._run_batch(chunk)
+        self._log_summary(results)
         return results
+
+    def _log_summary(self, results: list[GenerationResult]) -> None:
+        """One line per run: the means of the per-sample figures in the samples file."""
+        if not results:
+            return
+        figures = [result.token_counts.fastav for result in results]  # type: ignore[union-attr]
+
+        def mean(key: str) -> float:
+            return sum(float(f[key]) for f in figures) / len(figures)
+
+        log.info(
+            f"{type(self).__name__} (prune={self.prune}): {len(results)} requests, batch size "
+            f"{self.batch_size_per_gpu}; means per sample: relative FLOPs {mean('relative_flops'):.2f}%, prefill "
+            f"{mean('prefill_ms'):.2f} ms, video tokens kept per layer {mean('video_kept_mean'):.1f}, audio "
+            f"{mean('audio_kept_mean'):.1f} (per-sample figures: the samples file)"
+        )
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         raise NotImplementedError(f"{type(self).__name__} answers generate_until tasks only (no loglikelihood)")

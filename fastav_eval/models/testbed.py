@@ -50,6 +50,7 @@ class TestbedAdapter:
     """Loads the testbed and prepares its inputs: ``[prefix][video 128][audio 144][question]`` per sample."""
 
     name = "testbed"
+    attn_implementations = ATTN_IMPLEMENTATIONS
 
     def __init__(
         self,

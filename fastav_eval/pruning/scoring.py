@@ -12,6 +12,7 @@ real kernel unchanged. No ``[L, L]`` matrix is ever formed, so sdpa and FlashAtt
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -99,10 +100,33 @@ def _scored_attention(base: str) -> Callable[..., Any]:
     return attention
 
 
+KERNEL_PACKAGES: dict[str, tuple[str, str]] = {
+    "flash_attention_2": ("flash_attn", "pip install flash-attn --no-build-isolation (or pip install -e '.[gpu]')"),
+    "flash_attention_3": ("flash_attn_interface", "build FlashAttention 3 from its hopper/ folder"),
+}
+"""Kernels that need a package of their own: the module to find and how to install it."""
+
+
+def check_attention_kernel(name: str, accepted: tuple[str, ...] | None = None) -> None:
+    """Raise a ValueError, before any weight is loaded, if ``name`` is not a kernel the engine can run here.
+
+    ``accepted`` narrows :data:`SUPPORTED_KERNELS` (to what a model adapter supports).
+    """
+    accepted = accepted or SUPPORTED_KERNELS
+    if name not in accepted:
+        raise ValueError(f"attn_implementation={name!r}; accepted: {list(accepted)}")
+    if name in KERNEL_PACKAGES:
+        module, how = KERNEL_PACKAGES[name]
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(
+                f"attn_implementation={name!r} needs the {module!r} package, which is not installed ({how}; "
+                "it needs a CUDA GPU); or use attn_implementation='sdpa'"
+            )
+
+
 def register_scored_attention(base: str) -> str:
     """Register ``fastav_<base>`` (attention function and mask builder) once; return its name."""
-    if base not in SUPPORTED_KERNELS:
-        raise ValueError(f"attn_implementation={base!r}; accepted: {list(SUPPORTED_KERNELS)}")
+    check_attention_kernel(base)
     return register_wrapper(f"{PREFIX}{base}", _scored_attention(base), masks_of=base)
 
 
