@@ -39,14 +39,20 @@ def _train_testbed(args: argparse.Namespace) -> int:
 
 
 def tasks_path() -> Path:
-    """The folder holding FastAV-Eval's lmms-eval task YAMLs (the repository's ``tasks/``)."""
-    path = Path(__file__).resolve().parent.parent / "tasks"
+    """The folder holding FastAV-Eval's lmms-eval task YAMLs: the repository's ``tasks/``, installed as the
+    package ``fastav_eval.tasks`` (the source folder itself in an editable install)."""
+    import fastav_eval.tasks
+
+    path = Path(fastav_eval.tasks.__file__).resolve().parent
     if not (path / "avsynth" / "avsynth.yaml").is_file():
-        raise ValueError(
-            f"no task folder at {path}: the lmms-eval tasks ship with the source tree, so install FastAV-Eval from a "
-            "clone with `bash install.sh` (an editable install)"
-        )
+        raise ValueError(f"no AV-Synth task YAMLs under {path}: this FastAV-Eval install is incomplete; reinstall it")
     return path
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from fastav_eval.doctor import run
+
+    return run(strict=args.strict)
 
 
 def _tasks_path(args: argparse.Namespace) -> int:
@@ -93,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--compact", action="store_true", help="print the JSON on one line")
     flops.add_argument("--plot", metavar="PNG", help="also draw the tokens each layer processed, per modality")
     flops.set_defaults(handler=_flops)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check this environment: versions against the tested ranges, imports, the engine on a tiny Qwen2",
+    )
+    doctor.add_argument("--strict", action="store_true", help="also fail on a version outside its tested range")
+    doctor.set_defaults(handler=_doctor)
 
     where = commands.add_parser("tasks-path", help="print the folder to pass to lmms-eval as --include_path")
     where.set_defaults(handler=_tasks_path)
