@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # FastAV-Eval set-up: installs the package, its test and RL extras into the active Python environment.
 #
+#   bash install.sh              the locked set-up: every dependency but torch at the version CI ran (constraints.txt)
+#   bash install.sh --no-lock    only pyproject's ranges: newer releases, untested (then run `fastav-eval doctor`)
+#   bash install.sh --no-editable  a regular (non-editable) install of this folder
+#
 # - A torch that is already installed (e.g. a CUDA build on a GPU machine) is kept: it is pinned through a
 #   constraints file, so no dependency can replace it.
 # - With no torch installed, torch==2.13.0 is installed first (a CPU wheel where one is provided locally,
@@ -9,7 +13,19 @@
 #   compiled ops fail to load and every transformers model import dies with
 #   "operator torchvision::nms does not exist". If torchvision cannot be imported, it is removed: FastAV-Eval
 #   and the lmms-eval core do not use it.
+# - Last, `fastav-eval doctor` checks the result: versions against the tested ranges, imports, and the engine on a
+#   tiny random Qwen2 against the stock model. The script fails if the doctor does.
 set -euo pipefail
+
+lock=1
+editable=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-lock) lock=0 ;;
+        --no-editable) editable=0 ;;
+        *) echo "install.sh: unknown option $arg; accepted: --no-lock, --no-editable" >&2; exit 2 ;;
+    esac
+done
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PYTHON="${PYTHON:-python}"
@@ -30,8 +46,17 @@ fi
 constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
 echo "torch==${torch_version}" > "$constraints"
+locked=()
+if [[ "$lock" == 1 ]]; then
+    echo "[install] locked: the versions in constraints.txt (what CI ran)"
+    locked=(-c constraints.txt)
+else
+    echo "[install] --no-lock: the newest releases pyproject.toml allows; they may not have been tested"
+fi
+target=(-e ".[test,rl]")
+[[ "$editable" == 1 ]] || target=(".[test,rl]")
 
-pip install -c "$constraints" -e ".[test,rl]"
+pip install -c "$constraints" "${locked[@]}" "${target[@]}"
 
 if "$PYTHON" -c 'import torchvision' >/dev/null 2>&1; then
     echo "[install] torchvision imports cleanly: kept"
@@ -40,14 +65,7 @@ elif "$PYTHON" -m pip show torchvision >/dev/null 2>&1; then
     pip uninstall -y torchvision
 fi
 
-"$PYTHON" - <<'PY'
-import torch
-import transformers
-from transformers import Qwen2ForCausalLM  # noqa: F401  (fails if a broken torchvision is still present)
-
-import fastav_eval
-
-cuda = torch.version.cuda or "none (CPU build)"
-print(f"[install] ok: fastav-eval {fastav_eval.__version__}, torch {torch.__version__} (CUDA {cuda}), "
-      f"transformers {transformers.__version__}")
-PY
+cuda="$("$PYTHON" -c 'import torch; print(torch.version.cuda or "none (CPU build)")')"
+echo "[install] torch $torch_version (CUDA $cuda); checking the environment with fastav-eval doctor"
+"$PYTHON" -m fastav_eval.cli doctor
+echo "[install] ok"
