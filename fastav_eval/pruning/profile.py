@@ -19,6 +19,50 @@ import torch
 from fastav_eval.pruning.layout import AV_MODALITIES
 
 PROFILE_FORMAT = "fastav-profile/1"
+PROFILE_FIELDS: tuple[str, ...] = ("format", "keep", "num_layers", "global_layer", "source", "rollout")
+KEEP_FIELDS: tuple[str, ...] = ("first_tokens", "first_fraction", "first_chunks")
+KEEP_RULE_ACCEPTED = (
+    "an object with exactly one of first_tokens (an int >= 0), first_fraction (a number in [0, 1]) "
+    "or first_chunks (an int >= 0)"
+)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: error messages quote what they got, not a whole file."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_modality(name: Any) -> None:
+    if name not in AV_MODALITIES:
+        raise ValueError(f"profile keep key {name!r} is not prunable; accepted: {list(AV_MODALITIES)}")
+
+
+def _keep_rule_from_json(name: str, rule: Any) -> PrefixKeep:
+    """One ``keep`` entry of a profile JSON (``{"first_fraction": 0.25}``) as a :class:`PrefixKeep`."""
+    where = f"profile keep.{name}"
+    if not isinstance(rule, dict):
+        raise ValueError(f"{where}={_short(rule)}; accepted: {KEEP_RULE_ACCEPTED}")
+    unknown = sorted(key for key in rule if key not in KEEP_FIELDS)
+    if unknown:
+        raise ValueError(f"{where}={_short(rule)} has unknown key(s) {unknown}; accepted: {KEEP_RULE_ACCEPTED}")
+    if len(rule) != 1:
+        raise ValueError(f"{where}={_short(rule)} sets {len(rule)} keys; accepted: {KEEP_RULE_ACCEPTED}")
+    ((key, value),) = rule.items()
+    if key == "first_fraction":
+        if not _is_number(value) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{where}.first_fraction={_short(value)}; accepted: a number in [0, 1]")
+    elif not _is_int(value) or value < 0:
+        raise ValueError(f"{where}.{key}={_short(value)}; accepted: an int >= 0")
+    return PrefixKeep(**{key: value})
 
 
 @dataclass(frozen=True)
@@ -41,10 +85,12 @@ class PrefixKeep:
             raise ValueError(
                 f"PrefixKeep needs exactly one of first_tokens, first_fraction, first_chunks; got {set_fields}"
             )
-        if self.first_tokens is not None and (not isinstance(self.first_tokens, int) or self.first_tokens < 0):
+        if self.first_tokens is not None and (not _is_int(self.first_tokens) or self.first_tokens < 0):
             raise ValueError(f"first_tokens={self.first_tokens!r} must be an int >= 0")
-        if self.first_chunks is not None and (not isinstance(self.first_chunks, int) or self.first_chunks < 0):
+        if self.first_chunks is not None and (not _is_int(self.first_chunks) or self.first_chunks < 0):
             raise ValueError(f"first_chunks={self.first_chunks!r} must be an int >= 0")
+        if self.first_fraction is not None and not _is_number(self.first_fraction):
+            raise ValueError(f"first_fraction={self.first_fraction!r} must be a number in [0, 1]")
         if self.first_fraction is not None and not 0.0 <= self.first_fraction <= 1.0:
             raise ValueError(f"first_fraction={self.first_fraction!r} must be in [0, 1]")
 
@@ -90,9 +136,25 @@ class PruningProfile:
     rollout: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        for name in self.keep:
-            if name not in AV_MODALITIES:
-                raise ValueError(f"profile keep key {name!r} is not prunable; accepted: {list(AV_MODALITIES)}")
+        if not isinstance(self.keep, dict):
+            raise ValueError(f"profile keep={_short(self.keep)}; accepted: a dict of modality name -> PrefixKeep")
+        for name, rule in self.keep.items():
+            _check_modality(name)
+            if not isinstance(rule, PrefixKeep):
+                raise ValueError(f"profile keep.{name}={_short(rule)}; accepted: a PrefixKeep")
+        for name in ("num_layers", "global_layer"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"profile {name}={_short(value)}; accepted: an int >= 1 or null")
+        if self.num_layers is not None and self.global_layer is not None and self.global_layer >= self.num_layers:
+            raise ValueError(
+                f"profile global_layer={self.global_layer}; accepted: an int in [1, num_layers - 1] = "
+                f"[1, {self.num_layers - 1}] (num_layers={self.num_layers}) or null"
+            )
+        if not isinstance(self.source, str):
+            raise ValueError(f"profile source={_short(self.source)}; accepted: a string ('manual' or 'rollout')")
+        if self.rollout is not None and not isinstance(self.rollout, dict):
+            raise ValueError(f"profile rollout={_short(self.rollout)}; accepted: an object or null")
 
     @classmethod
     def prefix(
@@ -139,10 +201,27 @@ class PruningProfile:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PruningProfile:
+    def from_dict(cls, data: Any) -> PruningProfile:
+        """The profile a :meth:`to_dict` object describes; any other shape is a ValueError naming the field."""
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"profile={_short(data)}; accepted: a JSON object with format {PROFILE_FORMAT!r} and keep "
+                f"(keys {list(PROFILE_FIELDS)})"
+            )
         if data.get("format") != PROFILE_FORMAT:
-            raise ValueError(f"profile format={data.get('format')!r}; accepted: {PROFILE_FORMAT!r}")
-        keep = {name: PrefixKeep(**rule) for name, rule in data["keep"].items()}
+            raise ValueError(f"profile format={_short(data.get('format'))}; accepted: {PROFILE_FORMAT!r}")
+        unknown = sorted(key for key in data if key not in PROFILE_FIELDS)
+        if unknown:
+            raise ValueError(f"profile has unknown key(s) {unknown}; accepted: {list(PROFILE_FIELDS)}")
+        keep_accepted = f"an object mapping {' / '.join(map(repr, AV_MODALITIES))} to {KEEP_RULE_ACCEPTED}"
+        if "keep" not in data:
+            raise ValueError(f"profile keep is missing; accepted: {keep_accepted}")
+        if not isinstance(data["keep"], dict):
+            raise ValueError(f"profile keep={_short(data['keep'])}; accepted: {keep_accepted}")
+        keep = {}
+        for name, rule in data["keep"].items():
+            _check_modality(name)
+            keep[name] = _keep_rule_from_json(name, rule)
         return cls(
             keep=keep,
             num_layers=data.get("num_layers"),
@@ -156,10 +235,26 @@ class PruningProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> PruningProfile:
+        """Read a profile JSON file; a missing file, invalid JSON or a bad field is a ValueError naming the path."""
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"profile={str(path)!r} is not a file")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"profile={str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                f"accepted: a {PROFILE_FORMAT} JSON object"
+            ) from error
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"profile={str(path)!r} is not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
+                f"accepted: a {PROFILE_FORMAT} JSON object"
+            ) from error
+        try:
+            return cls.from_dict(data)
+        except ValueError as error:
+            raise ValueError(f"profile={str(path)!r}: {error}") from error
 
     def describe(self) -> str:
         if not self.keep:
