@@ -35,12 +35,14 @@ pip() { "$PYTHON" -m pip "$@"; }
 echo "[install] python: $("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 
 torch_version="$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)"
+kept_torch=0
 if [[ -z "$torch_version" ]]; then
     echo "[install] no torch found: installing torch==2.13.0"
     pip install "torch==2.13.0"
     torch_version="$("$PYTHON" -c 'import torch; print(torch.__version__)')"
 else
     echo "[install] keeping the installed torch $torch_version"
+    kept_torch=1
 fi
 
 constraints="$(mktemp)"
@@ -49,7 +51,25 @@ echo "torch==${torch_version}" > "$constraints"
 locked=()
 if [[ "$lock" == 1 ]]; then
     echo "[install] locked: the versions in constraints.txt (what CI ran)"
-    locked=(-c constraints.txt)
+    lockfile="$(mktemp)"
+    trap 'rm -f "$constraints" "$lockfile"' EXIT
+    if [[ "$kept_torch" == 1 ]]; then
+        # A torch that was already here (a CUDA build) pins its own requirements (sympy, networkx, ...): the lock
+        # leaves those to it rather than ask for versions that build may not accept. filelock stays locked.
+        "$PYTHON" - constraints.txt > "$lockfile" <<'PY'
+import importlib.metadata, re, sys
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+owned = {canonical(re.match(r"[A-Za-z0-9._-]+", r).group()) for r in importlib.metadata.requires("torch") or []}
+owned.discard("filelock")
+for line in open(sys.argv[1]):
+    if canonical(line.split("==")[0].strip()) not in owned:
+        print(line, end="")
+PY
+    else
+        cp constraints.txt "$lockfile"
+    fi
+    locked=(-c "$lockfile")
 else
     echo "[install] --no-lock: the newest releases pyproject.toml allows; they may not have been tested"
 fi

@@ -40,13 +40,16 @@ def _train_testbed(args: argparse.Namespace) -> int:
 
 def tasks_path() -> Path:
     """The folder holding FastAV-Eval's lmms-eval task YAMLs: the repository's ``tasks/``, installed as the
-    package ``fastav_eval.tasks`` (the source folder itself in an editable install)."""
-    import fastav_eval.tasks
+    package ``fastav_eval.tasks`` (the source folder itself in an editable install, or when running from a clone)."""
+    import importlib.util
 
-    path = Path(fastav_eval.tasks.__file__).resolve().parent
-    if not (path / "avsynth" / "avsynth.yaml").is_file():
-        raise ValueError(f"no AV-Synth task YAMLs under {path}: this FastAV-Eval install is incomplete; reinstall it")
-    return path
+    spec = importlib.util.find_spec("fastav_eval.tasks")
+    candidates = [Path(spec.origin).resolve().parent] if spec is not None and spec.origin else []
+    candidates.append(Path(__file__).resolve().parent.parent / "tasks")  # a source tree on sys.path, not installed
+    for path in candidates:
+        if (path / "avsynth" / "avsynth.yaml").is_file():
+            return path
+    raise ValueError(f"no AV-Synth task YAMLs in {[str(p) for p in candidates]}: this install is incomplete")
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -278,7 +278,13 @@ class FastAVDecoder:
         if key not in run.masks:
             hidden = _hidden(args, kwargs)
             key_valid = state.key_valid(layer_idx, run.cache, run.attention_mask, hidden.shape[1])
-            run.masks[key] = _causal_mask(self.text_model.config, hidden, key_valid, run.cache, layer_idx)
+            # None: one new token that sees every key, which no kernel needs a mask for (the common decode step).
+            mask = (
+                None
+                if key_valid is None
+                else _causal_mask(self.text_model.config, hidden, key_valid, run.cache, layer_idx)
+            )
+            run.masks[key] = mask
         return args, {**kwargs, "attention_mask": run.masks[key], "position_ids": None}
 
 
