@@ -14,14 +14,17 @@ it). The engine is installed before and uninstalled after each answer; each repe
 
 Timing: a LogitsProcessor records ``time.perf_counter()`` (after a CUDA synchronize) each time generate hands it
 the logits of a forward. Its first stamp ends the prefill: time to first token = first stamp - start. Each later
-stamp ends one decode forward over the cache, so decode time per token = (last stamp - first stamp) / (N - 1);
-the prefill is not in it. End to end = the whole generate call. Peak memory (CUDA only) is
+stamp ends one decode forward over the cache, so the N - 1 gaps between stamps are the decode steps; decode time
+per token is their median (robust to the other tenants of a shared machine; the mean is in the JSON), and the
+prefill is not in it. End to end = the whole generate call. Peak memory (CUDA only) is
 torch.cuda.max_memory_allocated during the answer, weights included; the KV cache is measured after generation.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import itertools
 import json
 import statistics
 import time
@@ -32,7 +35,7 @@ from datetime import datetime
 import torch
 import transformers
 from prefill import SHAPES as PREFILL_SHAPES  # benchmarks/ is on sys.path when this file runs as a script
-from prefill import build_model, kv_bytes, machine, synchronize
+from prefill import build_model, kv_bytes, machine, output_cache, synchronize
 from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, Qwen2ForCausalLM
 
@@ -74,16 +77,12 @@ class Answer:
     """The figures of one generated answer."""
 
     ttft_s: float
-    decode_s_per_token: float
+    decode_s_per_token: float  # median decode step
+    decode_mean_s_per_token: float
     end_to_end_s: float
     kv_cache_bytes: int
     peak_memory_bytes: int | None
     tokens: list[int]
-
-
-def output_cache(output: transformers.utils.ModelOutput) -> transformers.Cache:
-    """The KV cache of a generate output (``cache`` from transformers 5.24, ``past_key_values`` before)."""
-    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 def answer(
@@ -95,6 +94,7 @@ def answer(
     device: str,
 ) -> Answer:
     """Generate one greedy answer of exactly ``new_tokens`` tokens; ``config`` None runs the stock model."""
+    gc.collect()  # start every answer from the same heap: the previous setting's cache is garbage now
     engine = install(model, config) if config is not None else None
     clock = StepClock(device)
     cuda = device.startswith("cuda")
@@ -122,9 +122,11 @@ def answer(
     if len(clock.stamps) != new_tokens or len(tokens) != new_tokens:
         raise RuntimeError(f"expected {new_tokens} new tokens, got {len(tokens)} ({len(clock.stamps)} steps timed)")
     first, last = clock.stamps[0], clock.stamps[-1]
+    steps = [later - earlier for earlier, later in itertools.pairwise(clock.stamps)]
     return Answer(
         ttft_s=first - start,
-        decode_s_per_token=(last - first) / (new_tokens - 1),
+        decode_s_per_token=statistics.median(steps),
+        decode_mean_s_per_token=(last - first) / (new_tokens - 1),
         end_to_end_s=end - start,
         kv_cache_bytes=kv_bytes(output_cache(output)),
         peak_memory_bytes=torch.cuda.max_memory_allocated() if cuda else None,
@@ -147,7 +149,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
-    parser.add_argument("--repeats", type=int, default=5, help="measured repetitions (each runs all three settings)")
+    parser.add_argument("--repeats", type=int, default=7, help="measured repetitions (each runs all three settings)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured repetitions before them")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (this machine has 2 cores)")
     parser.add_argument("--fine-ratio", type=float, default=0.2)
@@ -189,14 +191,15 @@ def main() -> None:
                     runs[name].append(result)
 
     metrics = ("ttft_s", "decode_s_per_token", "end_to_end_s", "kv_cache_bytes", "peak_memory_bytes")
+    extra_metrics = ("decode_mean_s_per_token",)
     median: dict[str, dict[str, float | None]] = {
-        name: {metric: median_of([getattr(a, metric) for a in answers]) for metric in metrics}
+        name: {metric: median_of([getattr(a, metric) for a in answers]) for metric in (*metrics, *extra_metrics)}
         for name, answers in runs.items()
     }
     ratios = {
         f"{name}/stock": {
             metric: None if median[name][metric] is None else round(median[name][metric] / median["stock"][metric], 3)
-            for metric in metrics
+            for metric in (*metrics, *extra_metrics)
         }
         for name in ("engine-off", "fastav")
     }
@@ -205,7 +208,7 @@ def main() -> None:
     def cell(value: float | None, scale: float, digits: int) -> str:
         return "n/a" if value is None else f"{value * scale:.{digits}f}"
 
-    columns = ("TTFT ms", "decode ms/token", "end-to-end ms", "KV cache MiB", "peak GiB")
+    columns = ("TTFT ms", "decode ms/token", "end-to-end ms", "KV cache MiB", "peak GiB")  # decode: median step
     scales = ((1e3, 1), (1e3, 2), (1e3, 1), (2**-20, 1), (2**-30, 2))
     print(f"\n{'':<18}" + "".join(f"{title:>17}" for title in columns) + f"{'same tokens':>13}")
     for name in SETTINGS:

@@ -93,6 +93,11 @@ def machine(device: str) -> str:
     return f"{name}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
 
 
+def output_cache(output) -> object:
+    """The KV cache of a model or generate output (``cache`` from transformers 5.24, ``past_key_values`` before)."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
+
+
 def kv_bytes(cache) -> int:
     return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
 
@@ -138,7 +143,7 @@ def main() -> None:
                 if repeat >= 2:
                     times[name].append(elapsed)
                 stats[name] = engine.last_stats
-                caches[name] = kv_bytes(output.past_key_values)
+                caches[name] = kv_bytes(output_cache(output))
                 if device.startswith("cuda"):
                     peaks[name] = torch.cuda.max_memory_allocated()
                 engine.uninstall()
