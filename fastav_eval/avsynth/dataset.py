@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fastav_eval.avsynth.questions import KINDS, TASKS, describe, make_example
+from fastav_eval.avsynth.questions import KINDS, QUESTIONS, TASKS, describe, make_example
 from fastav_eval.avsynth.scene import Scene, media_sha1, render_audio, render_video
 from fastav_eval.avsynth.world import CLIP_SECONDS, COLOURS, MAX_EVENTS, NUM_FRAMES, NUMBER_WORDS, SHAPES
 
@@ -62,23 +62,10 @@ SHA1_HEX = re.compile(r"[0-9a-f]{40}")
 MEDIA_SHA1_EXPECTED = "a string of 40 lowercase hex digits, the SHA-1 of its rendered media (as build_documents writes)"
 MIN_EVENT_SECONDS = 0.02  # the renderer fades each sound in and out over 10 ms
 
-# The question each kind asks; <colour> / <other> stand for a colour, <shape> for a shape (see questions.py).
-QUESTION_TEMPLATES: dict[str, str] = {
-    "match": "does the sound match the visible object ?",
-    "halluc_sound": "is the <colour> <shape> making a sound ?",
-    "halluc_visible": "is there a <colour> <shape> in the video ?",
-    "qa_colour": "what colour is the <shape> ?",
-    "qa_shape": "what shape is the <colour> object ?",
-    "qa_count": "how many sounds are there ?",
-    "qa_order": "was the <colour> sound before the <other> sound ?",
-    "qa_sounding": "what colour is the sounding object ?",
-    "caption": "describe the clip .",
-    "sound_colour": "what colour is the sound ?",
-}
 _SLOT_VALUES: dict[str, tuple[str, ...]] = {"colour": COLOURS, "other": COLOURS, "shape": SHAPES}
 _QUESTION_PATTERNS: dict[str, re.Pattern[str]] = {
-    kind: re.compile(re.sub(r"<(\w+)>", r"(?P<\1>\\w+)", re.escape(template)))
-    for kind, template in QUESTION_TEMPLATES.items()
+    kind: re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>\\w+)", re.escape(template)))
+    for kind, template in QUESTIONS.items()
 }
 
 
@@ -156,15 +143,17 @@ def _parse_scene(document: Mapping[str, Any]) -> Scene:
 
 def _question_slots(kind: str, question: Any) -> dict[str, str]:
     """The colour / shape words of a question of ``kind`` (refused unless it is that kind's template)."""
-    template = QUESTION_TEMPLATES[kind]
-    expected = f"a {kind} question: {template!r} with <colour>/<other> in {list(COLOURS)} and <shape> in {list(SHAPES)}"
+    template = QUESTIONS[kind]
+    expected = (
+        f"a {kind} question: {template!r} with {{colour}}/{{other}} in {list(COLOURS)} and {{shape}} in {list(SHAPES)}"
+    )
     match = _QUESTION_PATTERNS[kind].fullmatch(question) if isinstance(question, str) else None
     if match is None:
         raise _Refusal(f"question={question!r} is not what kind {kind!r} asks", expected)
     slots = match.groupdict()
     for slot, value in slots.items():
         if value not in _SLOT_VALUES[slot]:
-            raise _Refusal(f"question={question!r} names <{slot}> {value!r}", expected)
+            raise _Refusal(f"question={question!r} names {{{slot}}} {value!r}", expected)
     if slots.get("colour") is not None and slots.get("colour") == slots.get("other"):
         raise _Refusal(f"question={question!r} compares the {slots['colour']} sound with itself", expected)
     return slots
@@ -307,7 +296,7 @@ def _check(document: Mapping[str, Any]) -> Scene:
     answer = _field(document, "answer", "the answer its scene gives")
     if not isinstance(answer, str) or (spec.choices and answer not in spec.choices):
         raise _Refusal(f"answer={answer!r}", f"one of {list(spec.choices)}" if spec.choices else "a caption string")
-    slots = _question_slots(kind, _field(document, "question", QUESTION_TEMPLATES[kind]))
+    slots = _question_slots(kind, _field(document, "question", QUESTIONS[kind]))
     scene = _parse_scene(document)
     try:
         truth = ANSWERERS[kind](scene, slots)

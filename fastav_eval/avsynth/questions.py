@@ -21,6 +21,21 @@ Source = tuple[str, str]  # (colour, shape)
 Builder = Callable[[np.random.Generator, str], tuple[Scene, str, tuple[str, ...]]]
 
 
+QUESTIONS: dict[str, str] = {
+    "match": "does the sound match the visible object ?",
+    "halluc_sound": "is the {colour} {shape} making a sound ?",
+    "halluc_visible": "is there a {colour} {shape} in the video ?",
+    "qa_colour": "what colour is the {shape} ?",
+    "qa_shape": "what shape is the {colour} object ?",
+    "qa_count": "how many sounds are there ?",
+    "qa_order": "was the {colour} sound before the {other} sound ?",
+    "qa_sounding": "what colour is the sounding object ?",
+    "caption": "describe the clip .",
+    "sound_colour": "what colour is the sound ?",
+}
+"""The question each kind asks: ``{colour}`` / ``{other}`` stand for a colour, ``{shape}`` for a shape."""
+
+
 def _pick(rng: np.random.Generator, options: list[str] | tuple[str, ...]) -> str:
     return str(options[int(rng.integers(len(options)))])
 
@@ -99,7 +114,7 @@ def match(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[str,
     obj = _random_source(rng)
     source = obj if answer == "yes" else _random_source(rng, _other_colours(obj[0]))
     sounds = [source] * int(rng.integers(1, MAX_EVENTS + 1))
-    return _scene(rng, [obj], sounds), "does the sound match the visible object ?", YES_NO
+    return _scene(rng, [obj], sounds), QUESTIONS["match"], YES_NO
 
 
 def halluc_sound(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[str, ...]]:
@@ -119,7 +134,11 @@ def halluc_sound(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tup
         total = int(rng.choice([1, 2, 2, 3]))
         sounds = [others[int(rng.integers(len(others)))] for _ in range(total)]
     colour, shape = target
-    return _scene(rng, visible, _shuffled(rng, sounds)), f"is the {colour} {shape} making a sound ?", YES_NO
+    return (
+        _scene(rng, visible, _shuffled(rng, sounds)),
+        QUESTIONS["halluc_sound"].format(colour=colour, shape=shape),
+        YES_NO,
+    )
 
 
 def halluc_visible(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[str, ...]]:
@@ -143,7 +162,7 @@ def halluc_visible(rng: np.random.Generator, answer: str) -> tuple[Scene, str, t
         sounds.append(_random_source(rng, _other_colours(target[0])))
     colour, shape = target
     scene = _scene(rng, _shuffled(rng, visible), _shuffled(rng, sounds))
-    return scene, f"is there a {colour} {shape} in the video ?", YES_NO
+    return scene, QUESTIONS["halluc_visible"].format(colour=colour, shape=shape), YES_NO
 
 
 def _random_sounds(rng: np.random.Generator) -> list[Source]:
@@ -156,7 +175,7 @@ def qa_colour(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[
     if rng.random() < 0.5:
         visible.append((_pick(rng, _other_colours(answer)), _pick(rng, [s for s in SHAPES if s != target[1]])))
     scene = _scene(rng, _shuffled(rng, visible), _random_sounds(rng))
-    return scene, f"what colour is the {target[1]} ?", COLOURS
+    return scene, QUESTIONS["qa_colour"].format(shape=target[1]), COLOURS
 
 
 def qa_shape(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[str, ...]]:
@@ -165,7 +184,7 @@ def qa_shape(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[s
     if rng.random() < 0.5:
         visible.append((_pick(rng, _other_colours(target[0])), _pick(rng, SHAPES)))
     scene = _scene(rng, _shuffled(rng, visible), _random_sounds(rng))
-    return scene, f"what shape is the {target[0]} object ?", SHAPES
+    return scene, QUESTIONS["qa_shape"].format(colour=target[0]), SHAPES
 
 
 def qa_count(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[str, ...]]:
@@ -173,7 +192,7 @@ def qa_count(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[s
     palette = [_random_source(rng) for _ in range(int(rng.integers(1, 3)))]
     sounds = [palette[int(rng.integers(len(palette)))] for _ in range(count)]
     scene = _scene(rng, _two_visible(rng), sounds)
-    return scene, "how many sounds are there ?", NUMBER_WORDS[1 : MAX_EVENTS + 1]
+    return scene, QUESTIONS["qa_count"], NUMBER_WORDS[1 : MAX_EVENTS + 1]
 
 
 def qa_order(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[str, ...]]:
@@ -181,7 +200,7 @@ def qa_order(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[s
     second = _random_source(rng, _other_colours(first[0]))
     asked = (first, second) if answer == "yes" else (second, first)
     scene = _scene(rng, _two_visible(rng), [first, second])
-    return scene, f"was the {asked[0][0]} sound before the {asked[1][0]} sound ?", YES_NO
+    return scene, QUESTIONS["qa_order"].format(colour=asked[0][0], other=asked[1][0]), YES_NO
 
 
 def qa_sounding(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[str, ...]]:
@@ -193,7 +212,7 @@ def qa_sounding(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tupl
     # only half the time, as often as a coin flip between the two pitches heard.
     sounding_count, offscreen_count = ((1, 1), (1, 2), (2, 1))[int(rng.integers(3))]
     sounds = [sounding] * sounding_count + [(str(offscreen_colour), _pick(rng, SHAPES))] * offscreen_count
-    return _scene(rng, visible, _shuffled(rng, sounds)), "what colour is the sounding object ?", COLOURS
+    return _scene(rng, visible, _shuffled(rng, sounds)), QUESTIONS["qa_sounding"], COLOURS
 
 
 def caption_scene(rng: np.random.Generator) -> Scene:
@@ -224,14 +243,14 @@ def describe(scene: Scene) -> str:
 
 def caption(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[str, ...]]:
     del answer  # captions have no answer set: the reference is described from the scene
-    return caption_scene(rng), "describe the clip .", ()
+    return caption_scene(rng), QUESTIONS["caption"], ()
 
 
 def sound_colour(rng: np.random.Generator, answer: str) -> tuple[Scene, str, tuple[str, ...]]:
     """Training-only warm-up: name the colour bound to the (single) pitch heard."""
     source = (answer, _pick(rng, SHAPES))
     sounds = [source] * int(rng.integers(1, MAX_EVENTS + 1))
-    return _scene(rng, _two_visible(rng), sounds), "what colour is the sound ?", COLOURS
+    return _scene(rng, _two_visible(rng), sounds), QUESTIONS["sound_colour"], COLOURS
 
 
 @dataclass(frozen=True)

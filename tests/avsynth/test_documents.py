@@ -16,7 +16,7 @@ from fastav_eval.avsynth import KINDS, TASKS, Scene, build_documents, make_examp
 from fastav_eval.avsynth import dataset as dataset_module
 from fastav_eval.avsynth.dataset import (
     ANSWERERS,
-    QUESTION_TEMPLATES,
+    QUESTIONS,
     check_document,
     load_media,
     rebuild_command,
@@ -80,7 +80,7 @@ def test_every_shipped_document_passes_and_renders_to_its_media_sha1():
 
 
 def test_every_kind_has_a_question_template_and_an_answer():
-    assert set(QUESTION_TEMPLATES) == set(ANSWERERS) == set(KINDS)
+    assert set(QUESTIONS) == set(ANSWERERS) == set(KINDS)
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
