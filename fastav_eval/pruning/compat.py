@@ -61,9 +61,21 @@ class DecoderInterface:
     cache_name: str
     decoder_parameters: tuple[str, ...]
 
-    def check_layer_call(self, keywords: Iterable[str]) -> None:
-        """Raise if a layer is called with a keyword the engine does not handle (checked on every forward)."""
+    def check_layer_call(self, keywords: Iterable[str], passed_by_caller: frozenset[str] = frozenset()) -> None:
+        """Raise if a layer is called with a keyword the engine does not handle (checked on every forward).
+
+        Args:
+            keywords: the keywords of the layer call that carry a value (not None or False).
+            passed_by_caller: the keywords the decoder itself was called with; an unknown keyword among them is
+                the caller's (a ValueError), any other is the installed transformers' own.
+        """
         unknown = set(keywords) - LAYER_CALL_KEYWORDS - {self.cache_name}
+        from_caller = sorted(unknown & passed_by_caller)
+        if from_caller:
+            raise ValueError(
+                f"this forward passes {from_caller} through to the decoder layers, which FastAV does not handle "
+                f"(while it is installed, a layer takes {sorted(LAYER_CALL_KEYWORDS | {self.cache_name})})"
+            )
         if unknown:
             raise incompatible(f"its decoder calls each layer with {sorted(unknown)}, which the engine does not handle")
 

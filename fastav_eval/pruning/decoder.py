@@ -61,6 +61,8 @@ TEXT_MODEL_PATHS: tuple[str, ...] = (
     "thinker.model.language_model",
 )
 ENGINE_ATTRIBUTE = "_fastav_engine"
+OUTPUT_FLAGS = ("output_attentions", "output_hidden_states")
+"""Per-layer outputs the engine refuses to return (pruned layers differ in length), given by keyword or config."""
 
 
 def find_text_model(model: nn.Module) -> nn.Module:
@@ -107,6 +109,7 @@ class FastAVDecoder:
         self._layout: ModalityLayout | None = None
         self._pruned_under_layout = False  # a pruned prefill ran inside the current layout block
         self._attention_mask: torch.Tensor | None = None  # the 2-D mask of the forward in progress
+        self._caller_keywords: frozenset[str] = frozenset()  # the keywords the forward in progress was called with
         self._run: _Prefill | _OverCache | None = None  # what the forward in progress does, decided at layer 0
         self._sink = ScoreSink()
         self._decode_states: weakref.WeakKeyDictionary[Cache, _DecodeState] = weakref.WeakKeyDictionary()
@@ -160,15 +163,16 @@ class FastAVDecoder:
             self._layout, self._pruned_under_layout = previous
 
     # ------------------------------------------------------------------ hooks
-    def _before_decoder(self, _module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    def _before_decoder(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         call = {**dict(zip(self.interface.decoder_parameters, args, strict=False)), **kwargs}
-        for flag in ("output_attentions", "output_hidden_states"):
-            if call.get(flag):
+        for flag in OUTPUT_FLAGS:
+            if call.get(flag, getattr(module.config, flag, False)):
                 raise ValueError(f"{flag}=True is not supported while FastAV is installed (layers differ in length)")
         attention_mask = call.get("attention_mask")
         if isinstance(attention_mask, dict):
             raise ValueError("precomputed mask dicts (static caches, torch.compile) are not supported with FastAV")
         self._attention_mask = attention_mask
+        self._caller_keywords = frozenset(kwargs)
         self._run = None
 
     def _before_layer(
@@ -195,7 +199,10 @@ class FastAVDecoder:
     # ------------------------------------------------------------------ what a forward is
     def _start(self, args: tuple, kwargs: dict[str, Any]) -> _Prefill | _OverCache | None:
         """Decide, before layer 0 runs, what the forward in progress does."""
-        self.interface.check_layer_call(name for name in kwargs if name != "hidden_states")
+        given = [name for name, value in kwargs.items() if value is not None and value is not False]  # unset flags
+        self.interface.check_layer_call(
+            (name for name in given if name != "hidden_states"), passed_by_caller=self._caller_keywords
+        )
         self._sink.request(None)
         hidden = _hidden(args, kwargs)
         cache = kwargs.get(self.interface.cache_name)
@@ -209,6 +216,8 @@ class FastAVDecoder:
         layout = self._layout
         if past_length == 0:
             self.last_stats = None
+            if cache is not None:  # a cache filled afresh (reset, or reused): what it held before is gone
+                self._decode_states.pop(cache, None)
             if layout is None:
                 return None
             self._check_prefill(layout, batch, length)

@@ -90,7 +90,7 @@ def test_a_layer_called_with_an_unknown_keyword_is_refused_at_the_first_forward(
     engine = install(model, CONFIG)
 
     def new_keyword(_module, args, kwargs):
-        return args, {**kwargs, "token_type_ids": None}
+        return args, {**kwargs, "token_type_ids": torch.zeros(1, LAYOUT.length, dtype=torch.long)}
 
     model.model.layers[0].register_forward_pre_hook(new_keyword, with_kwargs=True, prepend=True)
     with pytest.raises(IncompatibleTransformersError, match=names_version_argument_and_range("token_type_ids")):
@@ -141,3 +141,36 @@ def test_generate_without_a_cache_under_a_layout_is_refused():
     with engine.layout(LAYOUT), pytest.raises(ValueError, match=r"\[1, 27\] tokens arrived with no KV cache"):
         model.generate(input_ids(), max_new_tokens=3, do_sample=False, use_cache=False)
     engine.uninstall()
+
+
+def test_keywords_a_caller_passes_through_are_refused_as_the_callers_and_unset_flags_pass():
+    model = tiny_qwen2()
+    ids = input_ids()
+    stock = model(ids).logits
+    engine = install(model, CONFIG)
+    assert torch.equal(model(ids, output_attentions=False, output_hidden_states=None).logits, stock)
+    with pytest.raises(ValueError, match=r"this forward passes \['cache_position'\] through to the decoder layers"):
+        model(ids, cache_position=torch.arange(LAYOUT.length))
+    model.config.output_hidden_states = True
+    with pytest.raises(ValueError, match=r"output_hidden_states=True is not supported"):
+        model(ids)
+    model.config.output_hidden_states = False
+    engine.uninstall()
+
+
+def test_a_cache_filled_afresh_forgets_its_pruning():
+    """A pruned cache, reset and refilled by a stock prefill, decodes like the stock model (no stale masks)."""
+    model = tiny_qwen2()
+    ids, other, step = input_ids(), input_ids()[:, :20].flip(1), input_ids()[:, :1]
+    expected_cache = DynamicCache(config=model.config)
+    model(other, **with_cache(expected_cache))
+    expected = model(step, attention_mask=torch.ones(1, 21), **with_cache(expected_cache)).logits
+    engine = install(model, CONFIG)
+    cache = DynamicCache(config=model.config)
+    with engine.layout(LAYOUT):
+        model(ids, **with_cache(cache))
+    cache.reset()
+    model(other, attention_mask=torch.ones(1, 20), **with_cache(cache))
+    ours = model(step, attention_mask=torch.ones(1, 21), **with_cache(cache)).logits
+    engine.uninstall()
+    assert torch.allclose(ours, expected, atol=1e-6)
