@@ -35,11 +35,12 @@ from datetime import datetime
 import torch
 import transformers
 from prefill import SHAPES as PREFILL_SHAPES  # benchmarks/ is on sys.path when this file runs as a script
-from prefill import build_model, kv_bytes, machine, output_cache, synchronize
+from prefill import build_model, kv_bytes, machine, synchronize
 from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, Qwen2ForCausalLM
 
 from fastav_eval.pruning import DecoderShape, ModalityLayout, PruningConfig, PruningProfile, install
+from fastav_eval.pruning.compat import output_cache
 from fastav_eval.pruning.layout import Segment
 from fastav_eval.pruning.presets import get_preset
 

@@ -38,6 +38,7 @@ from fastav_eval.pruning import (
     install,
     last_query_scores,
 )
+from fastav_eval.pruning.compat import output_cache
 from fastav_eval.pruning.presets import QWEN2_7B, get_preset
 
 SHAPES = {
@@ -91,11 +92,6 @@ def machine(device: str) -> str:
                 name = line.split(":", 1)[1].strip()
                 break
     return f"{name}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-
-
-def output_cache(output) -> object:
-    """The KV cache of a model or generate output (``cache`` from transformers 5.24, ``past_key_values`` before)."""
-    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 def kv_bytes(cache) -> int:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from fastav_eval.pruning.compat import output_cache
+
 DISTRIBUTION = "fastav-eval"
 REPORTED = ("torch", "transformers", "lmms-eval", "filelock", "flash-attn")
 TOLERANCE = 1e-4
@@ -123,8 +125,7 @@ def _pruned_ok(output, stats, shape) -> tuple[bool, str]:
     """Each layer's cache must hold what the layer kept at prefill plus every generated token but the last."""
     if stats is None:
         return False, "no prefill statistics after generate: the prefill was not pruned"
-    cache = output["cache"] if "cache" in output else output["past_key_values"]  # renamed in transformers 5.24
-    held = [layer.keys.shape[-2] for layer in cache.layers]
+    held = [layer.keys.shape[-2] for layer in output_cache(output).layers]
     generated = output.sequences.shape[1] - stats.kv_positions[0].shape[1]
     expected = [int((positions >= 0).sum()) + generated - 1 for positions in stats.kv_positions]
     detail = f"cache lengths per layer {held} (expected {expected}), {float(stats.relative_flops(shape)[0]):.1f}% FLOPs"

@@ -11,7 +11,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 from transformers import Cache, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-from transformers.utils import ModelOutput
 
 VOCAB = 97
 
@@ -48,10 +47,6 @@ CACHE_NAME = "cache" if "cache" in inspect.signature(Qwen2ForCausalLM.forward).p
 def with_cache(cache: Cache) -> dict[str, Cache]:
     """``model(..., **with_cache(cache))`` on any supported transformers release."""
     return {CACHE_NAME: cache}
-
-
-def output_cache(output: ModelOutput) -> Cache:
-    return output[CACHE_NAME]
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ word, so :func:`check_decoder_interface` compares the installed decoder with wha
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,11 @@ MASK_PARAMETERS = ("config", "inputs_embeds", "attention_mask")
 """``create_causal_mask``'s leading positional parameters; the fourth is the cache, then ``position_ids``."""
 
 
+def output_cache(output: Any) -> Any:
+    """The KV cache of a model or ``generate`` output, whichever of :data:`CACHE_NAMES` the release uses."""
+    return next((output[name] for name in CACHE_NAMES if name in output), None)
+
+
 class IncompatibleTransformersError(RuntimeError):
     """The installed transformers speaks an interface the engine was not written for."""
 
@@ -61,15 +66,16 @@ class DecoderInterface:
     cache_name: str
     decoder_parameters: tuple[str, ...]
 
-    def check_layer_call(self, keywords: Iterable[str], passed_by_caller: frozenset[str] = frozenset()) -> None:
+    def check_layer_call(self, kwargs: Mapping[str, Any], passed_by_caller: frozenset[str] = frozenset()) -> None:
         """Raise if a layer is called with a keyword the engine does not handle (checked on every forward).
 
         Args:
-            keywords: the keywords of the layer call that carry a value (not None or False).
+            kwargs: the layer call's keyword arguments; those left unset (None or False) are not checked.
             passed_by_caller: the keywords the decoder itself was called with; an unknown keyword among them is
                 the caller's (a ValueError), any other is the installed transformers' own.
         """
-        unknown = set(keywords) - LAYER_CALL_KEYWORDS - {self.cache_name}
+        given = {name for name, value in kwargs.items() if value is not None and value is not False}
+        unknown = given - LAYER_CALL_KEYWORDS - {"hidden_states", self.cache_name}
         from_caller = sorted(unknown & passed_by_caller)
         if from_caller:
             raise ValueError(

@@ -199,10 +199,7 @@ class FastAVDecoder:
     # ------------------------------------------------------------------ what a forward is
     def _start(self, args: tuple, kwargs: dict[str, Any]) -> _Prefill | _OverCache | None:
         """Decide, before layer 0 runs, what the forward in progress does."""
-        given = [name for name, value in kwargs.items() if value is not None and value is not False]  # unset flags
-        self.interface.check_layer_call(
-            (name for name in given if name != "hidden_states"), passed_by_caller=self._caller_keywords
-        )
+        self.interface.check_layer_call(kwargs, passed_by_caller=self._caller_keywords)
         self._sink.request(None)
         hidden = _hidden(args, kwargs)
         cache = kwargs.get(self.interface.cache_name)
@@ -337,7 +334,9 @@ class _DecodeState:
         if attention_mask is None:
             if new_tokens == 1 and self._dense[id(prompt_valid)]:
                 return None
-            shape = (prompt_valid.shape[0], cache.get_seq_length(0) - self.prompt_length + new_tokens)
+            # Layer ``layer_idx`` has not stored this forward's tokens yet (layer 0 has): read its own length.
+            cached_new = cache.get_seq_length(layer_idx) - prompt_valid.shape[1]
+            shape = (prompt_valid.shape[0], cached_new + new_tokens)
             tail = torch.ones(shape, dtype=torch.bool, device=prompt_valid.device)
         else:
             tail = attention_mask[:, self.prompt_length :].bool()

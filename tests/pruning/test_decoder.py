@@ -16,8 +16,9 @@ from fastav_eval.pruning import (
     install,
     scoring,
 )
+from fastav_eval.pruning.compat import output_cache
 from fastav_eval.pruning.scoring import register_wrapper
-from tests.conftest import VOCAB, output_cache, tiny_llama, tiny_qwen2, with_cache
+from tests.conftest import VOCAB, tiny_llama, tiny_qwen2, with_cache
 from tests.pruning.oracle import kept_masks, masked_forward
 
 SEGMENTS = [("text", 3), ("video", 16), ("audio", 24), ("text", 5)]  # 48 tokens, VideoLLaMA2's order

@@ -6,7 +6,7 @@ import torch
 from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
 from fastav_eval.pruning import Modality, ModalityLayout, PrefixKeep, PruningConfig, PruningProfile, install
-from tests.conftest import output_cache
+from fastav_eval.pruning.compat import output_cache
 from tests.pruning.oracle import kept_masks, masked_decoder
 
 AUDIO, VIDEO = 101, 103
