@@ -15,7 +15,11 @@ from fastav_eval.pruning import GLOBAL_RULES, PrefixKeep, PruningConfig, Pruning
 PRUNE_MODES = ("fastav", "none")
 ENGINE_ARGS = ("global_layer", "global_rule", "profile", "video_keep", "audio_keep", "fine_ratio", "fine_rule",
                "sink_tokens", "seed")  # fmt: skip
-WRAPPER_ARGS = ("pretrained", "prune", "attn_implementation", "dtype", "device", "batch_size", "max_batch_size")
+WRAPPER_ARGS = ("pretrained", "prune", "attn_implementation", "dtype", "device", "batch_size", "max_batch_size",
+                "on_error")  # fmt: skip
+ON_ERROR = ("raise", "record")
+"""``on_error``: a request the model cannot answer (missing or malformed media) stops the run, or is recorded
+as that sample's error (empty answer, ``error`` in the samples file, counted in ``avg_failed``)."""
 
 
 def _keep(name: str, value: Any) -> PrefixKeep:

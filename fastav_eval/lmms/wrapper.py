@@ -22,7 +22,8 @@ from lmms_eval.models.model_utils import gen_metrics
 from loguru import logger as log  # lmms-eval's own log, shown at INFO
 from tqdm import tqdm
 
-from fastav_eval.lmms.model_args import ENGINE_ARGS, WRAPPER_ARGS, check_known, pruning_config
+from fastav_eval.lmms.model_args import ENGINE_ARGS, ON_ERROR, WRAPPER_ARGS, check_known, pruning_config
+from fastav_eval.models.base import ModelAdapter, Request, SampleError
 from fastav_eval.pruning import find_text_model, install
 from fastav_eval.pruning.scoring import check_attention_kernel
 
@@ -76,9 +77,9 @@ class _PrefillTimer:
 
 
 class FastAVLMM(lmms):
-    """Subclasses set ``adapter_class`` (a model adapter from :mod:`fastav_eval.models`)."""
+    """Subclasses set ``adapter_class`` (a :class:`~fastav_eval.models.ModelAdapter`)."""
 
-    adapter_class: ClassVar[type]
+    adapter_class: ClassVar[type[ModelAdapter]]
 
     def __init__(
         self,
@@ -89,13 +90,21 @@ class FastAVLMM(lmms):
         device: str | None = None,
         batch_size: int | str = 1,
         max_batch_size: int | str | None = None,
-        **engine_args: Any,
+        on_error: str = "raise",
+        **other_args: Any,
     ) -> None:
         super().__init__()
-        check_known(engine_args, (*ENGINE_ARGS, *WRAPPER_ARGS))
+        adapter_class = self.adapter_class
+        check_known(other_args, (*ENGINE_ARGS, *WRAPPER_ARGS, *adapter_class.model_args))
+        engine_args = {key: value for key, value in other_args.items() if key in ENGINE_ARGS}
+        model_args = adapter_class.check_model_args(
+            {key: value for key, value in other_args.items() if key not in ENGINE_ARGS}
+        )
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}; accepted: {list(DTYPES)}")
-        check_attention_kernel(attn_implementation, self.adapter_class.attn_implementations)
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error={on_error!r}; accepted: {list(ON_ERROR)}")
+        check_attention_kernel(attn_implementation, adapter_class.attn_implementations)
         try:
             self.batch_size_per_gpu = int(batch_size)
         except ValueError:
@@ -104,13 +113,17 @@ class FastAVLMM(lmms):
             raise ValueError(f"batch_size={batch_size!r}; accepted: an int >= 1")
         if max_batch_size is not None:
             raise ValueError(f"max_batch_size={max_batch_size!r} is not supported; set batch_size")
-        config = pruning_config(prune, engine_args, self.adapter_class.default_profile(pretrained))  # before loading
+        pretrained = pretrained or adapter_class.default_pretrained
+        config = pruning_config(prune, engine_args, adapter_class.default_profile(pretrained))  # before loading
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.adapter = self.adapter_class(pretrained, str(self._device), DTYPES[dtype], attn_implementation)
+        self.adapter = adapter_class(pretrained, str(self._device), DTYPES[dtype], attn_implementation, **model_args)
         self.engine = install(self.adapter.decoder, config)
-        self.prune = prune
+        self.prune, self.on_error = prune, on_error
         self._timer = _PrefillTimer(find_text_model(self.adapter.decoder), self._device)
-        log.info(f"{type(self).__name__} on {self._device}: {self.engine.config.describe()}")
+        log.info(
+            f"{type(self).__name__} ({adapter_class.name}, {pretrained or 'shipped weights'}) on {self._device}, "
+            f"{attn_implementation}, {dtype}: {self.engine.config.describe()}"
+        )
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> FastAVLMM:
@@ -145,33 +158,61 @@ class FastAVLMM(lmms):
         until = gen_kwargs.get("until") or []
         return int(gen_kwargs.get("max_new_tokens", 32)), [until] if isinstance(until, str) else list(until)
 
-    def _run_batch(self, requests: list[Instance]) -> list[GenerationResult]:
-        contexts, visuals = [], []
-        for request in requests:
+    def _load(self, requests: list[Instance]) -> list[Any]:
+        """Each request's media, decoded and checked by the adapter: an object, or the :class:`SampleError`."""
+        loaded: list[Any] = []
+        for index, request in enumerate(requests):
             context, _gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            contexts.append(context)
-            visuals.append(doc_to_visual(self.task_dict[task][split][doc_id]))
+            try:
+                visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+                loaded.append(self.adapter.load_request(Request(list(visuals or []), context), index))
+            except SampleError as error:
+                failure = SampleError(index, f"{task} doc {doc_id}: {error.reason}")
+                if self.on_error == "raise":
+                    raise ValueError(
+                        f"{failure} (on_error=record would record this sample as failed and go on)"
+                    ) from None
+                loaded.append(failure)
+        return loaded
+
+    def _run_batch(self, requests: list[Instance]) -> list[GenerationResult]:
         max_new_tokens, until = self._gen_settings(requests[0].args[1])
+        loaded = self._load(requests)
+        answerable = [item for item in loaded if not isinstance(item, SampleError)]
+        answers = iter(self._answer(answerable, max_new_tokens, until) if answerable else [])
+        results = []
+        for item in loaded:
+            if isinstance(item, SampleError):
+                log.warning(f"{type(self).__name__}: {item}; recorded as failed (on_error=record)")
+                _record_metrics(0.0, 0, 0.0, additional_metrics={"failed": 1, "num_requests": 1})
+                failed = {"prune": self.prune, "error": item.reason}
+                counts = FastAVTokenCounts(input_tokens=0, output_tokens=0, fastav=failed)
+                results.append(GenerationResult(text="", token_counts=counts))
+            else:
+                results.append(next(answers))
+        return results
+
+    def _answer(self, loaded: list[Any], max_new_tokens: int, until: list[str]) -> list[GenerationResult]:
+        """Prefill and decode one batch of loaded requests; per-sample figures to the samples file and summary."""
         if self._device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self._device)
         started = time.perf_counter()
-        prepared = self.adapter.prepare(visuals, contexts)
+        inputs = self.adapter.prepare(loaded)
         self._timer.durations.clear()
-        with self.engine.layout(prepared.layout):
-            answers = self.adapter.generate(prepared, max_new_tokens)
+        with self.engine.layout(inputs.layout):
+            answers = self.adapter.generate(inputs, max_new_tokens, until)
         elapsed = time.perf_counter() - started
         stats = self.engine.last_stats
         peak_mb = torch.cuda.max_memory_allocated(self._device) / 2**20 if self._device.type == "cuda" else None
+        batch = len(loaded)
         results = []
         for index, answer in enumerate(answers):
-            for stop in until:
-                answer = answer.split(stop)[0]
             summary = stats.sample(index, self.engine.shape)
             kept = summary["kept_per_layer"]
             figures = {
                 "relative_flops": summary["relative_flops_fastv"],
                 "relative_flops_exact": summary["relative_flops_exact"],
-                "prefill_ms": 1000 * self._timer.durations[0] / len(requests),
+                "prefill_ms": 1000 * self._timer.durations[0] / batch,
                 "video_tokens": kept.get("video", [0])[0],
                 "audio_tokens": kept.get("audio", [0])[0],
                 "video_kept_mean": sum(kept.get("video", [0])) / stats.num_layers,
@@ -179,19 +220,18 @@ class FastAVLMM(lmms):
             }
             if peak_mb is not None:
                 figures["peak_memory_mb"] = peak_mb
-            output_tokens = len(answer.split())
             _record_metrics(
-                total_elapsed_time=elapsed / len(requests),
-                total_gen_tokens=output_tokens,
-                avg_speed=output_tokens * len(requests) / elapsed,
-                additional_metrics={**figures, "num_requests": 1},
+                total_elapsed_time=elapsed / batch,
+                total_gen_tokens=answer.num_tokens,
+                avg_speed=answer.num_tokens * batch / elapsed,
+                additional_metrics={**figures, "failed": 0, "num_requests": 1},
             )
             counts = FastAVTokenCounts(
                 input_tokens=summary["prompt_tokens"],
-                output_tokens=output_tokens,
+                output_tokens=answer.num_tokens,
                 fastav={**figures, "prune": self.prune, "kept_per_layer": kept},
             )
-            results.append(GenerationResult(text=answer.strip(), token_counts=counts))
+            results.append(GenerationResult(text=answer.text, token_counts=counts))
         return results
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
@@ -212,7 +252,11 @@ class FastAVLMM(lmms):
         """One line per run: the means of the per-sample figures in the samples file."""
         if not results:
             return
-        figures = [result.token_counts.fastav for result in results]  # type: ignore[union-attr]
+        figures = [r.token_counts.fastav for r in results if "error" not in r.token_counts.fastav]  # type: ignore
+        failed = len(results) - len(figures)
+        if not figures:
+            log.warning(f"{type(self).__name__}: all {len(results)} requests failed (see the samples file)")
+            return
 
         def mean(key: str) -> float:
             return sum(float(f[key]) for f in figures) / len(figures)
@@ -221,7 +265,7 @@ class FastAVLMM(lmms):
             f"{type(self).__name__} (prune={self.prune}): {len(results)} requests, batch size "
             f"{self.batch_size_per_gpu}; means per sample: relative FLOPs {mean('relative_flops'):.2f}%, prefill "
             f"{mean('prefill_ms'):.2f} ms, video tokens kept per layer {mean('video_kept_mean'):.1f}, audio "
-            f"{mean('audio_kept_mean'):.1f} (per-sample figures: the samples file)"
+            f"{mean('audio_kept_mean'):.1f}; {failed} failed (per-sample figures: the samples file)"
         )
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:

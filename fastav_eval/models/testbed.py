@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from fastav_eval.avsynth.world import FRAME_SIZE, NUM_FRAMES, NUM_SAMPLES, SAMPLE_RATE
-from fastav_eval.testbed import WEIGHTS_DIR, PreparedBatch, TestbedModel
+from fastav_eval.models.base import Answer, ModelAdapter, ModelInputs, Request, SampleError, cut_at_stop
+from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
 
 PROFILE_FILE = "profile.json"
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
@@ -46,43 +47,66 @@ def media_from_visuals(visuals: list[Any], index: int = 0) -> tuple[np.ndarray, 
     return frames, waveform
 
 
-class TestbedAdapter:
-    """Loads the testbed and prepares its inputs: ``[prefix][video 128][audio 144][question]`` per sample."""
+class TestbedAdapter(ModelAdapter):
+    """The testbed: ``[prefix][video 128][audio 144][question]`` per sample, merged into ``inputs_embeds``."""
 
     name = "testbed"
     attn_implementations = ATTN_IMPLEMENTATIONS
 
     def __init__(
         self,
-        pretrained: str | Path | None = None,
+        pretrained: str | None = None,
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         attn_implementation: str = "sdpa",
+        **model_args: Any,
     ) -> None:
+        super().__init__(pretrained, device, dtype, attn_implementation, **model_args)
         if attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation={attn_implementation!r}; accepted: {list(ATTN_IMPLEMENTATIONS)}")
-        self.weights = Path(pretrained) if pretrained else WEIGHTS_DIR
-        self.model = TestbedModel.load(self.weights).to(device=device, dtype=dtype)
+        self.weights = Path(self.pretrained) if self.pretrained else WEIGHTS_DIR
+        self.model = TestbedModel.load(self.weights).to(device=self.device, dtype=dtype)
         self.model.decoder.config._attn_implementation = attn_implementation
-        self.device = torch.device(device)
 
     @property
     def decoder(self) -> nn.Module:
-        """The causal LM the pruning engine installs on."""
         return self.model.decoder
 
-    @staticmethod
-    def default_profile(pretrained: str | Path | None) -> Path | None:
-        """The global-stage profile calibrated for the weights at ``pretrained`` (rollout on the val split), if any."""
+    @classmethod
+    def default_profile(cls, pretrained: str | None) -> Path | None:
+        """The profile calibrated for the weights at ``pretrained`` (rollout on the val split), if any."""
         path = (Path(pretrained) if pretrained else WEIGHTS_DIR) / PROFILE_FILE
         return path if path.is_file() else None
 
-    def prepare(self, visuals: list[list[Any]], prompts: list[str]) -> PreparedBatch:
-        media = [media_from_visuals(v, i) for i, v in enumerate(visuals)]
-        frames = torch.from_numpy(np.stack([m[0] for m in media])).to(self.device)
-        waveform = torch.from_numpy(np.stack([m[1] for m in media])).to(self.device)
-        with torch.no_grad():
-            return self.model.prepare(frames, waveform, [p.strip() for p in prompts])
+    def load_request(self, request: Request, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        try:
+            frames, waveform = media_from_visuals(request.visuals, index)
+        except ValueError as error:
+            raise SampleError(index, str(error).removeprefix(f"request {index}: ")) from None
+        return frames, waveform, request.prompt.strip()
 
-    def generate(self, prepared: PreparedBatch, max_new_tokens: int) -> list[str]:
-        return self.model.generate(prepared, max_new_tokens=max_new_tokens)
+    def prepare(self, loaded: list[tuple[np.ndarray, np.ndarray, str]]) -> ModelInputs:
+        frames = torch.from_numpy(np.stack([item[0] for item in loaded])).to(self.device)
+        waveform = torch.from_numpy(np.stack([item[1] for item in loaded])).to(self.device)
+        with torch.no_grad():
+            batch = self.model.prepare(frames, waveform, [item[2] for item in loaded])
+        return ModelInputs(
+            generate_kwargs={"inputs_embeds": batch.inputs_embeds, "attention_mask": batch.attention_mask},
+            layout=batch.layout,
+        )
+
+    @torch.no_grad()
+    def generate(self, inputs: ModelInputs, max_new_tokens: int, until: list[str]) -> list[Answer]:
+        tokenizer = self.model.tokenizer
+        output = self.model.decoder.generate(
+            **inputs.generate_kwargs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+        )  # [B, new tokens]: inputs_embeds alone returns only the generated ids
+        answers = []
+        for row in output.tolist():
+            generated = row.index(tokenizer.eos_id) + 1 if tokenizer.eos_id in row else len(row)  # EOS included
+            answers.append(Answer(cut_at_stop(tokenizer.decode(row), until).strip(), generated))
+        return answers

@@ -1,0 +1,162 @@
+"""The interface every model adapter implements, and the batch type the wrapper hands between its methods.
+
+An adapter only *describes* a model family: its own ``--model_args``, how it loads, how a batch of requests
+becomes the model's ``generate`` inputs plus a :class:`~fastav_eval.pruning.ModalityLayout`, which module the
+engine installs on, and how answers are decoded. It knows nothing of lmms-eval (a request is a list of visuals
+and a prompt) and nothing of pruning (the wrapper installs the engine on :attr:`ModelAdapter.decoder` and enters
+:meth:`~fastav_eval.pruning.FastAVEngine.layout` around :meth:`ModelAdapter.generate`).
+
+A new model family is one file: subclass :class:`ModelAdapter`, declare ``model_args``, implement
+``__init__``, ``decoder``, ``load_request``, ``prepare`` and ``generate``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fastav_eval.pruning.layout import ModalityLayout
+
+
+class SampleError(ValueError):
+    """One request the adapter cannot answer faithfully (missing or malformed media); ``reason`` says why."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"request {index}: {reason}")
+        self.index, self.reason = index, reason
+
+
+@dataclass(frozen=True)
+class AdapterArg:
+    """One ``--model_args`` key an adapter declares: its default, the accepted values and what it does.
+
+    ``choices`` (when given) lists the accepted values; otherwise the value must be an instance of ``kind``
+    (an int is accepted where a float is declared).
+    """
+
+    default: Any
+    kind: type
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+    def check(self, name: str, value: Any) -> Any:
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ValueError(f"{name}={value!r}; accepted: {list(self.choices)}")
+            return value
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, self.kind) or (self.kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"{name}={value!r}; accepted: a {self.kind.__name__} ({self.help})")
+        return value
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one evaluated sample gives a model: ``doc_to_visual``'s list (in the task's order) and the prompt."""
+
+    visuals: list[Any]
+    prompt: str
+
+
+@dataclass
+class ModelInputs:
+    """One left-padded batch, ready for the model's ``generate``.
+
+    Attributes:
+        generate_kwargs: what the model's ``generate`` takes, e.g. ``input_ids [B, L]``, ``attention_mask
+            [B, L]`` and the media tensors of a model that merges its own encoders' outputs, or
+            ``inputs_embeds [B, L, D]`` and ``attention_mask [B, L]`` for one whose adapter merges them.
+        layout: where each modality sits, ``[B, L]`` like ``attention_mask``.
+    """
+
+    generate_kwargs: dict[str, Any]
+    layout: ModalityLayout
+
+    @property
+    def batch_size(self) -> int:
+        return self.layout.batch_size
+
+    @property
+    def prompt_tokens(self) -> list[int]:
+        """Tokens each sample's prompt holds (text and media, no padding)."""
+        return self.layout.valid.sum(1).tolist()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One decoded answer: its text (cut at the first stop string) and ``num_tokens``, the tokens the model
+    generated for it (decode steps up to and including its end-of-sequence token; padding excluded)."""
+
+    text: str
+    num_tokens: int
+
+
+def cut_at_stop(text: str, until: list[str]) -> str:
+    """``text`` up to the first occurrence of any stop string."""
+    for stop in until:
+        if stop:
+            text = text.split(stop)[0]
+    return text
+
+
+class ModelAdapter(ABC):
+    """Base class of the model adapters (one per model family).
+
+    Class attributes:
+        name: the family's short name (used in logs and errors).
+        default_pretrained: ``pretrained`` when the user gives none (a hub id or a local folder).
+        attn_implementations: the ``attn_implementation`` values the family supports.
+        model_args: the adapter's own ``--model_args`` keys (beyond the wrapper's and the engine's).
+    """
+
+    name: ClassVar[str]
+    default_pretrained: ClassVar[str | None] = None
+    attn_implementations: ClassVar[tuple[str, ...]] = ("sdpa", "eager", "flash_attention_2")
+    model_args: ClassVar[dict[str, AdapterArg]] = {}
+
+    def __init__(
+        self, pretrained: str | None, device: str, dtype: torch.dtype, attn_implementation: str, **model_args: Any
+    ) -> None:
+        """Load the model from ``pretrained`` (None: :attr:`default_pretrained`) onto ``device``."""
+        self.pretrained = pretrained or self.default_pretrained
+        self.device = torch.device(device)
+        self.options = self.check_model_args(model_args)
+
+    @classmethod
+    def check_model_args(cls, model_args: dict[str, Any]) -> dict[str, Any]:
+        """Every declared key with its value (given or default); an undeclared key is a ValueError."""
+        unknown = sorted(set(model_args) - set(cls.model_args))
+        if unknown:
+            raise ValueError(f"{cls.name}: unknown model arg(s) {unknown}; accepted: {sorted(cls.model_args)}")
+        return {
+            name: arg.check(name, model_args[name]) if name in model_args else arg.default
+            for name, arg in cls.model_args.items()
+        }
+
+    @classmethod
+    def default_profile(cls, pretrained: str | None) -> Path | None:
+        """The global-stage profile calibrated for these weights, if the adapter ships or finds one."""
+        return None
+
+    @property
+    @abstractmethod
+    def decoder(self) -> nn.Module:
+        """The module the engine installs on: a causal LM (or multimodal LM) holding one text decoder."""
+
+    @abstractmethod
+    def load_request(self, request: Request, index: int) -> Any:
+        """Decode and check one request's media; raise :class:`SampleError` when it cannot be answered."""
+
+    @abstractmethod
+    def prepare(self, loaded: list[Any]) -> ModelInputs:
+        """A batch of loaded requests -> left-padded ``generate`` inputs and their layout."""
+
+    @abstractmethod
+    def generate(self, inputs: ModelInputs, max_new_tokens: int, until: list[str]) -> list[Answer]:
+        """Greedy answers for the batch, each cut at the first of the ``until`` stop strings."""
