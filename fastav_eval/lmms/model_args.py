@@ -2,7 +2,8 @@
 
 The engine's knobs keep the names of :class:`~fastav_eval.pruning.PruningConfig`; ``prune`` switches the engine
 between FastAV and the unpruned baseline, and ``video_keep`` / ``audio_keep`` override one modality of the profile
-(an int keeps the first N tokens, a float in [0, 1] the first fraction).
+(an int keeps the first N tokens, a float in [0, 1] the first fraction); ``video_keep_chunks`` /
+``audio_keep_chunks`` keep the first N chunks instead (Qwen2.5-Omni's 2-s time chunks, a model's frames).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 from fastav_eval.pruning import GLOBAL_RULES, PrefixKeep, PruningConfig, PruningProfile
 
 PRUNE_MODES = ("fastav", "none")
-ENGINE_ARGS = ("global_layer", "global_rule", "profile", "video_keep", "audio_keep", "fine_ratio", "fine_rule",
-               "sink_tokens", "seed")  # fmt: skip
+ENGINE_ARGS = ("global_layer", "global_rule", "profile", "video_keep", "audio_keep", "video_keep_chunks",
+               "audio_keep_chunks", "fine_ratio", "fine_rule", "sink_tokens", "seed")  # fmt: skip
 WRAPPER_ARGS = ("pretrained", "prune", "attn_implementation", "dtype", "device", "batch_size", "max_batch_size",
                 "on_error")  # fmt: skip
 ON_ERROR = ("raise", "record")
@@ -62,6 +63,14 @@ def pruning_config(prune: str, engine_args: dict[str, Any], default_profile: Pat
     overrides = {
         name: _keep(f"{name}_keep", args.pop(f"{name}_keep")) for name in ("video", "audio") if f"{name}_keep" in args
     }
+    for name in ("video", "audio"):
+        if f"{name}_keep_chunks" in args:
+            if name in overrides:
+                raise ValueError(f"{name}_keep and {name}_keep_chunks both given; give one of them")
+            chunks = args.pop(f"{name}_keep_chunks")
+            if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 0:
+                raise ValueError(f"{name}_keep_chunks={chunks!r}; accepted: an int N >= 0 (first N chunks)")
+            overrides[name] = PrefixKeep(first_chunks=chunks)
     if overrides:
         base = profile or PruningProfile(keep={})
         keep = {**base.keep, **overrides}

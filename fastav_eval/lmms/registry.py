@@ -5,6 +5,7 @@ from __future__ import annotations
 
 MODELS = {
     "fastav_tiny": "fastav_eval.lmms.fastav_tiny.FastAVTiny",
+    "fastav_qwen2_5_omni": "fastav_eval.lmms.fastav_qwen2_5_omni.FastAVQwen25Omni",
 }
 
 

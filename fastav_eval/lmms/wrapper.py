@@ -9,6 +9,7 @@ engine with pruning off, which computes what the stock decoder computes and repo
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,10 +36,11 @@ CLI_DEFAULTS = {"batch_size": 1}
 # Per-sample figures go to lmms-eval's throughput summary without its one INFO line per sample (``log_metrics``
 # logs each call); the wrapper logs one summary per run instead. A private function, so check it is there.
 _record_metrics = getattr(gen_metrics, "_record_metrics", None)
-if _record_metrics is None:
+if _record_metrics is None or not isinstance(getattr(gen_metrics, "_THROUGHPUT_METRICS_HISTORY", None), list):
     raise ImportError(
-        f"lmms-eval {getattr(lmms_eval, '__version__', '?')} has no gen_metrics._record_metrics, which the FastAV "
-        "wrappers use to fill the results' throughput summary; FastAV-Eval is tested with lmms-eval==0.7.3"
+        f"lmms-eval {getattr(lmms_eval, '__version__', '?')} has no gen_metrics._record_metrics and "
+        "_THROUGHPUT_METRICS_HISTORY list, which the FastAV wrappers use to fill (and merge across ranks) the "
+        "results' throughput summary; FastAV-Eval is tested with lmms-eval==0.7.3"
     )
 
 
@@ -47,9 +49,25 @@ class FastAVTokenCounts(TokenCounts):
     """lmms-eval's token counts plus FastAV's per-sample figures (written to the samples file)."""
 
     fastav: dict[str, Any] = field(default_factory=dict)
+    throughput: dict[str, Any] = field(default_factory=dict, repr=False)
+    """This sample's entry of lmms-eval's throughput summary (``_record_metrics`` keywords); not written per sample."""
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), **self.fastav}
+
+
+def rank_device(device: str | None) -> torch.device:
+    """The device of this process: ``cuda`` means ``cuda:<LOCAL_RANK>`` when several processes share a machine."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and device == "cuda":
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % max(1, torch.cuda.device_count())}")
+    if processes > 1 and device.startswith("cuda:"):
+        raise ValueError(
+            f"device={device} with {processes} processes would put every rank on that one GPU; give device=cuda "
+            "(or no device): each rank then takes cuda:<LOCAL_RANK>"
+        )
+    return torch.device(device)
 
 
 class _PrefillTimer:
@@ -86,7 +104,7 @@ class FastAVLMM(lmms):
         pretrained: str | None = None,
         prune: str = "fastav",
         attn_implementation: str = "sdpa",
-        dtype: str = "float32",
+        dtype: str | None = None,
         device: str | None = None,
         batch_size: int | str = 1,
         max_batch_size: int | str | None = None,
@@ -100,6 +118,7 @@ class FastAVLMM(lmms):
         model_args = adapter_class.check_model_args(
             {key: value for key, value in other_args.items() if key not in ENGINE_ARGS}
         )
+        dtype = dtype or adapter_class.default_dtype
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}; accepted: {list(DTYPES)}")
         if on_error not in ON_ERROR:
@@ -115,7 +134,7 @@ class FastAVLMM(lmms):
             raise ValueError(f"max_batch_size={max_batch_size!r} is not supported; set batch_size")
         pretrained = pretrained or adapter_class.default_pretrained
         config = pruning_config(prune, engine_args, adapter_class.default_profile(pretrained))  # before loading
-        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._device = rank_device(device)
         self.adapter = adapter_class(pretrained, str(self._device), DTYPES[dtype], attn_implementation, **model_args)
         self.engine = install(self.adapter.decoder, config)
         self.prune, self.on_error = prune, on_error
@@ -178,18 +197,25 @@ class FastAVLMM(lmms):
     def _run_batch(self, requests: list[Instance]) -> list[GenerationResult]:
         max_new_tokens, until = self._gen_settings(requests[0].args[1])
         loaded = self._load(requests)
-        answerable = [item for item in loaded if not isinstance(item, SampleError)]
-        answers = iter(self._answer(answerable, max_new_tokens, until) if answerable else [])
+        answered: dict[int, GenerationResult] = {}
+        groups: dict[Any, list[int]] = {}  # what the adapter can batch together, in request order
+        for index, item in enumerate(loaded):
+            if not isinstance(item, SampleError):
+                groups.setdefault(self.adapter.batch_key(item), []).append(index)
+        for indices in groups.values():
+            group = self._answer([loaded[i] for i in indices], max_new_tokens, until)
+            answered.update(zip(indices, group, strict=True))
         results = []
-        for item in loaded:
+        for index, item in enumerate(loaded):
             if isinstance(item, SampleError):
                 log.warning(f"{type(self).__name__}: {item}; recorded as failed (on_error=record)")
-                _record_metrics(0.0, 0, 0.0, additional_metrics={"failed": 1, "num_requests": 1})
                 failed = {"prune": self.prune, "error": item.reason}
-                counts = FastAVTokenCounts(input_tokens=0, output_tokens=0, fastav=failed)
+                throughput = {"total_elapsed_time": 0.0, "total_gen_tokens": 0, "avg_speed": 0.0}
+                throughput["additional_metrics"] = {"failed": 1, "num_requests": 1}
+                counts = FastAVTokenCounts(input_tokens=0, output_tokens=0, fastav=failed, throughput=throughput)
                 results.append(GenerationResult(text="", token_counts=counts))
             else:
-                results.append(next(answers))
+                results.append(answered[index])
         return results
 
     def _answer(self, loaded: list[Any], max_new_tokens: int, until: list[str]) -> list[GenerationResult]:
@@ -220,16 +246,17 @@ class FastAVLMM(lmms):
             }
             if peak_mb is not None:
                 figures["peak_memory_mb"] = peak_mb
-            _record_metrics(
-                total_elapsed_time=elapsed / batch,
-                total_gen_tokens=answer.num_tokens,
-                avg_speed=answer.num_tokens * batch / elapsed,
-                additional_metrics={**figures, "failed": 0, "num_requests": 1},
-            )
+            throughput = {
+                "total_elapsed_time": elapsed / batch,
+                "total_gen_tokens": answer.num_tokens,
+                "avg_speed": answer.num_tokens * batch / elapsed,
+                "additional_metrics": {**figures, "failed": 0, "num_requests": 1},
+            }
             counts = FastAVTokenCounts(
                 input_tokens=summary["prompt_tokens"],
                 output_tokens=answer.num_tokens,
                 fastav={**figures, "prune": self.prune, "kept_per_layer": kept},
+                throughput=throughput,
             )
             results.append(GenerationResult(text=answer.text, token_counts=counts))
         return results
@@ -245,8 +272,27 @@ class FastAVLMM(lmms):
                     results += self._run_batch([request])
             else:
                 results += self._run_batch(chunk)
-        self._log_summary(results)
+        # lmms-eval pads a rank's share with clones of its last request so that every rank runs as many: their
+        # figures stay out of the summary (the evaluator drops their answers too).
+        counted = [r for q, r in zip(requests, results, strict=True) if not q.metadata.get("__padding_only__")]
+        for result in counted:
+            _record_metrics(**result.token_counts.throughput)  # type: ignore[union-attr]
+        self._log_summary(counted)
         return results
+
+    def clean(self) -> None:
+        """After the last request: rank 0's throughput summary gets every rank's per-sample figures.
+
+        lmms-eval builds the results JSON's ``throughput`` on rank 0 from its own process's records only; this is
+        the one call every rank makes after generating, before the evaluator reads them.
+        """
+        if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            history = gen_metrics._THROUGHPUT_METRICS_HISTORY
+            gathered: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
+            torch.distributed.gather_object(list(history), gathered, dst=0)
+            if gathered is not None:
+                history[:] = [record for part in gathered for record in part]  # the list the summary reads
+        super().clean()
 
     def _log_summary(self, results: list[GenerationResult]) -> None:
         """One line per run: the means of the per-sample figures in the samples file."""

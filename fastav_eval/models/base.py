@@ -13,12 +13,14 @@ A new model family is one file: subclass :class:`ModelAdapter`, declare ``model_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from transformers import StoppingCriteria
 
 from fastav_eval.pruning.layout import ModalityLayout
 
@@ -105,18 +107,36 @@ def cut_at_stop(text: str, until: list[str]) -> str:
     return text
 
 
+class StopOnStrings(StoppingCriteria):
+    """Stops each row of a ``generate`` call once its decoded answer holds one of ``stops``.
+
+    transformers' own ``stop_strings`` needs a tokenizer whose vocabulary it can take apart (it fails on word-level
+    ones); decoding the answer so far works for any tokenizer, at one decode per row and step.
+    """
+
+    def __init__(self, tokenizer: Any, stops: list[str], prompt_length: int) -> None:
+        self.tokenizer, self.stops, self.prompt_length = tokenizer, [s for s in stops if s], prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        done = [any(stop in text for stop in self.stops) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 class ModelAdapter(ABC):
     """Base class of the model adapters (one per model family).
 
     Class attributes:
         name: the family's short name (used in logs and errors).
         default_pretrained: ``pretrained`` when the user gives none (a hub id or a local folder).
+        default_dtype: ``dtype`` when the user gives none (``float32``, ``bfloat16`` or ``float16``).
         attn_implementations: the ``attn_implementation`` values the family supports.
         model_args: the adapter's own ``--model_args`` keys (beyond the wrapper's and the engine's).
     """
 
     name: ClassVar[str]
     default_pretrained: ClassVar[str | None] = None
+    default_dtype: ClassVar[str] = "float32"
     attn_implementations: ClassVar[tuple[str, ...]] = ("sdpa", "eager", "flash_attention_2")
     model_args: ClassVar[dict[str, AdapterArg]] = {}
 
@@ -152,6 +172,10 @@ class ModelAdapter(ABC):
     @abstractmethod
     def load_request(self, request: Request, index: int) -> Any:
         """Decode and check one request's media; raise :class:`SampleError` when it cannot be answered."""
+
+    def batch_key(self, loaded: Any) -> Hashable:
+        """Loaded requests with different keys never share a batch (e.g. a flag ``generate`` takes per batch)."""
+        return None
 
     @abstractmethod
     def prepare(self, loaded: list[Any]) -> ModelInputs:

@@ -42,8 +42,10 @@ def modality_code(name: str, field: str = "modality") -> Modality:
     return MODALITY_NAMES[name]
 
 
-Segment = tuple[str, int]
-"""``(modality_name, token_count)``: one contiguous run of tokens of a single modality."""
+Segment = tuple[str, int] | tuple[str, int, int]
+"""``(modality_name, token_count)``: one contiguous run of tokens of a single modality, or
+``(modality_name, token_count, chunk)`` when the model itself says which chunk the run belongs to (Qwen2.5-Omni's
+2-s time chunks, where two adjacent audio runs can belong to different chunks)."""
 
 
 @dataclass(frozen=True)
@@ -88,22 +90,44 @@ class ModalityLayout:
         if len(samples) == 0:
             raise ValueError("samples must hold at least one sample")
         codes: list[list[int]] = []
+        chunks: list[list[int]] = []  # -2 where the chunk is derived from contiguous runs
         for b, segments in enumerate(samples):
             row: list[int] = []
+            chunk_row: list[int] = []
+            explicit: dict[str, bool] = {}
             for s, segment in enumerate(segments):
-                if not (isinstance(segment, tuple | list) and len(segment) == 2):
-                    raise ValueError(f"samples[{b}][{s}]={segment!r} must be a (modality, count) pair")
-                name, count = segment
+                if not (isinstance(segment, tuple | list) and len(segment) in (2, 3)):
+                    raise ValueError(f"samples[{b}][{s}]={segment!r} must be a (modality, count[, chunk]) tuple")
+                name, count = segment[0], segment[1]
                 code = modality_code(name, field=f"samples[{b}][{s}].modality")
                 if not isinstance(count, int) or count < 0:
                     raise ValueError(f"samples[{b}][{s}].count={count!r} must be an int >= 0")
+                gives_chunk = len(segment) == 3
+                if code != Modality.TEXT and explicit.setdefault(name, gives_chunk) != gives_chunk:
+                    raise ValueError(
+                        f"samples[{b}]: every {name} segment gives its chunk, or none does; {segment!r} differs"
+                    )
+                if gives_chunk and (isinstance(segment[2], bool) or not isinstance(segment[2], int) or segment[2] < 0):
+                    raise ValueError(f"samples[{b}][{s}].chunk={segment[2]!r} must be an int >= 0")
+                chunk = segment[2] if gives_chunk and code != Modality.TEXT else -2
                 row.extend([int(code)] * count)
+                chunk_row.extend([chunk] * count)
             if not row:
                 raise ValueError(f"samples[{b}] has no tokens")
             codes.append(row)
+            chunks.append(chunk_row)
         length = max(len(row) for row in codes)
         padded = [[int(Modality.PAD)] * (length - len(row)) + row for row in codes]
-        return cls.from_codes(torch.tensor(padded, dtype=torch.long, device=device))
+        layout = cls.from_codes(torch.tensor(padded, dtype=torch.long, device=device))
+        given = torch.tensor([[-2] * (length - len(row)) + row for row in chunks], dtype=torch.long, device=device)
+        if not bool((given >= 0).any()):
+            return layout
+        chunk = torch.where(given >= 0, given, layout.chunk)
+        for code in (Modality.VIDEO, Modality.AUDIO):
+            of_code = torch.where(layout.modality == code, chunk, -1)
+            if bool((of_code.cummax(1).values > of_code).logical_and(of_code >= 0).any()):
+                raise ValueError(f"{code.name.lower()} chunks must not decrease along a sample")
+        return cls(modality=layout.modality, rank=layout.rank, chunk=chunk)
 
     @classmethod
     def from_token_ids(

@@ -47,7 +47,8 @@ class FlopsPreset:
         layout = ModalityLayout.from_segments([list(self.segments)])
         stats = simulate_prefill(layout, config, self.shape.num_layers)
         counts = {
-            name: sum(count for mod, count in self.segments if mod == name) for name in ("text", "video", "audio")
+            name: sum(segment[1] for segment in self.segments if segment[0] == name)
+            for name in ("text", "video", "audio")
         }
         return {
             "preset": self.name,
@@ -111,7 +112,47 @@ def _video_salmonn2() -> FlopsPreset:
     )
 
 
-PRESETS: dict[str, FlopsPreset] = {preset.name: preset for preset in (_videollama2(), _video_salmonn2())}
+def _interleaved_chunks(grids: int, tokens_per_grid: int, seconds_per_grid: float, audio_tokens: int) -> list[Segment]:
+    """Qwen2.5-Omni's audio-in-video runs: per 2-s chunk (50 positions), its video grids then its audio tokens.
+
+    Each run carries its chunk: two adjacent audio runs (a chunk without a grid) are two chunks, as in the model.
+    """
+    video_times = [int(k * seconds_per_grid * 25) for k in range(grids)]
+    segments: list[Segment] = []
+    for chunk in range(max(video_times[-1] // 50 + 1, -(-audio_tokens // 50))):
+        video = sum(tokens_per_grid for t in video_times if chunk * 50 <= t < (chunk + 1) * 50)
+        audio = max(0, min(50, audio_tokens - chunk * 50))
+        segments += [("video", video, chunk)] if video else []
+        segments += [("audio", audio, chunk)] if audio else []
+    return segments
+
+
+def _qwen2_5_omni_7b() -> FlopsPreset:
+    """Qwen2.5-Omni-7B's thinker on a typical WorldSense clip, as ``fastav_qwen2_5_omni`` feeds it by default.
+
+    Assumptions: the thinker's LLM has Qwen2-7B's shape (28 layers, d 3584, m 18944, 28/4 heads). The clip lasts
+    141 s (WorldSense's mean duration) at 1280×720; the adapter's defaults (fps 2 capped at max_frames 64,
+    max_pixels 360×420) sample 64 frames, i.e. 32 temporal grids of 4.4 s, each resized to 504×280 px: 180 tokens
+    per grid, 5,760 video tokens. The soundtrack gives 25 tokens/s: 3,525 audio tokens. They interleave in 2-s
+    chunks (71 chunks, a grid in every second or third one). The system prompt and chat prefix are 40 tokens and
+    a multiple-choice question with the assistant prompt 80. The global stage keeps every video token and the
+    audio of the first 2-s chunk (50 tokens) before layer 14 (0-based): the analogue of the paper's VideoLLaMA2
+    setting, not yet calibrated for Qwen2.5-Omni.
+    """
+    chunks = _interleaved_chunks(grids=32, tokens_per_grid=180, seconds_per_grid=4.4, audio_tokens=3525)
+    return FlopsPreset(
+        name="qwen2_5_omni_7b",
+        shape=QWEN2_7B,
+        segments=(("text", 40), *chunks, ("text", 80)),
+        profile=PruningProfile(keep={"audio": PrefixKeep(first_chunks=1)}),
+        global_layer=14,
+        assumptions=_assumptions(_qwen2_5_omni_7b),
+    )
+
+
+PRESETS: dict[str, FlopsPreset] = {
+    preset.name: preset for preset in (_videollama2(), _video_salmonn2(), _qwen2_5_omni_7b())
+}
 
 
 def get_preset(name: str) -> FlopsPreset:

@@ -81,3 +81,16 @@ def test_cli_plot_writes_a_png(tmp_path, capsys):
     assert main(["flops", "--preset", "video_salmonn2", "--plot", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["plot"] == str(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_qwen2_5_omni_preset_lays_out_the_clip_as_the_model_chunks_it():
+    """Recompute: 32 grids of 180 tokens and 3,525 audio tokens in 2-s chunks; the global stage keeps every video
+    token and the first chunk's 50 audio tokens."""
+    preset = get_preset("qwen2_5_omni_7b")
+    result = preset.run(fine_ratio=0.2)
+    assert result["prompt_tokens"] == {"text": 120, "video": 5760, "audio": 3525}
+    audio_chunks = [s for s in preset.segments if s[0] == "audio"]
+    assert len(audio_chunks) == 71 and [s[2] for s in audio_chunks] == list(range(71))
+    assert all(s[1] == 50 for s in audio_chunks[:-1]) and audio_chunks[-1][1] == 25
+    assert result["kept_per_layer"]["audio"][14] == 50 and result["kept_per_layer"]["video"][14] == 5760
+    assert 40 < result["relative_flops"] < 80

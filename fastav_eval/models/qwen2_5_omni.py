@@ -1,0 +1,409 @@
+"""Adapter for Qwen2.5-Omni (7B, 3B): transformers' own thinker, loaded without the talker or token2wav.
+
+A request's visuals (a video path, an audio dict / file, a PIL image, in the task's order) become one user turn
+of the model's chat template, media first. A video's soundtrack is decoded with PyAV and fed interleaved with
+its frames in 2-s chunks (``load_audio_from_video`` in the processor, ``use_audio_in_video`` in ``generate``:
+without the latter TMRoPE positions change and answers change without an error). The processor comes from
+``pretrained``. The layout is read from the processor's placeholder token ids, with each interleaved token
+labelled by the time chunk the model's own ``get_chunked_index`` puts it in.
+
+Sequence of one sample with a 4-s clip (112×112 px, 2 fps)::
+
+    <|im_start|>system ... <|im_start|>user <|vision_bos|><|audio_bos|> V32 A50 V32 A50 <|audio_eos|><|vision_eos|>
+    question <|im_end|> <|im_start|>assistant
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import StoppingCriteriaList
+
+from fastav_eval.models.base import (
+    AdapterArg,
+    Answer,
+    ModelAdapter,
+    ModelInputs,
+    Request,
+    SampleError,
+    StopOnStrings,
+    cut_at_stop,
+)
+from fastav_eval.models.media import (
+    AUDIO_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    audio_from_dict,
+    decode_audio,
+    has_audio_track,
+    sample_frames,
+)
+from fastav_eval.pruning.layout import ModalityLayout, Segment
+
+SYSTEM_PROMPT = (
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory and "
+    "visual inputs, as well as generating text and speech."
+)  # the model card's system prompt (the one the model was tuned with)
+VIDEO_AUDIO = ("required", "if_present", "off")
+
+
+def _audio_tokens(mel_frames: torch.Tensor) -> torch.Tensor:
+    """Audio tokens the thinker's audio tower makes from ``mel_frames`` (conv stride 2, then pooling by 2)."""
+    return ((mel_frames - 1) // 2 + 1 - 2) // 2 + 1
+
+
+MEDIA_PLACEHOLDER = re.compile(r"<media_(\d+)>")
+
+
+def user_turn(media: list[dict], prompt: str) -> list[dict]:
+    """The user turn: media first, then the prompt; or, when the prompt marks each medium's place with
+    ``<media_i>`` (AV-Odyssey's convention, i = its index in ``doc_to_visual``), each medium at its mark."""
+    marks = [int(i) for i in MEDIA_PLACEHOLDER.findall(prompt)]
+    if not media or sorted(marks) != list(range(len(media))):
+        return [*media, {"type": "text", "text": prompt}]
+    turn: list[dict] = []
+    for k, piece in enumerate(MEDIA_PLACEHOLDER.split(prompt)):
+        if k % 2:
+            turn.append(media[int(piece)])
+        elif piece.strip():
+            turn.append({"type": "text", "text": piece.strip()})
+    return turn
+
+
+@dataclass
+class OmniSample:
+    """One request's decoded media, in the task's order, and its text."""
+
+    prompt: str
+    content: list[dict] = field(default_factory=list)  # chat-template items: {"type": "video" | "audio" | "image"}
+    videos: list[np.ndarray] = field(default_factory=list)  # [T, H, W, 3] uint8 each
+    video_fps: list[float] = field(default_factory=list)
+    audios: list[np.ndarray] = field(default_factory=list)  # processor slot order, 16 kHz mono
+    audio_slots: list[int | None] = field(default_factory=list)  # index of the video an audio comes from, or None
+    images: list[Any] = field(default_factory=list)
+
+    @property
+    def audio_in_video(self) -> bool:
+        return any(slot is not None for slot in self.audio_slots)
+
+
+class Qwen25OmniAdapter(ModelAdapter):
+    name = "qwen2_5_omni"
+    default_dtype = "bfloat16"
+    default_pretrained = "Qwen/Qwen2.5-Omni-7B"
+    attn_implementations = ("sdpa", "eager", "flash_attention_2")
+    model_args: ClassVar[dict[str, AdapterArg]] = {
+        "fps": AdapterArg(2.0, float, "video frames sampled per second (fewer when max_frames caps them)"),
+        "max_frames": AdapterArg(64, int, "the most frames sampled from one video (an even number)"),
+        "max_pixels": AdapterArg(360 * 420, int, "the most pixels per frame after resizing (28-px patches)"),
+        "min_pixels": AdapterArg(4 * 28 * 28, int, "the fewest pixels per frame after resizing"),
+        "video_audio": AdapterArg(
+            "required",
+            str,
+            "a video's soundtrack: fed, and a clip without one fails its sample (required); fed when present "
+            "(if_present); never fed (off)",
+            choices=VIDEO_AUDIO,
+        ),
+        "system_prompt": AdapterArg(SYSTEM_PROMPT, str, "the system turn of the chat template"),
+    }
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        attn_implementation: str = "sdpa",
+        **model_args: Any,
+    ) -> None:
+        super().__init__(pretrained, device, dtype, attn_implementation, **model_args)
+        options = self.options
+        if options["max_frames"] < 2 or options["max_frames"] % 2:
+            raise ValueError(f"max_frames={options['max_frames']!r}; accepted: an even int >= 2")
+        if options["fps"] <= 0:
+            raise ValueError(f"fps={options['fps']!r}; accepted: a number > 0")
+        if not 0 < options["min_pixels"] <= options["max_pixels"]:
+            raise ValueError(
+                f"min_pixels={options['min_pixels']} / max_pixels={options['max_pixels']}: need 0 < min <= max"
+            )
+        self.model = self.load_thinker(str(self.pretrained), dtype, attn_implementation).to(self.device).eval()
+        self.processor = self.load_processor(str(self.pretrained))
+        self._check_token_ids()
+
+    # ------------------------------------------------------------------ loading
+    @staticmethod
+    def load_thinker(pretrained: str, dtype: torch.dtype, attn_implementation: str) -> nn.Module:
+        """The thinker alone, from a full Qwen2.5-Omni checkpoint (its ``thinker.*`` weights) or a thinker one."""
+        from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+        config = AutoConfig.from_pretrained(pretrained)
+        if config.model_type == "qwen2_5_omni":
+            config = config.thinker_config
+        elif config.model_type != "qwen2_5_omni_thinker":
+            raise ValueError(
+                f"pretrained={pretrained!r} is a {config.model_type!r} checkpoint; accepted: qwen2_5_omni (e.g. "
+                "Qwen/Qwen2.5-Omni-7B, Qwen/Qwen2.5-Omni-3B) or qwen2_5_omni_thinker"
+            )
+        return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+            pretrained, config=config, dtype=dtype, attn_implementation=attn_implementation
+        )
+
+    @staticmethod
+    def load_processor(pretrained: str) -> Any:
+        from transformers import Qwen2_5OmniProcessor
+
+        return Qwen2_5OmniProcessor.from_pretrained(pretrained)
+
+    def _check_token_ids(self) -> None:
+        config, processor = self.model.config, self.processor
+        pairs = {
+            "video": (processor.video_token_id, config.video_token_index),
+            "audio": (processor.audio_token_id, config.audio_token_index),
+            "image": (processor.image_token_id, config.image_token_index),
+        }
+        wrong = {name: ids for name, ids in pairs.items() if ids[0] != ids[1]}
+        if wrong:
+            raise ValueError(
+                f"the processor's placeholder ids (processor, model) {wrong} differ from the thinker's config: "
+                "the processor and the weights come from different checkpoints"
+            )
+        tokenizer = processor.tokenizer
+        self.vision_bos = tokenizer.convert_tokens_to_ids(processor.vision_bos_token)
+        self.audio_bos = tokenizer.convert_tokens_to_ids(processor.audio_bos_token)
+        self.stop_ids = sorted(
+            {i for i in (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id) if i is not None}
+        )
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model
+
+    # ------------------------------------------------------------------ requests
+    def load_request(self, request: Request, index: int) -> OmniSample:
+        sample = OmniSample(prompt=request.prompt)
+        for position, visual in enumerate(request.visuals):
+            try:
+                self._add_visual(sample, visual)
+            except ValueError as error:
+                raise SampleError(index, f"visual {position}: {error}") from None
+        if sample.audio_in_video and len(sample.videos) > sum(s is not None for s in sample.audio_slots):
+            raise SampleError(
+                index,
+                "mixes videos with and without a soundtrack; Qwen2.5-Omni's positions (use_audio_in_video) cover "
+                "one or the other within a sample (video_audio=off drops every soundtrack)",
+            )
+        if len(set(sample.video_fps)) > 1:  # the processor times every video of a call at one rate
+            sample.video_fps = [min(sample.video_fps)] * len(sample.video_fps)
+        return sample
+
+    def _add_visual(self, sample: OmniSample, visual: Any) -> None:
+        rate = self.processor.feature_extractor.sampling_rate
+        if isinstance(visual, str | Path):
+            path = str(visual)
+            if not Path(path).is_file():
+                raise ValueError(f"{path} does not exist")
+            if path.lower().endswith(AUDIO_EXTENSIONS):
+                sample.audios.append(decode_audio(path, rate))
+                sample.audio_slots.append(None)
+                sample.content.append({"type": "audio"})
+                return
+            if path.lower().endswith(IMAGE_EXTENSIONS):
+                from PIL import Image
+
+                with Image.open(path) as image:
+                    sample.images.append(image.convert("RGB"))
+                sample.content.append({"type": "image"})
+                return
+            frames = sample_frames(path, self.options["fps"], self.options["max_frames"])
+            video_index = len(sample.videos)
+            sample.videos.append(frames.frames)
+            sample.video_fps.append(frames.fps)
+            sample.content.append({"type": "video"})
+            mode = self.options["video_audio"]
+            if mode == "off":
+                return
+            if has_audio_track(path):
+                sample.audios.append(decode_audio(path, rate))
+                sample.audio_slots.append(video_index)
+            elif mode == "required":
+                raise ValueError(
+                    f"{path} has no audio track, and this model is asked to hear each clip (video_audio=required); "
+                    "video_audio=if_present answers such clips from their frames alone"
+                )
+            return
+        if isinstance(visual, dict) and "array" in visual:
+            sample.audios.append(audio_from_dict(visual, rate))
+            sample.audio_slots.append(None)
+            sample.content.append({"type": "audio"})
+            return
+        if hasattr(visual, "get_all_samples"):  # a datasets 4 AudioDecoder (torchcodec)
+            decoded = visual.get_all_samples()
+            waveform = decoded.data.numpy()
+            sample.audios.append(audio_from_dict({"array": waveform, "sampling_rate": int(decoded.sample_rate)}, rate))
+            sample.audio_slots.append(None)
+            sample.content.append({"type": "audio"})
+            return
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - Pillow ships with transformers' image stack
+            Image = None  # type: ignore[assignment]
+        if Image is not None and isinstance(visual, Image.Image):
+            sample.images.append(visual.convert("RGB"))
+            sample.content.append({"type": "image"})
+            return
+        raise ValueError(
+            f"a {type(visual).__name__} is not a visual this model takes; accepted: a video or audio file path, "
+            '{"array", "sampling_rate"} audio, a PIL image'
+        )
+
+    def batch_key(self, loaded: OmniSample) -> Any:
+        return loaded.audio_in_video  # generate's use_audio_in_video holds for a whole batch
+
+    # ------------------------------------------------------------------ batch
+    def _process(self, sample: OmniSample) -> dict[str, torch.Tensor]:
+        messages = [
+            {"role": "system", "content": [{"type": "text", "text": self.options["system_prompt"]}]},
+            {"role": "user", "content": user_turn(sample.content, sample.prompt)},
+        ]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        call: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+        if sample.images:
+            call["images"] = sample.images
+        if sample.videos:
+            call["videos"] = sample.videos
+            call["videos_kwargs"] = {
+                "fps": sample.video_fps[0],
+                "size": {"shortest_edge": self.options["min_pixels"], "longest_edge": self.options["max_pixels"]},
+            }
+        if sample.audios:
+            call["audio"] = sample.audios
+            call["audio_kwargs"] = {"truncation": False}  # the whole soundtrack, not Whisper's first 30 s
+        if sample.audio_in_video:
+            call["load_audio_from_video"] = True
+            call["audio_from_video_indices"] = sample.audio_slots
+        return dict(self.processor(**call))
+
+    def _segments(self, ids: list[int], processed: dict[str, torch.Tensor]) -> list[Segment]:
+        """The sample's runs, ``(modality, count, chunk)``; an interleaved video's runs carry the model's chunks."""
+        config = self.model.config
+        video_id, audio_id, image_id = config.video_token_index, config.audio_token_index, config.image_token_index
+        tokens_per_chunk = int(config.position_id_per_seconds * config.seconds_per_chunk)
+        audio_lengths = (
+            _audio_tokens(processed["feature_attention_mask"].sum(-1)).tolist()
+            if "feature_attention_mask" in processed
+            else []
+        )
+        grids = processed.get("video_grid_thw", torch.zeros(0, 3, dtype=torch.long)).tolist()
+        seconds = processed.get("video_second_per_grid", torch.zeros(0)).tolist()
+        merge = self.model.config.vision_config.spatial_merge_size
+        segments: list[Segment] = []
+        chunk = {"video": 0, "audio": 0}
+        video_index = audio_index = 0
+        i = 0
+        while i < len(ids):
+            token = ids[i]
+            if token == self.vision_bos and i + 1 < len(ids) and ids[i + 1] == self.audio_bos:
+                segments.append(("text", 2))
+                t, h, w = grids[video_index]
+                times = torch.arange(t).repeat_interleave(h * w // merge**2) * seconds[video_index]
+                video_times = (times * config.position_id_per_seconds).long()
+                audio_times = torch.arange(audio_lengths[audio_index])
+                video_chunks = self.model.get_chunked_index(video_times, tokens_per_chunk, 0)
+                audio_chunks = self.model.get_chunked_index(audio_times, tokens_per_chunk, 0)
+                for j in range(max(len(video_chunks), len(audio_chunks))):
+                    for name, chunks in (("video", video_chunks), ("audio", audio_chunks)):
+                        if j < len(chunks):
+                            segments.append((name, chunks[j][1] - chunks[j][0], chunk[name] + j))
+                chunk["video"] += len(video_chunks)
+                chunk["audio"] += len(audio_chunks)
+                i += 2 + len(video_times) + len(audio_times)
+                video_index += 1
+                audio_index += 1
+                continue
+            if token in (video_id, audio_id, image_id):
+                end = i
+                while end < len(ids) and ids[end] == token:
+                    end += 1
+                name = "audio" if token == audio_id else "video"  # an image's tokens are visual tokens
+                segments.append((name, end - i, chunk[name]))
+                chunk[name] += 1
+                video_index += token == video_id
+                audio_index += token == audio_id
+                i = end
+                continue
+            segments.append(("text", 1))
+            i += 1
+        return segments
+
+    def prepare(self, loaded: list[OmniSample]) -> ModelInputs:
+        if len({sample.audio_in_video for sample in loaded}) > 1:
+            raise ValueError("one batch mixes samples with and without audio in video; group them by batch_key()")
+        processed = [self._process(sample) for sample in loaded]
+        rows = [p["input_ids"][0].tolist() for p in processed]
+        segments = [self._segments(row, p) for row, p in zip(rows, processed, strict=True)]
+        length = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for b, row in enumerate(rows):
+            input_ids[b, length - len(row) :] = torch.tensor(row)
+            attention_mask[b, length - len(row) :] = 1
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "video_second_per_grid"):
+            parts = [p[key] for p in processed if key in p]
+            if parts:
+                kwargs[key] = torch.cat(parts)
+        features = [p for p in processed if "input_features" in p]
+        if features:
+            frames = max(p["input_features"].shape[-1] for p in features)
+            pad = lambda x: nn.functional.pad(x, (0, frames - x.shape[-1]))  # noqa: E731
+            kwargs["input_features"] = torch.cat([pad(p["input_features"]) for p in features])
+            kwargs["feature_attention_mask"] = torch.cat([pad(p["feature_attention_mask"]) for p in features])
+        layout = ModalityLayout.from_segments(segments)
+        self._check_layout(layout, input_ids, attention_mask)
+        dtype = self.model.dtype
+        for key, value in kwargs.items():
+            kwargs[key] = value.to(self.device, dtype=dtype if value.is_floating_point() else None)
+        kwargs["use_audio_in_video"] = loaded[0].audio_in_video
+        return ModelInputs(generate_kwargs=kwargs, layout=layout.to(self.device))
+
+    def _check_layout(self, layout: ModalityLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """The layout must mark exactly the processor's placeholder tokens (else the processor changed)."""
+        config = self.model.config
+        placeholders = {
+            "video": [config.video_token_index, config.image_token_index],
+            "audio": config.audio_token_index,
+        }
+        expected = ModalityLayout.from_token_ids(input_ids, placeholders, attention_mask)
+        if not torch.equal(expected.modality, layout.modality):
+            raise RuntimeError(
+                "the layout read from the processor's chunk structure does not match its placeholder tokens; this "
+                "transformers version lays Qwen2.5-Omni's inputs out differently from what the adapter was written for"
+            )
+
+    # ------------------------------------------------------------------ answers
+    @torch.no_grad()
+    def generate(self, inputs: ModelInputs, max_new_tokens: int, until: list[str]) -> list[Answer]:
+        kwargs = inputs.generate_kwargs
+        tokenizer = self.processor.tokenizer
+        prompt_length = kwargs["input_ids"].shape[1]
+        output = self.model.generate(
+            **kwargs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            stopping_criteria=StoppingCriteriaList([StopOnStrings(tokenizer, until, prompt_length)]),
+        )
+        generated = output[:, prompt_length:].tolist()
+        answers = []
+        for row in generated:
+            ends = [k for k, token in enumerate(row) if token in self.stop_ids or token == self.pad_id]
+            count = ends[0] + (row[ends[0]] in self.stop_ids) if ends else len(row)  # end of turn included, padding not
+            text = tokenizer.decode(row[:count], skip_special_tokens=True)
+            answers.append(Answer(cut_at_stop(text, until).strip(), count))
+        return answers

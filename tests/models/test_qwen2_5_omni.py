@@ -1,0 +1,226 @@
+"""The Qwen2.5-Omni adapter on a tiny random thinker: loading, media, layout, TMRoPE and answers vs the stock model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastav_eval.models.base import Request, SampleError
+from fastav_eval.models.qwen2_5_omni import OmniSample, Qwen25OmniAdapter
+from fastav_eval.pruning import ModalityLayout, PrefixKeep, PruningConfig, PruningProfile, install
+from tests.lmms.av_task_fixtures import write_clip, write_wav
+from tests.models.omni_fixtures import save_checkpoint, tiny_processor, tiny_thinker
+
+QUESTION = "what is in the video ?"
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("omni")
+    return {
+        "checkpoint": save_checkpoint(root / "checkpoint"),
+        "clip2": write_clip(root / "clip2.mp4", 2),
+        "clip4": write_clip(root / "clip4.mp4", 4, seed=1, frequency=660.0),
+        "clip5": write_clip(root / "clip5.mp4", 5, seed=2),
+        "silent": write_clip(root / "silent.mp4", 2, audio=False),
+        "wav": write_wav(root / "tone.wav", 2.0),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _tiny_processor(monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setattr(Qwen25OmniAdapter, "load_processor", staticmethod(lambda pretrained: tiny_processor()))
+
+
+def adapter(media, attn: str = "sdpa", **options) -> Qwen25OmniAdapter:
+    return Qwen25OmniAdapter(str(media["checkpoint"]), "cpu", torch.float32, attn, **options)
+
+
+def requests(model: Qwen25OmniAdapter, *visuals: list) -> list[OmniSample]:
+    return [model.load_request(Request([str(v) for v in vs], QUESTION), i) for i, vs in enumerate(visuals)]
+
+
+def stock_processed(sample: OmniSample, system_prompt: str) -> dict:
+    """What the authors' recipe gives: the processor on the same media, audio from the video."""
+    processor = tiny_processor()
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
+        {"role": "user", "content": [*sample.content, {"type": "text", "text": sample.prompt}]},
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return dict(
+        processor(
+            text=[text],
+            videos=sample.videos,
+            audio=sample.audios,
+            audio_from_video_indices=sample.audio_slots,
+            load_audio_from_video=True,
+            videos_kwargs={"fps": sample.video_fps[0]},
+            audio_kwargs={"truncation": False},
+            return_tensors="pt",
+        )
+    )
+
+
+def test_the_thinker_loads_from_a_full_checkpoint_without_the_talker(media):
+    model = adapter(media)
+    reference = tiny_thinker()
+    assert not any(name.startswith("talker") for name, _ in model.model.named_parameters())
+    for (name, loaded), (_, expected) in zip(
+        model.model.state_dict().items(), reference.state_dict().items(), strict=True
+    ):
+        assert torch.equal(loaded, expected), name
+
+
+def test_layout_marks_the_processors_tokens_in_the_models_time_chunks(media):
+    """Each AV token's chunk is the 2-s window TMRoPE puts it in (its temporal position // 50)."""
+    model = adapter(media)
+    loaded = requests(model, [media["clip2"]], [media["clip4"]], [media["clip5"]])
+    # An AAC-like padded soundtrack: 2.048 s of audio under 2 s of video -> 51 audio tokens, the last in chunk 1.
+    loaded[0].audios[0] = np.concatenate([loaded[0].audios[0], np.zeros(768, np.float32)])
+    inputs = model.prepare(loaded)
+    kwargs, layout = inputs.generate_kwargs, inputs.layout
+    config = model.model.config
+    ids = {"video": [config.video_token_index], "audio": [config.audio_token_index]}
+    expected = ModalityLayout.from_token_ids(kwargs["input_ids"], ids, kwargs["attention_mask"])
+    assert torch.equal(layout.modality, expected.modality)
+    positions, _ = model.model.get_rope_index(
+        kwargs["input_ids"],
+        video_grid_thw=kwargs["video_grid_thw"],
+        attention_mask=kwargs["attention_mask"],
+        use_audio_in_video=True,
+        audio_seqlens=kwargs["feature_attention_mask"].sum(-1),
+        second_per_grids=kwargs["video_second_per_grid"],
+    )
+    for b in range(3):
+        av = layout.modality[b] > 0
+        start = positions[0, b][av].min()
+        assert torch.equal(layout.chunk[b][av], (positions[0, b][av] - start) // 50), b
+    audio = layout.modality[0] == 2
+    assert int(audio.sum()) == 51 and layout.chunk[0][audio].tolist() == [0] * 50 + [1]
+    assert expected.chunk[0][audio].tolist() == [0] * 51, "contiguous runs alone would put it in chunk 0"
+    assert [int(layout.count(m)[2]) for m in ("video", "audio")] == [80, 125]  # 5 s: 5 grids, 25 tokens/s
+
+
+def test_prune_none_answers_equal_the_stock_thinker(media):
+    """The engine off, through the adapter: the same tokens as the stock thinker's generate on the processor's
+    output with use_audio_in_video=True."""
+    model = adapter(media)
+    install(model.decoder, PruningConfig.off())
+    loaded = requests(model, [media["clip4"]])
+    answer = model.generate(model.prepare(loaded), 8, [])[0]
+    stock = tiny_thinker()
+    processed = stock_processed(loaded[0], model.options["system_prompt"])
+    output = stock.generate(**processed, use_audio_in_video=True, max_new_tokens=8, do_sample=False)
+    new = output[0, processed["input_ids"].shape[1] :].tolist()
+    tokenizer = model.processor.tokenizer
+    assert answer.num_tokens == len(new)
+    assert answer.text == tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_text_positions_follow_tmrope_with_the_audio_interleaved(media):
+    """Forgetting use_audio_in_video on the way to generate would move every position after the first chunk."""
+    model = adapter(media)
+    seen = []
+    text_model = model.model.model.language_model
+    handle = text_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["position_ids"]), with_kwargs=True
+    )
+    inputs = model.prepare(requests(model, [media["clip4"]]))
+    model.generate(inputs, 2, [])
+    handle.remove()
+    kwargs = inputs.generate_kwargs
+    rope = dict(
+        video_grid_thw=kwargs["video_grid_thw"],
+        attention_mask=kwargs["attention_mask"],
+        audio_seqlens=kwargs["feature_attention_mask"].sum(-1),
+        second_per_grids=kwargs["video_second_per_grid"],
+    )
+    with_audio, _ = model.model.get_rope_index(kwargs["input_ids"], use_audio_in_video=True, **rope)
+    without, _ = model.model.get_rope_index(kwargs["input_ids"], use_audio_in_video=False, **rope)
+    prefill = seen[0]
+    assert prefill.shape[0] == 4 and torch.equal(prefill[1:], with_audio)
+    assert not torch.equal(with_audio, without), "the control: the flag changes the positions"
+
+
+def test_a_batch_of_two_equals_each_alone(media):
+    model = adapter(media)
+    install(model.decoder, PruningConfig.off())
+    loaded = requests(model, [media["clip2"]], [media["clip5"]])
+    together = model.generate(model.prepare(loaded), 6, [])
+    alone = [model.generate(model.prepare([sample]), 6, [])[0] for sample in loaded]
+    assert together == alone
+
+
+def test_fastav_never_drops_text_or_the_last_token(media):
+    model = adapter(media)
+    profile = PruningProfile(keep={"video": PrefixKeep(first_chunks=1), "audio": PrefixKeep(first_chunks=1)})
+    engine = install(model.decoder, PruningConfig(global_layer=2, profile=profile, fine_ratio=0.3))
+    inputs = model.prepare(requests(model, [media["clip4"]], [media["clip2"]]))
+    with engine.layout(inputs.layout):
+        answers = model.generate(inputs, 4, [])
+    assert all(answer.num_tokens > 0 for answer in answers)
+    for b in range(2):
+        kept = engine.last_stats.sample(b, engine.shape)["kept_per_layer"]
+        assert kept["text"] == [int(inputs.layout.count("text")[b])] * 4
+        assert kept["video"][2] == 32 and kept["audio"][2] == 50  # the first 2-s chunk of each modality
+        assert kept["audio"][-1] < 50
+    assert engine.last_stats.sample(0, engine.shape)["relative_flops_exact"] < 100
+
+
+def test_a_clip_without_sound_fails_its_sample_unless_asked_otherwise(media):
+    with pytest.raises(SampleError, match=r"silent\.mp4 has no audio track.*video_audio=if_present"):
+        requests(adapter(media), [media["silent"]])
+    relaxed = adapter(media, video_audio="if_present")
+    inputs = relaxed.prepare(requests(relaxed, [media["silent"]]))
+    assert int(inputs.layout.count("audio")[0]) == 0 and int(inputs.layout.count("video")[0]) == 32
+    assert inputs.generate_kwargs["use_audio_in_video"] is False
+    deaf = adapter(media, video_audio="off")
+    assert int(deaf.prepare(requests(deaf, [media["clip2"]])).layout.count("audio")[0]) == 0
+
+
+def test_standalone_audio_from_a_file_or_an_array(media):
+    model = adapter(media)
+    wave = np.sin(np.arange(44100 * 2) / 10).astype(np.float32)
+    loaded = [
+        model.load_request(Request([str(media["wav"])], "what sound ?"), 0),
+        model.load_request(Request([{"array": wave, "sampling_rate": 44100}], "what sound ?"), 1),
+    ]
+    inputs = model.prepare(loaded)
+    assert inputs.layout.count("audio").tolist() == [50, 50] and inputs.layout.count("video").tolist() == [0, 0]
+    assert len(model.generate(inputs, 3, [])) == 2
+
+
+def test_sdpa_and_eager_give_the_same_answers(media):
+    answers = []
+    for attn in ("sdpa", "eager"):
+        model = adapter(media, attn)
+        install(model.decoder, PruningConfig.off())
+        answers.append(model.generate(model.prepare(requests(model, [media["clip4"]])), 6, []))
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"video_audio": "maybe"}, r"video_audio='maybe'; accepted: \['required', 'if_present', 'off'\]"),
+        ({"max_frames": 7}, r"max_frames=7; accepted: an even int >= 2"),
+        ({"fps": "fast"}, r"fps='fast'; accepted: a float"),
+        ({"frames": 8}, r"unknown model arg\(s\) \['frames'\]"),
+    ],
+)
+def test_bad_model_args_name_the_field(media, options, message):
+    with pytest.raises(ValueError, match=message):
+        adapter(media, **options)
+
+
+def test_unreadable_visuals_name_the_request_and_the_reason(media, tmp_path):
+    model = adapter(media)
+    with pytest.raises(SampleError, match=r"request 0: visual 0: .*missing\.mp4 does not exist"):
+        model.load_request(Request([str(tmp_path / "missing.mp4")], QUESTION), 0)
+    with pytest.raises(SampleError, match=r"request 3: visual 0: a int is not a visual"):
+        model.load_request(Request([3], QUESTION), 3)
