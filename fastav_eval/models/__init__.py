@@ -1,5 +1,10 @@
 """Model adapters: each one only *describes* a model family to the wrapper and the engine.
 
-An adapter loads the model, turns a batch of (visuals, prompt) into decoder inputs plus a
-:class:`~fastav_eval.pruning.ModalityLayout`, names the decoder the engine installs on, and decodes answers.
+The interface is :class:`ModelAdapter` (``base.py``); ``testbed.py`` and ``qwen2_5_omni.py`` implement it, and
+``media.py`` holds the video / audio decoding they share. Adapters are imported by their own module (loading one
+family's code never loads another's).
 """
+
+from fastav_eval.models.base import AdapterArg, Answer, ModelAdapter, ModelInputs, Request, SampleError
+
+__all__ = ["AdapterArg", "Answer", "ModelAdapter", "ModelInputs", "Request", "SampleError"]

@@ -38,6 +38,18 @@ def _duration(stream: Any, container: Any) -> float | None:
     return None
 
 
+def _open(path: str | Path, kind: str) -> Any:
+    """``path`` opened with PyAV, checked to hold a ``kind`` ("video" / "audio") stream."""
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as error:
+        raise ValueError(f"cannot open {path}: {error}") from None
+    if not getattr(container.streams, kind):
+        container.close()
+        raise ValueError(f"{path} has no {'video stream' if kind == 'video' else 'audio track'}")
+    return container
+
+
 def has_audio_track(path: str | Path) -> bool:
     with av.open(str(path)) as container:
         return len(container.streams.audio) > 0
@@ -57,13 +69,7 @@ def sample_frames(path: str | Path, fps: float, max_frames: int, min_frames: int
     is at least ``min_frames``; the returned ``fps`` is the rate actually sampled (count / duration). Only the
     chosen frames are converted to RGB, so a long clip costs one decode pass, not its frames' memory.
     """
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as error:
-        raise ValueError(f"cannot open video {path}: {error}") from None
-    with container:
-        if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
+    with _open(path, "video") as container:
         stream = container.streams.video[0]
         duration = _duration(stream, container)
     if not duration or duration <= 0:
@@ -105,13 +111,7 @@ def decode_audio(path: str | Path, sampling_rate: int) -> np.ndarray:
     Trimmed to the stream's declared duration: AAC pads its last frame (2.000 s written decodes as 2.048 s),
     which would add audio tokens past the end of the clip.
     """
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as error:
-        raise ValueError(f"cannot open {path}: {error}") from None
-    with container:
-        if not container.streams.audio:
-            raise ValueError(f"{path} has no audio track")
+    with _open(path, "audio") as container:
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
         pieces = []
