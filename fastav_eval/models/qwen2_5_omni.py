@@ -130,14 +130,15 @@ class Qwen25OmniAdapter(ModelAdapter):
             raise ValueError(
                 f"min_pixels={options['min_pixels']} / max_pixels={options['max_pixels']}: need 0 < min <= max"
             )
-        self.model = self.load_thinker(str(self.pretrained), dtype, attn_implementation).to(self.device).eval()
+        self.model = self.load_thinker(str(self.pretrained), dtype, attn_implementation, self.device).eval()
         self.processor = self.load_processor(str(self.pretrained))
         self._check_token_ids()
 
     # ------------------------------------------------------------------ loading
     @staticmethod
-    def load_thinker(pretrained: str, dtype: torch.dtype, attn_implementation: str) -> nn.Module:
-        """The thinker alone, from a full Qwen2.5-Omni checkpoint (its ``thinker.*`` weights) or a thinker one."""
+    def load_thinker(pretrained: str, dtype: torch.dtype, attn_implementation: str, device: torch.device) -> nn.Module:
+        """The thinker alone, from a full Qwen2.5-Omni checkpoint (its ``thinker.*`` weights) or a thinker one,
+        loaded straight onto ``device`` (the talker's and token2wav's weights are never read into memory)."""
         from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
         config = AutoConfig.from_pretrained(pretrained)
@@ -149,7 +150,7 @@ class Qwen25OmniAdapter(ModelAdapter):
                 "Qwen/Qwen2.5-Omni-7B, Qwen/Qwen2.5-Omni-3B) or qwen2_5_omni_thinker"
             )
         return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-            pretrained, config=config, dtype=dtype, attn_implementation=attn_implementation
+            pretrained, config=config, dtype=dtype, attn_implementation=attn_implementation, device_map=str(device)
         )
 
     @staticmethod
@@ -277,6 +278,7 @@ class Qwen25OmniAdapter(ModelAdapter):
         if sample.videos:
             call["videos"] = sample.videos
             call["videos_kwargs"] = {
+                "do_sample_frames": False,  # sampled already; fps only times the grids
                 "fps": sample.video_fps[0],
                 "size": {"shortest_edge": self.options["min_pixels"], "longest_edge": self.options["max_pixels"]},
             }
