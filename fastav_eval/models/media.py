@@ -55,47 +55,67 @@ def has_audio_track(path: str | Path) -> bool:
         return len(container.streams.audio) > 0
 
 
-def _frame_times(path: str | Path) -> list[float]:
-    """Presentation time (s) of every frame of the first video stream (one decode pass, no pixel conversion)."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return [float(frame.time) if frame.time is not None else 0.0 for frame in container.decode(stream)]
+def _start(stream: Any) -> float:
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
 
 
-def sample_frames(path: str | Path, fps: float, max_frames: int, min_frames: int = 2, multiple: int = 2) -> Frames:
-    """Frames of ``path`` sampled uniformly at ``fps`` (fewer when that exceeds ``max_frames``).
+def _frame_time(frame: Any, index: int, rate: float) -> float:
+    return float(frame.time) if frame.time is not None else index / rate
 
-    The count is rounded down to a ``multiple`` (Qwen's vision tower packs 2 frames per temporal patch) and
-    is at least ``min_frames``; the returned ``fps`` is the rate actually sampled (count / duration). Only the
-    chosen frames are converted to RGB, so a long clip costs one decode pass, not its frames' memory.
-    """
+
+def video_duration(path: str | Path) -> float:
+    """Seconds of the first video stream (its metadata, or one decode pass over its frames when it has none)."""
     with _open(path, "video") as container:
         stream = container.streams.video[0]
         duration = _duration(stream, container)
-    if not duration or duration <= 0:
-        times = _frame_times(path)
-        duration = len(times) / float(stream.average_rate or 1) if times else 0.0
-    if duration <= 0:
+        if duration and duration > 0:
+            return duration
+        rate = float(stream.average_rate or 25)
+        count = sum(1 for _ in container.decode(stream))
+    if count == 0:
         raise ValueError(f"{path}: no video frame could be decoded")
-    count = min(max_frames, max(min_frames, round(duration * fps)))
+    return count / rate
+
+
+def sampling_rate_for(durations: list[float], fps: float, max_frames: int) -> float:
+    """One frame rate for every video of a prompt: ``fps``, lowered so that the longest gets ``max_frames``.
+
+    Qwen-style processors time every video of a call at one rate, so the videos of one prompt share it.
+    """
+    return min(fps, max_frames / max(durations))
+
+
+def sample_frames(path: str | Path, rate: float, max_frames: int, multiple: int = 2) -> Frames:
+    """Frames of ``path`` sampled at exactly ``rate`` frames per second of the video.
+
+    Frame k is the one on screen at ``(k + 0.5) / rate`` s from the stream's start; the count is the most whole
+    frames of that rate in the clip, rounded down to a ``multiple`` (Qwen's vision tower packs 2 frames per
+    temporal patch; at least one such pack) and capped at ``max_frames``. The returned ``fps`` is ``rate``, so a
+    processor told it times every frame right. Only the chosen frames are converted to RGB.
+    """
+    duration = video_duration(path)
+    count = min(max_frames, int(duration * rate + 1e-6))
     count = max(multiple, count // multiple * multiple)
-    targets = list((np.arange(count) + 0.5) * duration / count)  # the middle of each of `count` equal intervals
+    targets = list((np.arange(count) + 0.5) / rate)
     frames: list[np.ndarray] = []
-    last = None
-    with av.open(str(path)) as container:
-        for frame in container.decode(container.streams.video[0]):
-            last = frame
-            while targets and (frame.time or 0.0) >= targets[0] - 1e-6:
-                frames.append(frame.to_ndarray(format="rgb24"))
+    with _open(path, "video") as container:
+        stream = container.streams.video[0]
+        start, average = _start(stream), float(stream.average_rate or 25)
+        previous = None
+        for index, frame in enumerate(container.decode(stream)):
+            time = _frame_time(frame, index, average) - start
+            while targets and time > targets[0] + 1e-6:  # `previous` is on screen at that target
+                frames.append((frame if previous is None else previous).to_ndarray(format="rgb24"))
                 targets.pop(0)
             if not targets:
                 break
-    if last is None:
+            previous = frame
+    if previous is None and not frames:
         raise ValueError(f"{path}: no video frame could be decoded")
-    while targets:  # the stream ended before its declared duration: repeat the last frame
-        frames.append(last.to_ndarray(format="rgb24"))
+    while targets:  # past the last frame: it stays on screen
+        frames.append(previous.to_ndarray(format="rgb24"))
         targets.pop(0)
-    return Frames(frames=np.stack(frames), fps=count / duration, duration=duration)
+    return Frames(frames=np.stack(frames), fps=rate, duration=duration)
 
 
 def _resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:

@@ -42,6 +42,8 @@ from fastav_eval.models.media import (
     decode_audio,
     has_audio_track,
     sample_frames,
+    sampling_rate_for,
+    video_duration,
 )
 from fastav_eval.pruning.layout import ModalityLayout, Segment
 
@@ -81,11 +83,14 @@ class OmniSample:
 
     prompt: str
     content: list[dict] = field(default_factory=list)  # chat-template items: {"type": "video" | "audio" | "image"}
-    videos: list[np.ndarray] = field(default_factory=list)  # [T, H, W, 3] uint8 each
-    video_fps: list[float] = field(default_factory=list)
+    video_paths: list[str] = field(default_factory=list)
+    videos: list[np.ndarray] = field(default_factory=list)  # [T, H, W, 3] uint8 each, all at video_rate
+    video_rate: float = 0.0
     audios: list[np.ndarray] = field(default_factory=list)  # processor slot order, 16 kHz mono
     audio_slots: list[int | None] = field(default_factory=list)  # index of the video an audio comes from, or None
     images: list[Any] = field(default_factory=list)
+    processed: dict[str, torch.Tensor] = field(default_factory=dict)  # the processor's output, batch of one
+    segments: list[Segment] = field(default_factory=list)
 
     @property
     def audio_in_video(self) -> bool:
@@ -101,7 +106,7 @@ class Qwen25OmniAdapter(ModelAdapter):
         "fps": AdapterArg(2.0, float, "video frames sampled per second (fewer when max_frames caps them)"),
         "max_frames": AdapterArg(64, int, "the most frames sampled from one video (an even number)"),
         "max_pixels": AdapterArg(360 * 420, int, "the most pixels per frame after resizing (28-px patches)"),
-        "min_pixels": AdapterArg(4 * 28 * 28, int, "the fewest pixels per frame after resizing"),
+        "min_pixels": AdapterArg(128 * 28 * 28, int, "the fewest pixels per frame after resizing"),
         "video_audio": AdapterArg(
             "required",
             str,
@@ -128,7 +133,7 @@ class Qwen25OmniAdapter(ModelAdapter):
             raise ValueError(f"fps={options['fps']!r}; accepted: a number > 0")
         if not 0 < options["min_pixels"] <= options["max_pixels"]:
             raise ValueError(
-                f"min_pixels={options['min_pixels']} / max_pixels={options['max_pixels']}: need 0 < min <= max"
+                f"min_pixels={options['min_pixels']}, max_pixels={options['max_pixels']}; accepted: 0 < min <= max"
             )
         self.model = self.load_thinker(str(self.pretrained), dtype, attn_implementation, self.device).eval()
         self.processor = self.load_processor(str(self.pretrained))
@@ -175,9 +180,8 @@ class Qwen25OmniAdapter(ModelAdapter):
         tokenizer = processor.tokenizer
         self.vision_bos = tokenizer.convert_tokens_to_ids(processor.vision_bos_token)
         self.audio_bos = tokenizer.convert_tokens_to_ids(processor.audio_bos_token)
-        self.stop_ids = sorted(
-            {i for i in (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id) if i is not None}
-        )
+        ends = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")] + [tokenizer.eos_token_id]
+        self.stop_ids = sorted({i for i in ends if i is not None and i != tokenizer.unk_token_id})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
 
     @property
@@ -192,14 +196,39 @@ class Qwen25OmniAdapter(ModelAdapter):
                 self._add_visual(sample, visual)
             except ValueError as error:
                 raise SampleError(index, f"visual {position}: {error}") from None
-        if sample.audio_in_video and len(sample.videos) > sum(s is not None for s in sample.audio_slots):
+        if sample.audio_in_video and len(sample.video_paths) > sum(s is not None for s in sample.audio_slots):
             raise SampleError(
                 index,
                 "mixes videos with and without a soundtrack; Qwen2.5-Omni's positions (use_audio_in_video) cover "
                 "one or the other within a sample (video_audio=off drops every soundtrack)",
             )
-        if len(set(sample.video_fps)) > 1:  # the processor times every video of a call at one rate
-            sample.video_fps = [min(sample.video_fps)] * len(sample.video_fps)
+        return self.finish(sample, index)
+
+    def finish(self, sample: OmniSample, index: int) -> OmniSample:
+        """Sample the videos at one rate, run the processor on the sample, and read its segments."""
+        try:
+            if sample.video_paths:  # the processor times every video of a prompt at one rate
+                durations = [video_duration(path) for path in sample.video_paths]
+                sample.video_rate = sampling_rate_for(durations, self.options["fps"], self.options["max_frames"])
+                sample.videos = [
+                    sample_frames(path, sample.video_rate, self.options["max_frames"]).frames
+                    for path in sample.video_paths
+                ]
+        except ValueError as error:
+            raise SampleError(index, str(error)) from None
+        try:
+            sample.processed = self._process(sample)
+        except (ValueError, RuntimeError, TypeError) as error:
+            raise SampleError(index, f"the processor refused it: {type(error).__name__}: {error}") from None
+        ids = sample.processed["input_ids"][0].tolist()
+        context = self.model.config.get_text_config().max_position_embeddings
+        if len(ids) > context:
+            raise SampleError(
+                index,
+                f"its prompt holds {len(ids)} tokens, more than the thinker's context of {context}; lower fps, "
+                "max_frames or max_pixels (a soundtrack costs 25 tokens per second)",
+            )
+        sample.segments = self._segments(ids, sample.processed)
         return sample
 
     def _add_visual(self, sample: OmniSample, visual: Any) -> None:
@@ -220,16 +249,21 @@ class Qwen25OmniAdapter(ModelAdapter):
                     sample.images.append(image.convert("RGB"))
                 sample.content.append({"type": "image"})
                 return
-            frames = sample_frames(path, self.options["fps"], self.options["max_frames"])
-            video_index = len(sample.videos)
-            sample.videos.append(frames.frames)
-            sample.video_fps.append(frames.fps)
+            video_index = len(sample.video_paths)
+            sample.video_paths.append(path)
             sample.content.append({"type": "video"})
             mode = self.options["video_audio"]
             if mode == "off":
                 return
+            soundtrack = None
             if has_audio_track(path):
-                sample.audios.append(decode_audio(path, rate))
+                try:
+                    soundtrack = decode_audio(path, rate)
+                except ValueError:  # a track that holds no samples is no soundtrack
+                    if mode == "required":
+                        raise
+            if soundtrack is not None:
+                sample.audios.append(soundtrack)
                 sample.audio_slots.append(video_index)
             elif mode == "required":
                 raise ValueError(
@@ -279,12 +313,15 @@ class Qwen25OmniAdapter(ModelAdapter):
             call["videos"] = sample.videos
             call["videos_kwargs"] = {
                 "do_sample_frames": False,  # sampled already; fps only times the grids
-                "fps": sample.video_fps[0],
+                "fps": sample.video_rate,
                 "size": {"shortest_edge": self.options["min_pixels"], "longest_edge": self.options["max_pixels"]},
             }
         if sample.audios:
             call["audio"] = sample.audios
-            call["audio_kwargs"] = {"truncation": False}  # the whole soundtrack, not Whisper's first 30 s
+            # The whole soundtrack, not Whisper's first 30 s; every audio of the prompt padded to the longest.
+            longest = max(len(audio) for audio in sample.audios)
+            extractor = self.processor.feature_extractor
+            call["audio_kwargs"] = {"truncation": False, "max_length": max(extractor.n_samples, longest)}
         if sample.audio_in_video:
             call["load_audio_from_video"] = True
             call["audio_from_video_indices"] = sample.audio_slots
@@ -345,9 +382,9 @@ class Qwen25OmniAdapter(ModelAdapter):
     def prepare(self, loaded: list[OmniSample]) -> ModelInputs:
         if len({sample.audio_in_video for sample in loaded}) > 1:
             raise ValueError("one batch mixes samples with and without audio in video; group them by batch_key()")
-        processed = [self._process(sample) for sample in loaded]
+        processed = [sample.processed for sample in loaded]
         rows = [p["input_ids"][0].tolist() for p in processed]
-        segments = [self._segments(row, p) for row, p in zip(rows, processed, strict=True)]
+        segments = [sample.segments for sample in loaded]
         length = max(len(row) for row in rows)
         input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -367,9 +404,10 @@ class Qwen25OmniAdapter(ModelAdapter):
             kwargs["feature_attention_mask"] = torch.cat([pad(p["feature_attention_mask"]) for p in features])
         layout = ModalityLayout.from_segments(segments)
         self._check_layout(layout, input_ids, attention_mask)
-        dtype = self.model.dtype
-        for key, value in kwargs.items():
-            kwargs[key] = value.to(self.device, dtype=dtype if value.is_floating_point() else None)
+        for key, value in kwargs.items():  # only pixels and mel features in the model's dtype: a bf16
+            # video_second_per_grid would shift TMRoPE's chunks away from the processor's (and the layout's)
+            low_precision = key in ("pixel_values", "pixel_values_videos", "input_features")
+            kwargs[key] = value.to(self.device, dtype=self.model.dtype if low_precision else None)
         kwargs["use_audio_in_video"] = loaded[0].audio_in_video
         return ModelInputs(generate_kwargs=kwargs, layout=layout.to(self.device))
 
@@ -405,7 +443,7 @@ class Qwen25OmniAdapter(ModelAdapter):
         answers = []
         for row in generated:
             ends = [k for k, token in enumerate(row) if token in self.stop_ids or token == self.pad_id]
-            count = ends[0] + (row[ends[0]] in self.stop_ids) if ends else len(row)  # end of turn included, padding not
+            count = ends[0] + (row[ends[0]] in self.stop_ids) if ends else len(row)  # its end token included
             text = tokenizer.decode(row[:count], skip_special_tokens=True)
             answers.append(Answer(cut_at_stop(text, until).strip(), count))
         return answers

@@ -112,18 +112,32 @@ def _video_salmonn2() -> FlopsPreset:
     )
 
 
-def _interleaved_chunks(grids: int, tokens_per_grid: int, seconds_per_grid: float, audio_tokens: int) -> list[Segment]:
-    """Qwen2.5-Omni's audio-in-video runs: per 2-s chunk (50 positions), its video grids then its audio tokens.
+def chunk_groups(times: list[int], per_chunk: int = 50) -> list[int]:
+    """How many of ``times`` (sorted temporal positions) fall in each of Qwen2.5-Omni's interleave groups.
 
-    Each run carries its chunk: two adjacent audio runs (a chunk without a grid) are two chunks, as in the model.
+    The model's rule (``get_chunked_index``): a new group starts at the first position reaching the next multiple
+    of ``per_chunk``, and the threshold then moves up by one chunk only, so sparse video grids (one per 4.4 s)
+    form one group each rather than leaving empty 2-s windows.
     """
-    video_times = [int(k * seconds_per_grid * 25) for k in range(grids)]
+    sizes, start, threshold = [], 0, per_chunk
+    for i, time in enumerate(times):
+        if time >= threshold:
+            sizes.append(i - start)
+            start, threshold = i, threshold + per_chunk
+    return [*sizes, len(times) - start]
+
+
+def _interleaved_chunks(grids: int, tokens_per_grid: int, seconds_per_grid: float, audio_tokens: int) -> list[Segment]:
+    """Qwen2.5-Omni's audio-in-video runs: video group j (of its tokens), then audio chunk j (50 tokens = 2 s).
+
+    Each run carries its chunk j: two adjacent audio runs (after the last grid) are two chunks, as in the model.
+    """
+    video = chunk_groups([int(k * seconds_per_grid * 25) for k in range(grids) for _ in range(tokens_per_grid)])
+    audio = chunk_groups(list(range(audio_tokens)))
     segments: list[Segment] = []
-    for chunk in range(max(video_times[-1] // 50 + 1, -(-audio_tokens // 50))):
-        video = sum(tokens_per_grid for t in video_times if chunk * 50 <= t < (chunk + 1) * 50)
-        audio = max(0, min(50, audio_tokens - chunk * 50))
-        segments += [("video", video, chunk)] if video else []
-        segments += [("audio", audio, chunk)] if audio else []
+    for chunk in range(max(len(video), len(audio))):
+        segments += [("video", video[chunk], chunk)] if chunk < len(video) and video[chunk] else []
+        segments += [("audio", audio[chunk], chunk)] if chunk < len(audio) and audio[chunk] else []
     return segments
 
 
@@ -133,11 +147,12 @@ def _qwen2_5_omni_7b() -> FlopsPreset:
     Assumptions: the thinker's LLM has Qwen2-7B's shape (28 layers, d 3584, m 18944, 28/4 heads). The clip lasts
     141 s (WorldSense's mean duration) at 1280×720; the adapter's defaults (fps 2 capped at max_frames 64,
     max_pixels 360×420) sample 64 frames, i.e. 32 temporal grids of 4.4 s, each resized to 504×280 px: 180 tokens
-    per grid, 5,760 video tokens. The soundtrack gives 25 tokens/s: 3,525 audio tokens. They interleave in 2-s
-    chunks (71 chunks, a grid in every second or third one). The system prompt and chat prefix are 40 tokens and
-    a multiple-choice question with the assistant prompt 80. The global stage keeps every video token and the
-    audio of the first 2-s chunk (50 tokens) before layer 14 (0-based): the analogue of the paper's VideoLLaMA2
-    setting, not yet calibrated for Qwen2.5-Omni.
+    per grid, 5,760 video tokens. The soundtrack gives 25 tokens/s: 3,525 audio tokens. They interleave as the
+    thinker groups them (``get_chunked_index`` on each token's TMRoPE time: with a grid every 4.4 s, a grid's
+    first token is a group of its own), each group followed by the next 2 s of audio: 71 chunks. The
+    system prompt and chat prefix are 40 tokens and a multiple-choice question with the assistant prompt 80. The
+    global stage keeps every video token and the audio of the first 2-s chunk (50 tokens) before layer 14
+    (0-based): the analogue of the paper's VideoLLaMA2 setting, not yet calibrated for Qwen2.5-Omni.
     """
     chunks = _interleaved_chunks(grids=32, tokens_per_grid=180, seconds_per_grid=4.4, audio_tokens=3525)
     return FlopsPreset(

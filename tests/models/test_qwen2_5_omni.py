@@ -24,7 +24,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
         "checkpoint": save_checkpoint(root / "checkpoint"),
         "clip2": write_clip(root / "clip2.mp4", 2),
         "clip4": write_clip(root / "clip4.mp4", 4, seed=1, frequency=660.0),
-        "clip5": write_clip(root / "clip5.mp4", 5, seed=2),
+        "clip5": write_clip(root / "clip5.mp4", 5, seed=2, frequency=880.0),
         "silent": write_clip(root / "silent.mp4", 2, audio=False),
         "wav": write_wav(root / "tone.wav", 2.0),
     }
@@ -36,8 +36,30 @@ def _tiny_processor(monkeypatch):
     monkeypatch.setattr(Qwen25OmniAdapter, "load_processor", staticmethod(lambda pretrained: tiny_processor()))
 
 
-def adapter(media, attn: str = "sdpa", **options) -> Qwen25OmniAdapter:
-    return Qwen25OmniAdapter(str(media["checkpoint"]), "cpu", torch.float32, attn, **options)
+def adapter(media, attn: str = "sdpa", dtype: torch.dtype = torch.float32, **options) -> Qwen25OmniAdapter:
+    return Qwen25OmniAdapter(str(media["checkpoint"]), "cpu", dtype, attn, **options)
+
+
+def chunks_follow_tmrope(model: Qwen25OmniAdapter, inputs) -> None:
+    """The layout's chunks are the model's interleave: along each row, chunk labels never decrease (the thinker
+    lays out [V_0][A_0][V_1][A_1]...), and each audio chunk covers at most 2 s of TMRoPE time (50 positions)."""
+    kwargs, layout = inputs.generate_kwargs, inputs.layout
+    positions, _ = model.model.get_rope_index(
+        kwargs["input_ids"],
+        video_grid_thw=kwargs.get("video_grid_thw"),
+        attention_mask=kwargs["attention_mask"],
+        use_audio_in_video=kwargs["use_audio_in_video"],
+        audio_seqlens=kwargs["feature_attention_mask"].sum(-1),
+        second_per_grids=kwargs.get("video_second_per_grid"),
+    )
+    for b in range(layout.batch_size):
+        av = layout.modality[b] > 0
+        labels = layout.chunk[b][av]
+        assert bool((labels[1:] >= labels[:-1]).all()), b
+        audio = layout.modality[b] == 2
+        for chunk in layout.chunk[b][audio].unique().tolist():
+            times = positions[0, b][audio & (layout.chunk[b] == chunk)]
+            assert len(times) <= 50 and int(times.max() - times.min()) < 50, (b, chunk)
 
 
 def requests(model: Qwen25OmniAdapter, *visuals: list) -> list[OmniSample]:
@@ -59,8 +81,8 @@ def stock_processed(sample: OmniSample, system_prompt: str) -> dict:
             audio=sample.audios,
             audio_from_video_indices=sample.audio_slots,
             load_audio_from_video=True,
-            videos_kwargs={"fps": sample.video_fps[0]},
-            audio_kwargs={"truncation": False},
+            videos_kwargs={"fps": sample.video_rate},
+            audio_kwargs={"truncation": False, "max_length": 480000},
             return_tensors="pt",
         )
     )
@@ -82,6 +104,7 @@ def test_layout_marks_the_processors_tokens_in_the_models_time_chunks(media):
     loaded = requests(model, [media["clip2"]], [media["clip4"]], [media["clip5"]])
     # An AAC-like padded soundtrack: 2.048 s of audio under 2 s of video -> 51 audio tokens, the last in chunk 1.
     loaded[0].audios[0] = np.concatenate([loaded[0].audios[0], np.zeros(768, np.float32)])
+    model.finish(loaded[0], 0)
     inputs = model.prepare(loaded)
     kwargs, layout = inputs.generate_kwargs, inputs.layout
     config = model.model.config
@@ -106,15 +129,27 @@ def test_layout_marks_the_processors_tokens_in_the_models_time_chunks(media):
     assert [int(layout.count(m)[2]) for m in ("video", "audio")] == [80, 125]  # 5 s: 5 grids, 25 tokens/s
 
 
+def last_logits(thinker, kwargs: dict, **overrides) -> torch.Tensor:
+    """``[B, vocab]`` logits of each sample's first answer token (one prefill forward)."""
+    return thinker(**{**kwargs, **overrides}).logits[:, -1]
+
+
 def test_prune_none_answers_equal_the_stock_thinker(media):
-    """The engine off, through the adapter: the same tokens as the stock thinker's generate on the processor's
-    output with use_audio_in_video=True."""
+    """The engine off, through the adapter: the stock thinker's logits and tokens on the processor's output with
+    use_audio_in_video=True (its own recipe); the audio and the flag visibly move those logits."""
     model = adapter(media)
     install(model.decoder, PruningConfig.off())
     loaded = requests(model, [media["clip4"]])
-    answer = model.generate(model.prepare(loaded), 8, [])[0]
+    inputs = model.prepare(loaded)
+    answer = model.generate(inputs, 8, [])[0]
     stock = tiny_thinker()
     processed = stock_processed(loaded[0], model.options["system_prompt"])
+    expected = last_logits(stock, processed, use_audio_in_video=True)
+    ours = last_logits(model.model, inputs.generate_kwargs)
+    assert torch.allclose(ours, expected, atol=1e-5, rtol=0)
+    silent = {"input_features": torch.zeros_like(processed["input_features"])}
+    assert not torch.allclose(last_logits(stock, processed, use_audio_in_video=True, **silent), expected, atol=1e-5)
+    assert not torch.allclose(last_logits(stock, processed, use_audio_in_video=False), expected, atol=1e-5)
     output = stock.generate(**processed, use_audio_in_video=True, max_new_tokens=8, do_sample=False)
     new = output[0, processed["input_ids"].shape[1] :].tolist()
     tokenizer = model.processor.tokenizer
@@ -148,12 +183,21 @@ def test_text_positions_follow_tmrope_with_the_audio_interleaved(media):
 
 
 def test_a_batch_of_two_equals_each_alone(media):
+    """Left padding, collated media: each row's logits and answer as alone (different clips and soundtracks)."""
     model = adapter(media)
     install(model.decoder, PruningConfig.off())
     loaded = requests(model, [media["clip2"]], [media["clip5"]])
-    together = model.generate(model.prepare(loaded), 6, [])
-    alone = [model.generate(model.prepare([sample]), 6, [])[0] for sample in loaded]
-    assert together == alone
+    batch = model.prepare(loaded)
+    singles = [model.prepare([sample]) for sample in loaded]
+    together = last_logits(model.model, batch.generate_kwargs)
+    for row, single in enumerate(singles):
+        assert torch.allclose(together[row], last_logits(model.model, single.generate_kwargs)[0], atol=1e-5, rtol=0)
+    kwargs = batch.generate_kwargs
+    silenced = kwargs["input_features"].clone()
+    silenced[1] = 0  # the second clip's soundtrack only: its row must move, the first must not
+    moved = last_logits(model.model, kwargs, input_features=silenced)
+    assert not torch.allclose(moved[1], together[1], atol=1e-5) and torch.allclose(moved[0], together[0], atol=1e-5)
+    assert model.generate(batch, 6, []) == [model.generate(single, 6, [])[0] for single in singles]
 
 
 def test_fastav_never_drops_text_or_the_last_token(media):
@@ -224,3 +268,49 @@ def test_unreadable_visuals_name_the_request_and_the_reason(media, tmp_path):
         model.load_request(Request([str(tmp_path / "missing.mp4")], QUESTION), 0)
     with pytest.raises(SampleError, match=r"request 3: visual 0: a int is not a visual"):
         model.load_request(Request([3], QUESTION), 3)
+
+
+def test_videos_of_one_prompt_share_one_frame_rate(media):
+    """4 s and 5 s clips with max_frames=8: both sampled at 1.6 fps, timed at 1.25 s per grid, aligned with sound."""
+    model = adapter(media, max_frames=8)
+    sample = model.load_request(Request([str(media["clip4"]), str(media["clip5"])], QUESTION), 0)
+    assert sample.video_rate == pytest.approx(1.6) and [len(v) for v in sample.videos] == [6, 8]
+    inputs = model.prepare([sample])
+    assert inputs.generate_kwargs["video_second_per_grid"].tolist() == pytest.approx([1.25, 1.25])
+    chunks_follow_tmrope(model, inputs)
+
+
+def test_bfloat16_keeps_the_grid_timing_exact(media):
+    """A 1.6-fps rate (1.25 s per grid) is exact in float32; the pixels go bf16, the timing must not."""
+    model = adapter(media, dtype=torch.bfloat16, max_frames=8)
+    inputs = model.prepare(requests(model, [media["clip5"]]))
+    kwargs = inputs.generate_kwargs
+    assert kwargs["pixel_values_videos"].dtype == torch.bfloat16
+    assert kwargs["video_second_per_grid"].dtype == torch.float32
+    chunks_follow_tmrope(model, inputs)
+    assert len(model.generate(inputs, 2, [])) == 1
+
+
+def test_a_soundtrack_over_30_s_next_to_a_wav(media, tmp_path):
+    """Whisper's extractor pads to 30 s; a longer track and a short wav in one prompt are padded to the longest."""
+    long_clip = write_clip(tmp_path / "long.mp4", 35, fps=2, size=56)
+    model = adapter(media, max_frames=4)
+    inputs = model.prepare([model.load_request(Request([str(long_clip), str(media["wav"])], QUESTION), 0)])
+    assert int(inputs.layout.count("audio")[0]) == 35 * 25 + 50
+    chunks_follow_tmrope(model, inputs)
+    assert len(model.generate(inputs, 2, [])) == 1
+
+
+def test_frames_are_the_ones_on_screen_at_each_sampled_time(tmp_path):
+    """4 fps clip sampled at 2 fps: frame k is the one shown at (k + 0.5) / 2 s, i.e. source frame 2k + 1."""
+    import av
+
+    from fastav_eval.models.media import sample_frames
+
+    clip = write_clip(tmp_path / "four.mp4", 4, fps=4)
+    with av.open(str(clip)) as container:
+        every = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    sampled = sample_frames(clip, 2.0, 64)
+    assert sampled.fps == 2.0 and len(sampled.frames) == 8
+    for k, frame in enumerate(sampled.frames):
+        assert np.array_equal(frame, every[2 * k + 1]), k

@@ -92,5 +92,27 @@ def test_qwen2_5_omni_preset_lays_out_the_clip_as_the_model_chunks_it():
     audio_chunks = [s for s in preset.segments if s[0] == "audio"]
     assert len(audio_chunks) == 71 and [s[2] for s in audio_chunks] == list(range(71))
     assert all(s[1] == 50 for s in audio_chunks[:-1]) and audio_chunks[-1][1] == 25
+    # The thinker's own grouping of the video tokens (per token, as get_chunked_index runs on TMRoPE positions):
+    # sparse grids split into a first token and the rest, each group followed by the next 2 s of audio.
+    import numpy as np
+    from transformers import Qwen2_5OmniProcessor
+
+    times = np.repeat((np.arange(32) * 4.4 * 25).astype(int), 180)
+    stock = [end - start for start, end in Qwen2_5OmniProcessor.get_chunked_index(None, times, 50)]
+    video_chunks = [s for s in preset.segments if s[0] == "video"]
+    assert [s[1] for s in video_chunks] == [n for n in stock if n] and sum(stock) == 5760
+    assert [s[2] for s in video_chunks] == [j for j, n in enumerate(stock) if n]
     assert result["kept_per_layer"]["audio"][14] == 50 and result["kept_per_layer"]["video"][14] == 5760
     assert 40 < result["relative_flops"] < 80
+
+
+def test_chunk_groups_follow_the_models_get_chunked_index():
+    """Oracle: transformers' own Qwen2.5-Omni chunking, on dense grids, sparse grids and audio."""
+    import numpy as np
+    from transformers import Qwen2_5OmniProcessor
+
+    from fastav_eval.pruning.presets import chunk_groups
+
+    for times in ([0] * 4 + [25] * 4 + [50] * 4, [int(k * 4.4 * 25) for k in range(32)], list(range(3525)), [0]):
+        stock = Qwen2_5OmniProcessor.get_chunked_index(None, np.array(times), 50)
+        assert chunk_groups(times) == [end - start for start, end in stock], times[:8]
