@@ -189,7 +189,7 @@ class FastAVLMM(lmms):
                 failure = SampleError(index, f"{task} doc {doc_id}: {error.reason}")
                 if self.on_error == "raise":
                     raise ValueError(
-                        f"{failure} (on_error=record would record this sample as failed and go on)"
+                        f"{failure.reason} (on_error=record would record this sample as failed and go on)"
                     ) from None
                 loaded.append(failure)
         return loaded
@@ -208,7 +208,7 @@ class FastAVLMM(lmms):
         results = []
         for index, item in enumerate(loaded):
             if isinstance(item, SampleError):
-                log.warning(f"{type(self).__name__}: {item}; recorded as failed (on_error=record)")
+                log.warning(f"{type(self).__name__}: {item.reason}; recorded as failed (on_error=record)")
                 failed = {"prune": self.prune, "error": item.reason}
                 throughput = {"total_elapsed_time": 0.0, "total_gen_tokens": 0, "avg_speed": 0.0}
                 throughput["additional_metrics"] = {"failed": 1, "num_requests": 1}

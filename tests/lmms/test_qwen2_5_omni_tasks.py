@@ -67,3 +67,11 @@ def test_a_silent_clip_fails_its_sample_with_the_reason(tmp_path):
     assert "video_audio=if_present" in failed[0]["token_counts"][0]["error"]
     assert "recorded as failed (on_error=record)" in log
     assert results["throughput"]["avg_failed"] == pytest.approx(1 / 3)
+
+
+def test_by_default_a_silent_clip_stops_the_run_naming_the_document(tmp_path):
+    with pytest.raises(AssertionError) as failure:  # run() asserts that a results file exists
+        run(tmp_path, "prune=none", ("av_odyssey",))
+    log = str(failure.value)
+    assert "av_odyssey doc 1: visual 0:" in log and "has no audio track" in log
+    assert "on_error=record would record this sample as failed" in log
