@@ -133,13 +133,15 @@ def decode_audio(path: str | Path, sampling_rate: int) -> np.ndarray:
     """
     with _open(path, "audio") as container:
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
+        # Channels kept apart and averaged here, as for an audio array (librosa's and the Qwen authors' mono),
+        # rather than FFmpeg's downmix, which weights each channel by 1/sqrt(2).
+        resampler = av.AudioResampler(format="fltp", rate=sampling_rate)
         pieces = []
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
-                pieces.append(out.to_ndarray().reshape(-1))
+                pieces.append(out.to_ndarray().mean(axis=0))
         for out in resampler.resample(None):
-            pieces.append(out.to_ndarray().reshape(-1))
+            pieces.append(out.to_ndarray().mean(axis=0))
         duration = _duration(stream, container)
     if not pieces:
         raise ValueError(f"{path}: the audio track holds no samples")
