@@ -51,8 +51,11 @@ def _open(path: str | Path, kind: str) -> Any:
 
 
 def has_audio_track(path: str | Path) -> bool:
-    with av.open(str(path)) as container:
-        return len(container.streams.audio) > 0
+    try:
+        with av.open(str(path)) as container:
+            return len(container.streams.audio) > 0
+    except (av.error.FFmpegError, OSError) as error:
+        raise ValueError(f"cannot open {path}: {error}") from None
 
 
 def _start(stream: Any) -> float:
@@ -96,7 +99,9 @@ def sample_frames(path: str | Path, rate: float, max_frames: int, multiple: int 
     duration = video_duration(path)
     count = min(max_frames, int(duration * rate + 1e-6))
     count = max(multiple, count // multiple * multiple)
-    targets = list((np.arange(count) + 0.5) / rate)
+    steps = np.arange(count) + 0.5
+    # A clip shorter than `count` frames of the rate (next to a longer video of the prompt) is spread over its span.
+    targets = list(np.minimum(steps / rate, steps * duration / count))
     frames: list[np.ndarray] = []
     with _open(path, "video") as container:
         stream = container.streams.video[0]
@@ -125,14 +130,21 @@ def _resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.nd
     return resample_poly(waveform, target_rate // divisor, source_rate // divisor).astype(np.float32)
 
 
-def decode_audio(path: str | Path, sampling_rate: int) -> np.ndarray:
+EMPTY_TRACK = "the audio track holds no samples"
+
+
+def decode_audio(path: str | Path, sampling_rate: int, from_video_start: bool = False) -> np.ndarray:
     """The first audio stream of ``path`` (a video or an audio file), mono float32 at ``sampling_rate``.
 
     Trimmed to the stream's declared duration: AAC pads its last frame (2.000 s written decodes as 2.048 s),
-    which would add audio tokens past the end of the clip.
+    which would add audio tokens past the end of the clip. With ``from_video_start`` the waveform starts when
+    the video stream does (silence before a later audio start, the part before the video's start dropped), so
+    that second t of the audio is second t of the frames.
     """
     with _open(path, "audio") as container:
         stream = container.streams.audio[0]
+        video = container.streams.video
+        offset = _start(stream) - _start(video[0]) if from_video_start and video else 0.0
         # Channels kept apart and averaged here, as for an audio array (librosa's and the Qwen authors' mono),
         # rather than FFmpeg's downmix, which weights each channel by 1/sqrt(2).
         resampler = av.AudioResampler(format="fltp", rate=sampling_rate)
@@ -144,10 +156,15 @@ def decode_audio(path: str | Path, sampling_rate: int) -> np.ndarray:
             pieces.append(out.to_ndarray().mean(axis=0))
         duration = _duration(stream, container)
     if not pieces:
-        raise ValueError(f"{path}: the audio track holds no samples")
+        raise ValueError(f"{path}: {EMPTY_TRACK}")
     waveform = np.concatenate(pieces).astype(np.float32)
     if duration is not None:
         waveform = waveform[: max(1, round(duration * sampling_rate))]
+    shift = round(offset * sampling_rate)
+    if shift > 0:
+        waveform = np.concatenate([np.zeros(shift, np.float32), waveform])
+    elif shift < 0:
+        waveform = waveform[-shift:]
     return waveform
 
 

@@ -37,6 +37,7 @@ from fastav_eval.models.base import (
 )
 from fastav_eval.models.media import (
     AUDIO_EXTENSIONS,
+    EMPTY_TRACK,
     IMAGE_EXTENSIONS,
     audio_from_dict,
     decode_audio,
@@ -194,7 +195,7 @@ class Qwen25OmniAdapter(ModelAdapter):
         for position, visual in enumerate(request.visuals):
             try:
                 self._add_visual(sample, visual)
-            except ValueError as error:
+            except (ValueError, OSError, RuntimeError) as error:  # OSError: PIL's unreadable or truncated images
                 raise SampleError(index, f"visual {position}: {error}") from None
         if sample.audio_in_video and len(sample.video_paths) > sum(s is not None for s in sample.audio_slots):
             raise SampleError(
@@ -205,14 +206,38 @@ class Qwen25OmniAdapter(ModelAdapter):
         return self.finish(sample, index)
 
     def finish(self, sample: OmniSample, index: int) -> OmniSample:
-        """Sample the videos at one rate, run the processor on the sample, and read its segments."""
-        try:
-            if sample.video_paths:  # the processor times every video of a prompt at one rate
+        """Sample the videos at one rate, run the processor on the sample, and read its segments.
+
+        The processor groups an interleaved video's tokens into 2-s chunks from ``2 / fps`` in float64, the thinker
+        from the float32 ``video_second_per_grid`` it is handed; for a grid time that lands on a chunk boundary
+        the two can differ (about 0.2% of clip lengths over 32 s), and the model would then position tokens other
+        than where the processor put them. Such a rate is nudged down until both agree.
+        """
+        rate = self.options["fps"]
+        if sample.video_paths:  # the processor times every video of a prompt at one rate
+            try:
                 durations = [video_duration(path) for path in sample.video_paths]
-                sample.video_rate = sampling_rate_for(durations, self.options["fps"], self.options["max_frames"])
+            except ValueError as error:
+                raise SampleError(index, str(error)) from None
+            rate = sampling_rate_for(durations, rate, self.options["max_frames"])
+        for _attempt in range(8):
+            self._sample_and_process(sample, rate, index)
+            ids = sample.processed["input_ids"][0].tolist()
+            sample.segments = self._segments(ids, sample.processed)
+            if self._segments_match(ids, sample.segments):
+                break
+            rate *= 0.999
+        else:
+            raise SampleError(index, "the processor and the thinker chunk its frames differently at every rate tried")
+        self._check_context(sample, index)
+        return sample
+
+    def _sample_and_process(self, sample: OmniSample, rate: float, index: int) -> None:
+        try:
+            if sample.video_paths:
+                sample.video_rate = rate
                 sample.videos = [
-                    sample_frames(path, sample.video_rate, self.options["max_frames"]).frames
-                    for path in sample.video_paths
+                    sample_frames(path, rate, self.options["max_frames"]).frames for path in sample.video_paths
                 ]
         except ValueError as error:
             raise SampleError(index, str(error)) from None
@@ -220,16 +245,39 @@ class Qwen25OmniAdapter(ModelAdapter):
             sample.processed = self._process(sample)
         except (ValueError, RuntimeError, TypeError) as error:
             raise SampleError(index, f"the processor refused it: {type(error).__name__}: {error}") from None
-        ids = sample.processed["input_ids"][0].tolist()
+
+    def _segments_match(self, ids: list[int], segments: list[Segment]) -> bool:
+        """Whether the model's chunking (``segments``) puts video and audio exactly where the processor's ids do."""
+        config = self.model.config
+        codes = {config.video_token_index: 1, config.image_token_index: 1, config.audio_token_index: 2}
+        expected = [codes.get(token, 0) for token in ids]
+        names = {"text": 0, "video": 1, "audio": 2}
+        return expected == [names[segment[0]] for segment in segments for _ in range(segment[1])]
+
+    def _check_context(self, sample: OmniSample, index: int) -> None:
+        """The prompt's highest TMRoPE position must fit the thinker's context (a silent hour of video holds few
+        tokens but positions up to 25 per second)."""
+        processed = sample.processed
+        positions, _ = self.model.get_rope_index(
+            processed["input_ids"],
+            image_grid_thw=processed.get("image_grid_thw"),
+            video_grid_thw=processed.get("video_grid_thw"),
+            attention_mask=processed["attention_mask"],
+            use_audio_in_video=sample.audio_in_video,
+            audio_seqlens=processed["feature_attention_mask"].sum(-1)
+            if "feature_attention_mask" in processed
+            else None,
+            second_per_grids=processed.get("video_second_per_grid"),
+        )
         context = self.model.config.get_text_config().max_position_embeddings
-        if len(ids) > context:
+        highest = int(positions.max()) + 1
+        if highest > context:
             raise SampleError(
                 index,
-                f"its prompt holds {len(ids)} tokens, more than the thinker's context of {context}; lower fps, "
-                "max_frames or max_pixels (a soundtrack costs 25 tokens per second)",
+                f"its prompt reaches position {highest} ({processed['input_ids'].shape[1]} tokens), past the thinker's "
+                f"context of {context}; lower fps, max_frames or max_pixels, or use a shorter clip (TMRoPE gives "
+                "25 positions per second of video or audio)",
             )
-        sample.segments = self._segments(ids, sample.processed)
-        return sample
 
     def _add_visual(self, sample: OmniSample, visual: Any) -> None:
         rate = self.processor.feature_extractor.sampling_rate
@@ -258,9 +306,9 @@ class Qwen25OmniAdapter(ModelAdapter):
             soundtrack = None
             if has_audio_track(path):
                 try:
-                    soundtrack = decode_audio(path, rate)
-                except ValueError:  # a track that holds no samples is no soundtrack
-                    if mode == "required":
+                    soundtrack = decode_audio(path, rate, from_video_start=True)
+                except ValueError as error:  # a track that holds no samples is no soundtrack; a corrupt one fails
+                    if mode == "required" or EMPTY_TRACK not in str(error):
                         raise
             if soundtrack is not None:
                 sample.audios.append(soundtrack)

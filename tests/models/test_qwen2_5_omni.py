@@ -302,15 +302,69 @@ def test_a_soundtrack_over_30_s_next_to_a_wav(media, tmp_path):
 
 
 def test_frames_are_the_ones_on_screen_at_each_sampled_time(tmp_path):
-    """4 fps clip sampled at 2 fps: frame k is the one shown at (k + 0.5) / 2 s, i.e. source frame 2k + 1."""
+    """1-fps clip sampled at 2 fps: frame k is the one shown at (k + 0.5) / 2 s, i.e. source frame k // 2 (the
+    next frame, k // 2 + 1, is not yet on screen)."""
     import av
 
     from fastav_eval.models.media import sample_frames
 
-    clip = write_clip(tmp_path / "four.mp4", 4, fps=4)
+    clip = write_clip(tmp_path / "one.mp4", 4, fps=1)
     with av.open(str(clip)) as container:
         every = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
     sampled = sample_frames(clip, 2.0, 64)
     assert sampled.fps == 2.0 and len(sampled.frames) == 8
     for k, frame in enumerate(sampled.frames):
-        assert np.array_equal(frame, every[2 * k + 1]), k
+        assert np.array_equal(frame, every[k // 2]), k
+
+
+def test_frame_times_count_from_the_streams_start(tmp_path):
+    """A stream whose first frame is at 2 s: sampled time 0.25 s is 0.25 s into it (frame 1 of 4 per second), not
+    the first frame for every time before 2 s."""
+    from fractions import Fraction
+
+    import av
+
+    from fastav_eval.models.media import sample_frames
+
+    path = tmp_path / "late.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=4)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for index in range(16):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 15 * index, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = 8 + index, Fraction(1, 4)  # from 2.0 s to 5.75 s
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    sampled = sample_frames(path, 2.0, 64)
+    assert len(sampled.frames) == 8
+    brightness = [int(frame.mean()) for frame in sampled.frames]
+    assert brightness == pytest.approx([15 * (2 * k + 1) for k in range(8)], abs=4), brightness
+
+
+def test_a_rate_the_processor_and_the_thinker_chunk_apart_is_nudged(media, tmp_path):
+    """48.64 s: at max_frames / duration one grid lands on a 2-s boundary, in float64 for the processor and
+    float32 for the thinker; the adapter lowers the rate until both put the tokens in the same chunks."""
+    model = adapter(media)
+    clip = write_clip(tmp_path / "edge.mp4", 48.64, fps=25, size=56)
+    sample = model.load_request(Request([str(clip)], QUESTION), 0)
+    assert sample.video_rate < 64 / 48.64
+    chunks_follow_tmrope(model, model.prepare([sample]))
+
+
+def test_unreadable_media_and_prompts_past_the_context_fail_their_sample(media, tmp_path):
+    model = adapter(media)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not a png")
+    with pytest.raises(SampleError, match=r"visual 0: .*junk\.png"):
+        model.load_request(Request([str(junk)], QUESTION), 0)
+    from PIL import Image
+
+    Image.new("RGB", (1, 400)).save(tmp_path / "sliver.png")  # an aspect ratio the image processor refuses
+    with pytest.raises(SampleError, match=r"the processor refused it: ValueError"):
+        model.load_request(Request([str(tmp_path / "sliver.png")], QUESTION), 0)
+    model.model.config.get_text_config().max_position_embeddings = 120
+    with pytest.raises(SampleError, match=r"reaches position \d+ .*past the thinker's context of 120"):
+        model.load_request(Request([str(media["clip4"])], QUESTION), 0)
