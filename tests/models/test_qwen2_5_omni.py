@@ -271,7 +271,7 @@ def test_unreadable_visuals_name_the_request_and_the_reason(media, tmp_path):
 
 
 def test_videos_of_one_prompt_share_one_frame_rate(media):
-    """4 s and 5 s clips with max_frames=8: both sampled at 1.6 fps and timed at 1.25 s per grid; chunks as the model."""
+    """4 s and 5 s clips with max_frames=8: both sampled at 1.6 fps, timed at 1.25 s per grid, chunked as the model."""
     model = adapter(media, max_frames=8)
     sample = model.load_request(Request([str(media["clip4"]), str(media["clip5"])], QUESTION), 0)
     assert sample.video_rate == pytest.approx(1.6) and [len(v) for v in sample.videos] == [6, 8]
