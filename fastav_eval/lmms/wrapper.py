@@ -115,9 +115,7 @@ class FastAVLMM(lmms):
         adapter_class = self.adapter_class
         check_known(other_args, (*ENGINE_ARGS, *WRAPPER_ARGS, *adapter_class.model_args))
         engine_args = {key: value for key, value in other_args.items() if key in ENGINE_ARGS}
-        model_args = adapter_class.check_model_args(
-            {key: value for key, value in other_args.items() if key not in ENGINE_ARGS}
-        )
+        model_args = {key: value for key, value in other_args.items() if key not in ENGINE_ARGS}  # the adapter checks
         dtype = dtype or adapter_class.default_dtype
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}; accepted: {list(DTYPES)}")

@@ -80,15 +80,6 @@ class ModelInputs:
     generate_kwargs: dict[str, Any]
     layout: ModalityLayout
 
-    @property
-    def batch_size(self) -> int:
-        return self.layout.batch_size
-
-    @property
-    def prompt_tokens(self) -> list[int]:
-        """Tokens each sample's prompt holds (text and media, no padding)."""
-        return self.layout.valid.sum(1).tolist()
-
 
 @dataclass(frozen=True)
 class Answer:

@@ -27,7 +27,6 @@ class Frames:
 
     frames: np.ndarray
     fps: float
-    duration: float
 
 
 def _duration(stream: Any, container: Any) -> float | None:
@@ -88,15 +87,18 @@ def sampling_rate_for(durations: list[float], fps: float, max_frames: int) -> fl
     return min(fps, max_frames / max(durations))
 
 
-def sample_frames(path: str | Path, rate: float, max_frames: int, multiple: int = 2) -> Frames:
+def sample_frames(
+    path: str | Path, rate: float, max_frames: int, multiple: int = 2, duration: float | None = None
+) -> Frames:
     """Frames of ``path`` sampled at exactly ``rate`` frames per second of the video.
 
     Frame k is the one on screen at ``(k + 0.5) / rate`` s from the stream's start; the count is the most whole
     frames of that rate in the clip, rounded down to a ``multiple`` (Qwen's vision tower packs 2 frames per
     temporal patch; at least one such pack) and capped at ``max_frames``. The returned ``fps`` is ``rate``, so a
-    processor told it times every frame right. Only the chosen frames are converted to RGB.
+    processor told it times every frame right. Only the chosen frames are converted to RGB. ``duration``: the
+    clip's :func:`video_duration`, when the caller has it already (it can cost a decode pass).
     """
-    duration = video_duration(path)
+    duration = video_duration(path) if duration is None else duration
     count = min(max_frames, int(duration * rate + 1e-6))
     count = max(multiple, count // multiple * multiple)
     steps = np.arange(count) + 0.5
@@ -120,7 +122,7 @@ def sample_frames(path: str | Path, rate: float, max_frames: int, multiple: int 
     while targets:  # past the last frame: it stays on screen
         frames.append(previous.to_ndarray(format="rgb24"))
         targets.pop(0)
-    return Frames(frames=np.stack(frames), fps=rate, duration=duration)
+    return Frames(frames=np.stack(frames), fps=rate)
 
 
 def _resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:

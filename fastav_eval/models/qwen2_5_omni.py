@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from transformers import StoppingCriteriaList
 
@@ -96,6 +97,16 @@ class OmniSample:
     @property
     def audio_in_video(self) -> bool:
         return any(slot is not None for slot in self.audio_slots)
+
+    def add_audio(self, waveform: np.ndarray) -> None:
+        """A standalone audio item (a file or an array), placed in the user turn."""
+        self.audios.append(waveform)
+        self.audio_slots.append(None)
+        self.content.append({"type": "audio"})
+
+    def add_image(self, image: Image.Image) -> None:
+        self.images.append(image.convert("RGB"))
+        self.content.append({"type": "image"})
 
 
 class Qwen25OmniAdapter(ModelAdapter):
@@ -213,7 +224,7 @@ class Qwen25OmniAdapter(ModelAdapter):
         the two can differ (about 0.2% of clip lengths over 32 s), and the model would then position tokens other
         than where the processor put them. Such a rate is nudged down until both agree.
         """
-        rate = self.options["fps"]
+        rate, durations = self.options["fps"], []
         if sample.video_paths:  # the processor times every video of a prompt at one rate
             try:
                 durations = [video_duration(path) for path in sample.video_paths]
@@ -221,7 +232,7 @@ class Qwen25OmniAdapter(ModelAdapter):
                 raise SampleError(index, str(error)) from None
             rate = sampling_rate_for(durations, rate, self.options["max_frames"])
         for _attempt in range(8):
-            self._sample_and_process(sample, rate, index)
+            self._sample_and_process(sample, rate, durations, index)
             ids = sample.processed["input_ids"][0].tolist()
             sample.segments = self._segments(ids, sample.processed)
             if self._segments_match(ids, sample.segments):
@@ -232,12 +243,13 @@ class Qwen25OmniAdapter(ModelAdapter):
         self._check_context(sample, index)
         return sample
 
-    def _sample_and_process(self, sample: OmniSample, rate: float, index: int) -> None:
+    def _sample_and_process(self, sample: OmniSample, rate: float, durations: list[float], index: int) -> None:
         try:
             if sample.video_paths:
                 sample.video_rate = rate
                 sample.videos = [
-                    sample_frames(path, rate, self.options["max_frames"]).frames for path in sample.video_paths
+                    sample_frames(path, rate, self.options["max_frames"], duration=duration).frames
+                    for path, duration in zip(sample.video_paths, durations, strict=True)
                 ]
         except ValueError as error:
             raise SampleError(index, str(error)) from None
@@ -249,10 +261,11 @@ class Qwen25OmniAdapter(ModelAdapter):
     def _segments_match(self, ids: list[int], segments: list[Segment]) -> bool:
         """Whether the model's chunking (``segments``) puts video and audio exactly where the processor's ids do."""
         config = self.model.config
-        codes = {config.video_token_index: 1, config.image_token_index: 1, config.audio_token_index: 2}
-        expected = [codes.get(token, 0) for token in ids]
-        names = {"text": 0, "video": 1, "audio": 2}
-        return expected == [names[segment[0]] for segment in segments for _ in range(segment[1])]
+        visual = [config.video_token_index, config.image_token_index]
+        expected = ModalityLayout.from_token_ids(
+            torch.tensor([ids]), {"video": visual, "audio": config.audio_token_index}
+        )
+        return torch.equal(ModalityLayout.from_segments([segments]).modality, expected.modality)
 
     def _check_context(self, sample: OmniSample, index: int) -> None:
         """The prompt's highest TMRoPE position must fit the thinker's context (a silent hour of video holds few
@@ -286,16 +299,11 @@ class Qwen25OmniAdapter(ModelAdapter):
             if not Path(path).is_file():
                 raise ValueError(f"{path} does not exist")
             if path.lower().endswith(AUDIO_EXTENSIONS):
-                sample.audios.append(decode_audio(path, rate))
-                sample.audio_slots.append(None)
-                sample.content.append({"type": "audio"})
+                sample.add_audio(decode_audio(path, rate))
                 return
             if path.lower().endswith(IMAGE_EXTENSIONS):
-                from PIL import Image
-
                 with Image.open(path) as image:
-                    sample.images.append(image.convert("RGB"))
-                sample.content.append({"type": "image"})
+                    sample.add_image(image)
                 return
             video_index = len(sample.video_paths)
             sample.video_paths.append(path)
@@ -320,24 +328,15 @@ class Qwen25OmniAdapter(ModelAdapter):
                 )
             return
         if isinstance(visual, dict) and "array" in visual:
-            sample.audios.append(audio_from_dict(visual, rate))
-            sample.audio_slots.append(None)
-            sample.content.append({"type": "audio"})
+            sample.add_audio(audio_from_dict(visual, rate))
             return
         if hasattr(visual, "get_all_samples"):  # a datasets 4 AudioDecoder (torchcodec)
             decoded = visual.get_all_samples()
             waveform = decoded.data.numpy()
-            sample.audios.append(audio_from_dict({"array": waveform, "sampling_rate": int(decoded.sample_rate)}, rate))
-            sample.audio_slots.append(None)
-            sample.content.append({"type": "audio"})
+            sample.add_audio(audio_from_dict({"array": waveform, "sampling_rate": int(decoded.sample_rate)}, rate))
             return
-        try:
-            from PIL import Image
-        except ImportError:  # pragma: no cover - Pillow ships with transformers' image stack
-            Image = None  # type: ignore[assignment]
-        if Image is not None and isinstance(visual, Image.Image):
-            sample.images.append(visual.convert("RGB"))
-            sample.content.append({"type": "image"})
+        if isinstance(visual, Image.Image):
+            sample.add_image(visual)
             return
         raise ValueError(
             f"a {type(visual).__name__} is not a visual this model takes; accepted: a video or audio file path, "
@@ -450,28 +449,13 @@ class Qwen25OmniAdapter(ModelAdapter):
             pad = lambda x: nn.functional.pad(x, (0, frames - x.shape[-1]))  # noqa: E731
             kwargs["input_features"] = torch.cat([pad(p["input_features"]) for p in features])
             kwargs["feature_attention_mask"] = torch.cat([pad(p["feature_attention_mask"]) for p in features])
-        layout = ModalityLayout.from_segments(segments)
-        self._check_layout(layout, input_ids, attention_mask)
+        layout = ModalityLayout.from_segments(segments)  # each sample's checked against its ids in finish()
         for key, value in kwargs.items():  # only pixels and mel features in the model's dtype: a bf16
             # video_second_per_grid would shift TMRoPE's chunks away from the processor's (and the layout's)
             low_precision = key in ("pixel_values", "pixel_values_videos", "input_features")
             kwargs[key] = value.to(self.device, dtype=self.model.dtype if low_precision else None)
         kwargs["use_audio_in_video"] = loaded[0].audio_in_video
         return ModelInputs(generate_kwargs=kwargs, layout=layout.to(self.device))
-
-    def _check_layout(self, layout: ModalityLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        """The layout must mark exactly the processor's placeholder tokens (else the processor changed)."""
-        config = self.model.config
-        placeholders = {
-            "video": [config.video_token_index, config.image_token_index],
-            "audio": config.audio_token_index,
-        }
-        expected = ModalityLayout.from_token_ids(input_ids, placeholders, attention_mask)
-        if not torch.equal(expected.modality, layout.modality):
-            raise RuntimeError(
-                "the layout read from the processor's chunk structure does not match its placeholder tokens; this "
-                "transformers version lays Qwen2.5-Omni's inputs out differently from what the adapter was written for"
-            )
 
     # ------------------------------------------------------------------ answers
     @torch.no_grad()
