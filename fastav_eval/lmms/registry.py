@@ -6,6 +6,7 @@ from __future__ import annotations
 MODELS = {
     "fastav_tiny": "fastav_eval.lmms.fastav_tiny.FastAVTiny",
     "fastav_qwen2_5_omni": "fastav_eval.lmms.fastav_qwen2_5_omni.FastAVQwen25Omni",
+    "fastav_videollama2": "fastav_eval.lmms.fastav_videollama2.FastAVVideoLLaMA2",
 }
 
 

@@ -80,13 +80,29 @@ def _videollama2() -> FlopsPreset:
     media is 14 tokens and the question plus the assistant prompt 30. The global stage keeps the first 10 audio
     tokens and every video token before layer 14 (0-based), as the paper states.
     """
+    return _videollama2_preset("videollama2", frames=8, factory=_videollama2)
+
+
+def _videollama2_16f() -> FlopsPreset:
+    """VideoLLaMA2.1-7B-AV as ``fastav_videollama2`` runs it by default (the checkpoint's ``num_frames``).
+
+    Assumptions: the LLM is Qwen2-7B (28 layers, d 3584, m 18944, 28/4 heads). 16 frames give 1,352 video
+    tokens (STC connector: 8×13×13); 30 s of audio gives 1,496 BEATs tokens (187×8). The Qwen2 chat prefix up
+    to the media is 14 tokens and the question plus the assistant prompt 30. The global stage keeps the first 10
+    audio tokens and every video token before layer 14 (0-based), as the paper states.
+    """
+    return _videollama2_preset("videollama2_16f", frames=16, factory=_videollama2_16f)
+
+
+def _videollama2_preset(name: str, frames: int, factory: object) -> FlopsPreset:
+    video = (frames // 2) * 13 * 13  # SigLIP-so400m at 384 px: 27×27 patches, halved by the connector
     return FlopsPreset(
-        name="videollama2",
+        name=name,
         shape=QWEN2_7B,
-        segments=(("text", 14), ("video", 676), ("audio", 1496), ("text", 30)),
+        segments=(("text", 14), ("video", video), ("audio", 1496), ("text", 30)),
         profile=PruningProfile.prefix(audio=10),
         global_layer=14,
-        assumptions=_assumptions(_videollama2),
+        assumptions=_assumptions(factory),
     )
 
 
@@ -166,7 +182,7 @@ def _qwen2_5_omni_7b() -> FlopsPreset:
 
 
 PRESETS: dict[str, FlopsPreset] = {
-    preset.name: preset for preset in (_videollama2(), _video_salmonn2(), _qwen2_5_omni_7b())
+    preset.name: preset for preset in (_videollama2(), _videollama2_16f(), _video_salmonn2(), _qwen2_5_omni_7b())
 }
 
 

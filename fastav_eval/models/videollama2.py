@@ -1,0 +1,369 @@
+"""Adapter for VideoLLaMA2.1-AV (``DAMO-NLP-SG/VideoLLaMA2.1-7B-AV``): the model of the FastAV paper's headline.
+
+The model is :mod:`fastav_eval.models.videollama2_model` (transformers' Qwen2 and SigLIP, our STC connector and
+BEATs). This file reproduces the official inference path (``videollama2.mm_infer`` on ``process_video(...,
+va=True)``) on our media stack:
+
+- **frames**: ``num_frames`` (16) at the middles of equal segments of the clip's frame indices, rounded half
+  up; the SigLIP image processor (PIL backend, as transformers 4.42's) resizes each to 384×384.
+- **soundtrack**: mono 16-kHz int16 PCM (FFmpeg's own downmix and resampler, through PyAV), then eight 2-s clips
+  at evenly spaced starts (pytorchvideo's ``ConstantClipsPerVideoSampler``: start k = k·(duration − 2)/8),
+  concatenated, zero-padded to 30 s, scaled by 2¹⁵, a 128-bin Kaldi fbank (2,998 frames), rounded to bfloat16.
+- **audio files**: the first channel, the first 30 s (the official crop of a longer file is random), padded to
+  30 s, FFT-resampled to 16 kHz.
+- **prompt**: one user turn ``"<video>\\n" + question`` (``<audio>`` for audio alone) in the tokenizer's chat
+  template, whose default system turn Qwen2 supplies; the placeholder becomes the video then the audio tokens.
+
+A request may hold one video (its soundtrack fed per ``video_audio``), one video or image plus one audio (which
+replaces the soundtrack), or one audio alone. An image is a still video of ``num_frames`` copies (the official
+``encode_images_or_videos``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, ClassVar
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+from scipy.signal import resample as fft_resample
+from torch import nn
+from transformers import StoppingCriteriaList
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+from fastav_eval.models.base import (
+    AdapterArg,
+    Answer,
+    ModelAdapter,
+    ModelInputs,
+    Request,
+    SampleError,
+    StopOnStrings,
+    cut_at_stop,
+)
+from fastav_eval.models.fbank import beats_fbank
+from fastav_eval.models.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, _open
+from fastav_eval.models.videollama2_model import VideoLLaMA2AV, load_tokenizer, load_videollama2
+from fastav_eval.pruning.layout import ModalityLayout, Segment
+
+SAMPLE_RATE = 16_000
+AUDIO_SECONDS = 30
+CLIPS_PER_VIDEO, CLIP_SECONDS = 8, 2
+MAX_FRAMES = 32  # the official cap
+PLACEHOLDER = -201  # the official index of <video> (and the one slot we splice media into)
+VIDEO_AUDIO = ("required", "if_present", "off")
+PROFILES = Path(__file__).parent / "profiles"
+
+
+# ---------------------------------------------------------------------------------------------- preprocessing
+def frame_indices(frame_count: int, num_frames: int) -> list[int]:
+    """The official uniform sampling: the middle of each of ``num_frames`` equal segments of
+    ``[0, frame_count - 1]``, rounded half up (``np.round(x + 1e-6)``)."""
+    segment = (frame_count - 1) / num_frames
+    middles = np.array([(segment * i + segment * (i + 1)) / 2 for i in range(num_frames)])
+    return np.round(middles + 1e-6).astype(int).tolist()
+
+
+def decode_video_frames(path: str | Path, num_frames: int) -> list[np.ndarray]:
+    """``num_frames`` RGB frames ``[H, W, 3]`` of ``path`` at :func:`frame_indices` of its decoded frames."""
+    with _open(path, "video") as container:
+        stream = container.streams.video[0]
+        count = stream.frames or sum(1 for _ in container.decode(stream))
+    if count == 0:
+        raise ValueError(f"{path}: no video frame could be decoded")
+    wanted = frame_indices(count, num_frames)
+    picked: dict[int, np.ndarray] = {}
+    last = None
+    with _open(path, "video") as container:
+        for index, frame in enumerate(container.decode(container.streams.video[0])):
+            last = frame
+            if index in wanted:
+                picked[index] = frame.to_ndarray(format="rgb24")
+            if index >= wanted[-1]:
+                break
+    if last is None:
+        raise ValueError(f"{path}: no video frame could be decoded")
+    # The container's frame count can exceed what decodes: past the end, the last frame stays on screen.
+    final = last.to_ndarray(format="rgb24")
+    return [picked.get(index, final) for index in wanted]
+
+
+def soundtrack(path: str | Path) -> np.ndarray | None:
+    """The first audio track as FFmpeg's ``-ac 1 -ar 16000 -f s16le`` gives it (float32 in [-1, 1)), or None
+    when ``path`` has none."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        pieces = []
+        for frame in container.decode(container.streams.audio[0]):
+            pieces += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+        pieces += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    if not pieces:
+        return None
+    return np.concatenate(pieces).astype(np.float32) / 32768.0
+
+
+def clip_bounds(num_samples: int, rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
+    """Sample ranges of the eight 2-s clips the official code cuts from a soundtrack of ``num_samples``.
+
+    pytorchvideo's ``ConstantClipsPerVideoSampler(2, 8)``: clip k starts at ``k · max(duration − 2, 0) / 8`` s,
+    computed in exact fractions and floored to a sample.
+    """
+    duration = num_samples / rate
+    step = Fraction(max(duration - CLIP_SECONDS, 0)) / CLIPS_PER_VIDEO
+    bounds = []
+    for k in range(CLIPS_PER_VIDEO):
+        start = step * k
+        bounds.append((int(start * rate), int((start + CLIP_SECONDS) * rate)))
+    return bounds
+
+
+def video_audio_waveform(track: np.ndarray) -> np.ndarray:
+    """A soundtrack -> the 16-s waveform the official code feeds BEATs (the clips of :func:`clip_bounds`)."""
+    return np.concatenate([track[start:end] for start, end in clip_bounds(len(track))])
+
+
+def audio_file_waveform(channels: np.ndarray, rate: int) -> np.ndarray:
+    """An audio file's samples ``[N]`` or ``[N, C]`` at ``rate`` -> 30 s at 16 kHz, as ``process_audio_file``:
+    the first channel, cut to 30 s (from the start; the official crop is random), zero-padded to 30 s, then
+    FFT-resampled (librosa's ``res_type="fft"``: ``ceil(N · 16000 / rate)`` samples)."""
+    wave = channels[:, 0] if channels.ndim == 2 else channels
+    wave = wave[: AUDIO_SECONDS * rate].astype(np.float64)
+    wave = np.pad(wave, (0, AUDIO_SECONDS * rate - len(wave)))
+    if rate != SAMPLE_RATE:
+        wave = fft_resample(wave, int(np.ceil(len(wave) * (SAMPLE_RATE / rate))))
+    return wave.astype(np.float32)
+
+
+def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
+    """``[N, C]`` float32 samples of ``path``'s first audio stream at its own rate."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise ValueError(f"{path} has no audio stream")
+        stream = container.streams.audio[0]
+        rate = stream.rate
+        pieces = [frame.to_ndarray() for frame in container.decode(stream)]
+        fmt = stream.format.name if stream.format else ""
+    if not pieces:
+        raise ValueError(f"{path}: the audio stream holds no samples")
+    planar = fmt.endswith("p")
+    samples = np.concatenate(pieces, axis=1) if planar else np.concatenate([p.reshape(-1) for p in pieces])
+    channels = stream.channels or 1
+    samples = samples.T if planar else samples.reshape(-1, channels)
+    if np.issubdtype(samples.dtype, np.integer):
+        samples = samples / float(np.iinfo(samples.dtype).max + 1)
+    return samples.astype(np.float32), int(rate)
+
+
+# ---------------------------------------------------------------------------------------------- adapter
+@dataclass
+class VideoLLaMA2Sample:
+    """One request, preprocessed: ``pixel_values [T, 3, S, S]`` (None: audio alone), ``fbank [2998, 128]``
+    (None: no audio fed) and the prompt's ids ``[L]`` with :data:`PLACEHOLDER` once."""
+
+    input_ids: torch.Tensor
+    pixel_values: torch.Tensor | None
+    fbank: torch.Tensor | None
+
+
+class VideoLLaMA2Adapter(ModelAdapter):
+    """``[text][video][audio][text]`` per sample, merged into ``inputs_embeds`` for transformers' Qwen2."""
+
+    name = "videollama2"
+    default_pretrained = "DAMO-NLP-SG/VideoLLaMA2.1-7B-AV"
+    default_dtype = "float16"  # the official inference's
+    model_args: ClassVar[dict[str, AdapterArg]] = {
+        "vision_tower": AdapterArg(None, str, "the SigLIP checkpoint; default: the config's mm_vision_tower"),
+        "num_frames": AdapterArg(0, int, "frames per video; 0: the checkpoint's num_frames (16)"),
+        "video_audio": AdapterArg(
+            "required",
+            str,
+            "a video's soundtrack: fed, and a clip without one fails its sample (required); fed, and 30 s of "
+            "silence for a clip without one, as the official code does (if_present); never fed (off: video only)",
+            choices=VIDEO_AUDIO,
+        ),
+    }
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float16,
+        attn_implementation: str = "sdpa",
+        **model_args: Any,
+    ) -> None:
+        super().__init__(pretrained, device, dtype, attn_implementation, **model_args)
+        folder = self.local_folder(str(self.pretrained))
+        self.model: VideoLLaMA2AV = load_videollama2(
+            folder,
+            vision_tower=self.options["vision_tower"],
+            device=self.device,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+        )
+        frames = self.options["num_frames"] or self.model.spec.num_frames
+        if frames < 2 or frames % 2 or frames > MAX_FRAMES:
+            raise ValueError(f"num_frames={frames!r}; accepted: an even int in [2, {MAX_FRAMES}] (or 0: the config's)")
+        self.num_frames = frames
+        self.tokenizer = load_tokenizer(folder)
+        self.image_processor = SiglipImageProcessorPil.from_pretrained(self.model.spec.vision_tower)
+        tokenizer = self.tokenizer
+        ends = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")] + [tokenizer.eos_token_id]
+        self.stop_ids = sorted({i for i in ends if i is not None and i != tokenizer.unk_token_id})
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+
+    @classmethod
+    def default_profile(cls, pretrained: str | None) -> Path | None:
+        """The paper's global stage for VideoLLaMA2: every video token and the first 10 audio tokens (FastAV,
+        Table 1); at half the depth, i.e. layer 14 of 28, unless ``global_layer`` says otherwise."""
+        return PROFILES / "videollama2_fastav.json"
+
+    @staticmethod
+    def local_folder(pretrained: str) -> Path:
+        """``pretrained`` as a folder: itself, or the hub snapshot (downloaded unless HF_HUB_OFFLINE is set)."""
+        if Path(pretrained).is_dir():
+            return Path(pretrained)
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(pretrained))
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.llm
+
+    # ------------------------------------------------------------------ requests
+    def _pixels(self, frames: list[np.ndarray] | list[Image.Image]) -> torch.Tensor:
+        images = [Image.fromarray(f) if isinstance(f, np.ndarray) else f.convert("RGB") for f in frames]
+        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def _video(self, path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pixels = self._pixels(decode_video_frames(path, self.num_frames))
+        mode = self.options["video_audio"]
+        if mode == "off":
+            return pixels, None
+        track = soundtrack(path)
+        if track is None:
+            if mode == "required":
+                raise ValueError(
+                    f"{path} has no audio track, and this model is asked to hear each clip (video_audio=required); "
+                    "video_audio=if_present feeds 30 s of silence instead, as the official code does"
+                )
+            track = np.zeros(AUDIO_SECONDS * SAMPLE_RATE, np.float32)
+        return pixels, beats_fbank(torch.from_numpy(video_audio_waveform(track)))[0]
+
+    def _audio(self, visual: Any) -> torch.Tensor:
+        if isinstance(visual, dict):
+            if "array" not in visual or "sampling_rate" not in visual:
+                raise ValueError(f"audio must hold 'array' and 'sampling_rate'; got keys {sorted(visual)}")
+            samples, rate = np.asarray(visual["array"], dtype=np.float32), int(visual["sampling_rate"])
+            if samples.ndim == 2 and samples.shape[0] < samples.shape[1]:
+                samples = samples.T  # [C, N] -> [N, C]
+        else:
+            samples, rate = read_audio_file(visual)
+        if samples.size == 0:
+            raise ValueError("the audio holds no samples")
+        return beats_fbank(torch.from_numpy(audio_file_waveform(samples, rate)))[0]
+
+    def load_request(self, request: Request, index: int) -> VideoLLaMA2Sample:
+        pixels: torch.Tensor | None = None
+        fbank: torch.Tensor | None = None
+        separate_audio: torch.Tensor | None = None
+        for position, visual in enumerate(request.visuals):
+            try:
+                is_path = isinstance(visual, str | Path)
+                if is_path and not Path(visual).is_file():
+                    raise ValueError(f"{visual} does not exist")
+                is_audio = (is_path and str(visual).lower().endswith(AUDIO_EXTENSIONS)) or (
+                    isinstance(visual, dict) and "array" in visual
+                )
+                if is_audio:
+                    if separate_audio is not None:
+                        raise ValueError("a second audio; VideoLLaMA2 takes one audio per prompt")
+                    separate_audio = self._audio(visual)
+                    continue
+                if pixels is not None:
+                    raise ValueError("a second video or image; VideoLLaMA2 takes one per prompt")
+                if isinstance(visual, Image.Image) or (is_path and str(visual).lower().endswith(IMAGE_EXTENSIONS)):
+                    image = visual if isinstance(visual, Image.Image) else Image.open(visual)
+                    pixels = self._pixels([image]).expand(self.num_frames, -1, -1, -1)
+                elif is_path:
+                    pixels, fbank = self._video(str(visual))
+                else:
+                    raise ValueError(
+                        f"a {type(visual).__name__} is not a visual this model takes; accepted: a video, image or "
+                        'audio file path, {"array", "sampling_rate"} audio, a PIL image'
+                    )
+            except (ValueError, OSError, RuntimeError) as error:
+                raise SampleError(index, f"visual {position}: {error}") from None
+        if separate_audio is not None:
+            fbank = separate_audio  # a task's own audio replaces the clip's soundtrack
+        if pixels is None and fbank is None:
+            raise SampleError(index, "no video, image or audio; VideoLLaMA2-AV answers about media")
+        return VideoLLaMA2Sample(self.prompt_ids(request.prompt, audio_only=pixels is None), pixels, fbank)
+
+    def prompt_ids(self, question: str, audio_only: bool = False) -> torch.Tensor:
+        """The official prompt: ``[{"role": "user", "content": "<video>\\n" + question}]`` in the chat template,
+        the modal tag tokenised as :data:`PLACEHOLDER`. ``[L]``"""
+        tag = "<audio>" if audio_only else "<video>"
+        if any(t in question for t in ("<video>", "<audio>", "<image>")):
+            raise ValueError(f"the question holds a modal tag ({question[:80]!r}); the adapter adds the one it needs")
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{tag}\n{question}"}], tokenize=False, add_generation_prompt=True
+        )
+        before, after = text.split(tag)
+        encode = lambda part: self.tokenizer(part, add_special_tokens=False).input_ids  # noqa: E731
+        return torch.tensor([*encode(before), PLACEHOLDER, *encode(after)], dtype=torch.long)
+
+    # ------------------------------------------------------------------ batch
+    def segments(self, sample: VideoLLaMA2Sample, video_tokens: int, audio_tokens: int) -> list[Segment]:
+        at = int((sample.input_ids == PLACEHOLDER).nonzero()[0])
+        after = len(sample.input_ids) - at - 1
+        return [("text", at), ("video", video_tokens), ("audio", audio_tokens), ("text", after)]
+
+    @torch.no_grad()
+    def prepare(self, loaded: list[VideoLLaMA2Sample]) -> ModelInputs:
+        model, dtype = self.model, self.model.llm.dtype
+        rows: list[torch.Tensor] = []
+        segments: list[list[Segment]] = []
+        for sample in loaded:
+            parts = []
+            if sample.pixel_values is not None:
+                parts.append(model.encode_video(sample.pixel_values[None].to(self.device, dtype))[0])
+            if sample.fbank is not None:
+                parts.append(model.encode_audio(sample.fbank[None].to(self.device, dtype))[0])
+            media = torch.cat(parts)
+            video = parts[0].shape[0] if sample.pixel_values is not None else 0
+            rows.append(model.embed(sample.input_ids.to(self.device), PLACEHOLDER, media))
+            segments.append(self.segments(sample, video, media.shape[0] - video))
+        length = max(row.shape[0] for row in rows)
+        embeds = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
+        attention_mask = torch.zeros(len(rows), length, dtype=torch.long, device=self.device)
+        for b, row in enumerate(rows):
+            embeds[b, length - row.shape[0] :] = row
+            attention_mask[b, length - row.shape[0] :] = 1
+        layout = ModalityLayout.from_segments(segments, device=self.device)
+        return ModelInputs(generate_kwargs={"inputs_embeds": embeds, "attention_mask": attention_mask}, layout=layout)
+
+    # ------------------------------------------------------------------ answers
+    @torch.no_grad()
+    def generate(self, inputs: ModelInputs, max_new_tokens: int, until: list[str]) -> list[Answer]:
+        output = self.model.llm.generate(
+            **inputs.generate_kwargs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, until, 0)]),
+        )  # [B, new tokens]: inputs_embeds alone returns only the generated ids
+        answers = []
+        for row in output.tolist():
+            ends = [k for k, token in enumerate(row) if token in self.stop_ids or token == self.pad_id]
+            count = ends[0] + (row[ends[0]] in self.stop_ids) if ends else len(row)  # its end token included
+            text = self.tokenizer.decode(row[:count], skip_special_tokens=True)
+            answers.append(Answer(cut_at_stop(text, until).strip(), count))
+        return answers

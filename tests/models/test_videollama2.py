@@ -1,0 +1,222 @@
+"""``fastav_videollama2``'s adapter: layout, the paper's pruning on it, prune=none, batches, loading, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fastav_eval.lmms.model_args import pruning_config
+from fastav_eval.models.base import Request, SampleError
+from fastav_eval.models.stc_connector import STCConnectorV35
+from fastav_eval.models.videollama2 import PLACEHOLDER, VideoLLaMA2Adapter
+from fastav_eval.models.videollama2_model import load_videollama2
+from fastav_eval.pruning import Modality, PruningConfig, install, relative_flops, simulate_prefill
+from fastav_eval.pruning.presets import get_preset
+from tests.models.videollama2_fixtures import FIXTURE, VISION_TOWER, tiny_adapter
+
+QUESTION = "What is making the sound in the video?"
+VIDEO_TOKENS, AUDIO_TOKENS = 18, 1496  # 4 frames of 7×7 patches -> 2×3×3; 30 s -> 187×8
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return tiny_adapter()
+
+
+def load(adapter, *visuals, prompt: str = QUESTION):
+    return adapter.load_request(Request([str(v) if not isinstance(v, dict) else v for v in visuals], prompt), 0)
+
+
+def test_layout_marks_the_video_then_the_audio_tokens_at_the_placeholder(adapter):
+    sample = load(adapter, FIXTURE / "clip.mp4")
+    at = sample.input_ids.tolist().index(PLACEHOLDER)
+    inputs = adapter.prepare([sample])
+    codes = inputs.layout.modality[0].tolist()
+    expected = (
+        [Modality.TEXT] * at
+        + [Modality.VIDEO] * VIDEO_TOKENS
+        + [Modality.AUDIO] * AUDIO_TOKENS
+        + [Modality.TEXT] * (len(sample.input_ids) - at - 1)
+    )
+    assert codes == [int(c) for c in expected]
+    embeds = inputs.generate_kwargs["inputs_embeds"][0]
+    with torch.no_grad():  # the rows the layout calls video / audio are the encoders' tokens, in their order
+        video = adapter.model.encode_video(sample.pixel_values[None])[0]
+        audio = adapter.model.encode_audio(sample.fbank[None])[0]
+    assert torch.equal(embeds[at : at + VIDEO_TOKENS], video)
+    assert torch.equal(embeds[at + VIDEO_TOKENS : at + VIDEO_TOKENS + AUDIO_TOKENS], audio)
+
+
+def test_the_papers_global_rule_keeps_the_first_10_audio_tokens_and_every_video_token():
+    model = tiny_adapter()
+    config = pruning_config("fastav", {"fine_ratio": 0.0}, VideoLLaMA2Adapter.default_profile(None))
+    engine = install(model.decoder, config)
+    assert engine.config.global_layer == 2  # half of the tiny LLM's 4 layers (14 of 28 on the real one)
+    sample = load(model, FIXTURE / "clip.mp4")
+    at = sample.input_ids.tolist().index(PLACEHOLDER)
+    inputs = model.prepare([sample])
+    with engine.layout(inputs.layout):
+        answer = model.generate(inputs, 4, [])[0]
+    assert answer.num_tokens > 0
+    kept = engine.last_stats.kv_positions[2][0].tolist()
+    audio_start = at + VIDEO_TOKENS
+    length = inputs.layout.length
+    assert kept == [*range(audio_start + 10), *range(audio_start + AUDIO_TOKENS, length)]
+
+
+def test_the_fine_stage_never_drops_text_and_flops_match_the_schedule():
+    model = tiny_adapter()
+    config = pruning_config("fastav", {}, VideoLLaMA2Adapter.default_profile(None))  # the paper's P = 0.2
+    engine = install(model.decoder, config)
+    inputs = model.prepare([load(model, FIXTURE / "clip.mp4"), load(model, FIXTURE / "clip_long.mp4", prompt="Hi?")])
+    with engine.layout(inputs.layout):
+        model.generate(inputs, 2, [])
+    stats = engine.last_stats
+    text = inputs.layout.count("text")
+    for b in range(2):
+        summary = stats.sample(b, engine.shape)
+        assert summary["kept_per_layer"]["text"] == [int(text[b])] * 4
+        assert summary["kept_per_layer"]["audio"][:3] == [AUDIO_TOKENS, AUDIO_TOKENS, 10]
+    simulated = simulate_prefill(inputs.layout, engine.config, 4)  # what `fastav-eval flops` runs
+    assert torch.equal(simulated.tokens_per_layer, stats.tokens_per_layer)
+    assert torch.equal(relative_flops(simulated.tokens_per_layer, engine.shape), stats.relative_flops(engine.shape))
+
+
+def test_the_real_layout_is_the_16_frame_preset():
+    preset = get_preset("videollama2_16f")
+    counts = dict(preset.run()["prompt_tokens"])
+    assert counts["video"] == STCConnectorV35.num_tokens(16, 384 // 14) == 1352
+    assert counts["audio"] == (2998 // 16) * (128 // 16) == 1496
+
+
+def test_prune_none_equals_the_model_without_the_engine():
+    stock = tiny_adapter()
+    pruned_off = tiny_adapter()
+    install(pruned_off.decoder, PruningConfig.off())
+    sample = load(stock, FIXTURE / "clip.mp4")
+    inputs = stock.prepare([sample])
+    with torch.no_grad():
+        expected = stock.model.llm(**inputs.generate_kwargs).logits[0, -1]
+        ours = pruned_off.model.llm(**inputs.generate_kwargs).logits[0, -1]
+    assert torch.allclose(ours, expected, atol=1e-6, rtol=0)
+    assert pruned_off.generate(inputs, 8, []) == stock.generate(inputs, 8, [])
+
+
+def test_a_batch_of_two_equals_each_alone(adapter):
+    samples = [load(adapter, FIXTURE / "clip.mp4"), load(adapter, FIXTURE / "clip_long.mp4", prompt="Which one?")]
+    batch = adapter.generate(adapter.prepare(samples), 6, [])
+    assert batch == [adapter.generate(adapter.prepare([s]), 6, [])[0] for s in samples]
+
+
+def test_sdpa_and_eager_give_the_same_answer():
+    eager, sdpa = tiny_adapter("eager"), tiny_adapter("sdpa")
+    sample = load(eager, FIXTURE / "clip.mp4")
+    assert eager.generate(eager.prepare([sample]), 8, []) == sdpa.generate(sdpa.prepare([sample]), 8, [])
+
+
+def test_media_combinations(adapter, tmp_path):
+    from tests.lmms.av_task_fixtures import write_png, write_wav
+
+    wav, png = tmp_path / "a.wav", tmp_path / "a.png"
+    write_wav(wav, seconds=1.0)
+    write_png(png)
+    video_and_audio = load(adapter, FIXTURE / "clip.mp4", wav)  # the task's audio replaces the soundtrack
+    own = load(adapter, FIXTURE / "clip.mp4")
+    assert video_and_audio.fbank.shape == own.fbank.shape and not torch.equal(video_and_audio.fbank, own.fbank)
+    still = load(adapter, png, wav)
+    assert still.pixel_values.shape[0] == 4 and torch.equal(still.pixel_values[0], still.pixel_values[3])
+    audio_only = load(adapter, wav)
+    assert audio_only.pixel_values is None and "<audio>" not in adapter.tokenizer.decode(audio_only.input_ids[:1])
+    inputs = adapter.prepare([audio_only])
+    assert int(inputs.layout.count("audio")[0]) == AUDIO_TOKENS and int(inputs.layout.count("video")[0]) == 0
+    array = load(adapter, FIXTURE / "clip.mp4", {"array": [0.0] * 8000, "sampling_rate": 8000})
+    assert array.fbank.shape == (2998, 128)
+
+
+def test_video_audio_modes():
+    with pytest.raises(SampleError, match="has no audio track"):
+        load(tiny_adapter(), FIXTURE / "silent.mp4")
+    lenient = load(tiny_adapter(video_audio="if_present"), FIXTURE / "silent.mp4")
+    assert lenient.fbank is not None and torch.all(lenient.fbank == lenient.fbank[0, 0])  # 30 s of silence
+    muted = tiny_adapter(video_audio="off")
+    sample = load(muted, FIXTURE / "clip.mp4")
+    assert sample.fbank is None and int(muted.prepare([sample]).layout.count("audio")[0]) == 0
+
+
+@pytest.mark.parametrize(
+    ("visuals", "message"),
+    [
+        (["clip.mp4", "clip_long.mp4"], "a second video or image"),
+        (["missing.mp4"], "does not exist"),
+        ([], "no video, image or audio"),
+    ],
+)
+def test_unanswerable_requests_name_the_reason(adapter, visuals, message):
+    with pytest.raises(SampleError, match=message):
+        load(adapter, *[FIXTURE / v for v in visuals])
+
+
+def test_a_question_with_its_own_modal_tag_is_refused(adapter):
+    with pytest.raises(ValueError, match="modal tag"):
+        adapter.prompt_ids("<video>\nWhat is this?")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [({"video_audio": "always"}, "accepted"), ({"num_frames": 3}, "even int"), ({"fps": 2}, "unknown model arg")],
+)
+def test_bad_model_args_name_the_field(args, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_adapter(**args)
+
+
+def copy_fixture(tmp_path):
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(FIXTURE, folder, ignore=shutil.ignore_patterns("*.mp4", "reference.*"))
+    return folder
+
+
+def test_a_missing_or_unexpected_tensor_is_an_error_naming_it(tmp_path):
+    folder = copy_fixture(tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    missing = dict(tensors)
+    del missing["model.mm_projector.s1.b1.se.fc1.bias"]
+    save_file(missing, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing model\.mm_projector\.s1\.b1\.se\.fc1\.bias"):
+        load_videollama2(folder, vision_tower=str(VISION_TOWER), dtype=torch.float32)
+    extra = {**tensors, "model.audio_tower.extra.weight": torch.zeros(2)}
+    save_file(extra, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"unexpected model\.audio_tower\.extra\.weight"):
+        load_videollama2(folder, vision_tower=str(VISION_TOWER), dtype=torch.float32)
+    stray = {**tensors, "model.talker.weight": torch.zeros(2)}
+    save_file(stray, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"unexpected tensor\(s\) \['model\.talker\.weight'\]"):
+        load_videollama2(folder, vision_tower=str(VISION_TOWER), dtype=torch.float32)
+    llm_missing = dict(tensors)
+    del llm_missing["lm_head.weight"]
+    save_file(llm_missing, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lm_head\.weight"):
+        load_videollama2(folder, vision_tower=str(VISION_TOWER), dtype=torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"mm_projector_type": "stc_connector"},
+            "mm_projector_type='stc_connector'; accepted: \\['stc_connector_v35'\\]",
+        ),
+        ({"model_type": "qwen2"}, "model_type='qwen2'"),
+        ({"num_frames": 5}, "num_frames=5"),
+    ],
+)
+def test_a_config_this_model_was_not_written_for_is_refused(tmp_path, change, message):
+    folder = copy_fixture(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ValueError, match=message):
+        load_videollama2(folder, vision_tower=str(VISION_TOWER), dtype=torch.float32)
