@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fastav_eval.data import CONVERTERS, DATA_ENV, data_root, prepare
 from fastav_eval.plots import plot_tokens_per_layer
 from fastav_eval.pruning.config import FINE_RULES
 from fastav_eval.pruning.flops import CONVENTIONS
@@ -87,6 +88,17 @@ def _build_avsynth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_data(args: argparse.Namespace) -> int:
+    folder, conversion = prepare(
+        args.name, args.source, out=args.out, annotations=args.annotations, check_audio=not args.no_audio_check
+    )
+    counts = ", ".join(f"{key} {value}" for key, value in conversion.counts.items())
+    print(f"{folder}: {len(conversion.documents)} documents from {conversion.annotations} ({counts})")
+    if folder.parent.resolve() != data_root().resolve():
+        print(f"lmms-eval looks in {data_root()}: run it with {DATA_ENV}={folder.parent.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastav-eval", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--fine-ratio", type=float, default=0.2, help="fine ratio assumed by --target-flops")
     calibrate.set_defaults(handler=_calibrate_testbed)
+
+    data = commands.add_parser(
+        "prepare-data",
+        help="convert a paper benchmark's official download (annotations + videos) into what its lmms-eval task reads",
+    )
+    data.add_argument("name", choices=sorted(CONVERTERS), help="the dataset")
+    data.add_argument("source", help="the unpacked official download: its videos are found in any sub-folder")
+    data.add_argument(
+        "--annotations", help="the annotation file, when it is not under SOURCE or there are several (README)"
+    )
+    data.add_argument("--out", help=f"data root to write <out>/<name>/ under (default ${DATA_ENV} or its default)")
+    data.add_argument("--no-audio-check", action="store_true", help="do not check that every video has a soundtrack")
+    data.set_defaults(handler=_prepare_data)
     return parser
 
 

@@ -21,6 +21,7 @@ replaces the soundtrack), or one audio alone. An image is a still video of ``num
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -241,10 +242,10 @@ class VideoLLaMA2Adapter(ModelAdapter):
         images = [Image.fromarray(f) if isinstance(f, np.ndarray) else f.convert("RGB") for f in frames]
         return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
-    def _video(self, path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _video(self, path: str, soundtrack_wanted: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         pixels = self._pixels(decode_video_frames(path, self.num_frames))
         mode = self.options["video_audio"]
-        if mode == "off":
+        if mode == "off" or not soundtrack_wanted:
             return pixels, None
         track = soundtrack(path)
         if track is None:
@@ -269,41 +270,62 @@ class VideoLLaMA2Adapter(ModelAdapter):
             raise ValueError("the audio holds no samples")
         return beats_fbank(torch.from_numpy(audio_file_waveform(samples, rate)))[0]
 
+    @staticmethod
+    def _kind(visual: Any) -> str:
+        """ "audio", "image" or "video"; a ValueError naming what is accepted otherwise."""
+        if isinstance(visual, str | Path):
+            if not Path(visual).is_file():
+                raise ValueError(f"{visual} does not exist")
+            name = str(visual).lower()
+            return (
+                "audio" if name.endswith(AUDIO_EXTENSIONS) else "image" if name.endswith(IMAGE_EXTENSIONS) else "video"
+            )
+        if isinstance(visual, dict) and "array" in visual:
+            return "audio"
+        if isinstance(visual, Image.Image):
+            return "image"
+        raise ValueError(
+            f"a {type(visual).__name__} is not a visual this model takes; accepted: a video, image or audio file "
+            'path, {"array", "sampling_rate"} audio, a PIL image'
+        )
+
+    def _still(self, visual: Any) -> torch.Tensor:
+        """An image as a video of ``num_frames`` copies (the official ``encode_images_or_videos``)."""
+        image = visual if isinstance(visual, Image.Image) else Image.open(visual)
+        return self._pixels([image]).expand(self.num_frames, -1, -1, -1)
+
+    @staticmethod
+    def _decoded(index: int, position: int, decode: Callable[[], Any]) -> Any:
+        try:
+            return decode()
+        except (ValueError, OSError, RuntimeError) as error:  # OSError: PIL's unreadable or truncated images
+            raise SampleError(index, f"visual {position}: {error}") from None
+
     def load_request(self, request: Request, index: int) -> VideoLLaMA2Sample:
-        pixels: torch.Tensor | None = None
-        fbank: torch.Tensor | None = None
-        separate_audio: torch.Tensor | None = None
+        found: dict[str, list[tuple[int, Any]]] = {"audio": [], "picture": []}  # picture: the video or the image
         for position, visual in enumerate(request.visuals):
             try:
-                is_path = isinstance(visual, str | Path)
-                if is_path and not Path(visual).is_file():
-                    raise ValueError(f"{visual} does not exist")
-                is_audio = (is_path and str(visual).lower().endswith(AUDIO_EXTENSIONS)) or (
-                    isinstance(visual, dict) and "array" in visual
-                )
-                if is_audio:
-                    if separate_audio is not None:
-                        raise ValueError("a second audio; VideoLLaMA2 takes one audio per prompt")
-                    separate_audio = self._audio(visual)
-                    continue
-                if pixels is not None:
-                    raise ValueError("a second video or image; VideoLLaMA2 takes one per prompt")
-                if isinstance(visual, Image.Image) or (is_path and str(visual).lower().endswith(IMAGE_EXTENSIONS)):
-                    image = visual if isinstance(visual, Image.Image) else Image.open(visual)
-                    pixels = self._pixels([image]).expand(self.num_frames, -1, -1, -1)
-                elif is_path:
-                    pixels, fbank = self._video(str(visual))
-                else:
-                    raise ValueError(
-                        f"a {type(visual).__name__} is not a visual this model takes; accepted: a video, image or "
-                        'audio file path, {"array", "sampling_rate"} audio, a PIL image'
-                    )
-            except (ValueError, OSError, RuntimeError) as error:
+                kind = self._kind(visual)
+            except ValueError as error:
                 raise SampleError(index, f"visual {position}: {error}") from None
-        if separate_audio is not None:
-            fbank = separate_audio  # a task's own audio replaces the clip's soundtrack
-        if pixels is None and fbank is None:
+            found["audio" if kind == "audio" else "picture"].append((position, visual))
+        for group, what in (("audio", "audio"), ("picture", "video or image")):
+            if len(found[group]) > 1:
+                positions = [position for position, _ in found[group]]
+                raise SampleError(index, f"visuals {positions}: VideoLLaMA2 takes one {what} per prompt")
+        if not found["audio"] and not found["picture"]:
             raise SampleError(index, "no video, image or audio; VideoLLaMA2-AV answers about media")
+        pixels = fbank = None
+        if found["audio"]:  # the task's own audio, in place of a clip's soundtrack
+            position, visual = found["audio"][0]
+            fbank = self._decoded(index, position, lambda: self._audio(visual))
+        if found["picture"]:
+            position, visual = found["picture"][0]
+            if self._kind(visual) == "image":
+                pixels = self._decoded(index, position, lambda: self._still(visual))
+            else:
+                pixels, track = self._decoded(index, position, lambda: self._video(str(visual), fbank is None))
+                fbank = track if fbank is None else fbank
         return VideoLLaMA2Sample(self.prompt_ids(request.prompt, audio_only=pixels is None), pixels, fbank)
 
     def prompt_ids(self, question: str, audio_only: bool = False) -> torch.Tensor:

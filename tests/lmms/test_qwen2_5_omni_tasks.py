@@ -20,7 +20,7 @@ METRICS = {"worldsense": "worldsense_score", "av_odyssey": "av_odyssey_score",
 
 def run(root: Path, model_args: str, tasks: tuple[str, ...]) -> tuple[dict, dict[str, list[dict]], str]:
     output = root / "out"
-    command = [sys.executable, "-m", "tests.lmms.omni_cli", str(root), "--model", "fastav_qwen2_5_omni",
+    command = [sys.executable, "-m", "tests.lmms.av_cli", str(root), "--model", "fastav_qwen2_5_omni",
                "--model_args", f"pretrained={root / 'checkpoint'},dtype=float32,device=cpu,{model_args}",
                "--tasks", ",".join(tasks), "--limit", "3", "--gen_kwargs", "max_new_tokens=4",
                "--output_path", str(output), "--log_samples"]  # fmt: skip

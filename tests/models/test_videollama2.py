@@ -150,7 +150,7 @@ def test_video_audio_modes():
 @pytest.mark.parametrize(
     ("visuals", "message"),
     [
-        (["clip.mp4", "clip_long.mp4"], "a second video or image"),
+        (["clip.mp4", "clip_long.mp4"], r"visuals \[0, 1\]: VideoLLaMA2 takes one video or image per prompt"),
         (["missing.mp4"], "does not exist"),
         ([], "no video, image or audio"),
     ],

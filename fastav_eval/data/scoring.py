@@ -1,0 +1,191 @@
+"""Scoring the paper benchmarks' answers: yes/no judgments (AVHBench), answers from a fixed vocabulary
+(MUSIC-AVQA), lettered multiple choice (AVQA) and captions (AVHBench AV captioning).
+
+Every reader returns the answer it found or None: an answer that cannot be read is counted as invalid (and
+wrong), never guessed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from collections.abc import Sequence
+
+_WORD = re.compile(r"[a-z0-9]+")
+_NUMBERS = dict(enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")))
+_NUMERALS = {str(number): word for number, word in _NUMBERS.items()}
+
+
+def words(text: str) -> list[str]:
+    """Lower-case alphanumeric words: ``"No, it's  the_piano."`` -> ``["no", "it", "s", "the", "piano"]``."""
+    return _WORD.findall(text.lower().replace("_", " "))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Yes / no (AVHBench's judgment tasks)
+
+_ANSWER_PREFIX = ("answer",)
+
+
+def parse_yes_no(response: str) -> str | None:
+    """``"yes"`` / ``"no"`` from a reply, or None.
+
+    The first word decides when it is yes or no (``"Yes."``, ``"no, the dog is silent"``, ``"Answer: No"``);
+    otherwise the reply must contain exactly one of the two words (``"I think yes"``, ``"There is no dog."``). A
+    reply with neither, or with both and no leading one (``"It's not yes or no"``), is None.
+    """
+    tokens = words(response)
+    while tokens and tokens[0] in _ANSWER_PREFIX:
+        tokens = tokens[1:]
+    if not tokens:
+        return None
+    if tokens[0] in ("yes", "no"):
+        return tokens[0]
+    found = {token for token in tokens if token in ("yes", "no")}
+    return found.pop() if len(found) == 1 else None
+
+
+def judgment_metrics(pairs: Sequence[tuple[str | None, str]]) -> dict[str, float]:
+    """AVHBench's judgment metrics over ``(prediction, label)`` pairs, "yes" being the positive class.
+
+    ``accuracy`` counts an unreadable prediction as wrong; ``precision`` / ``recall`` / ``f1`` are of "yes";
+    ``yes_rate`` is the share of all replies read as yes (the leaderboard's "Yes (%)", its bias measure);
+    ``invalid_rate`` the share that could not be read. Fractions in [0, 1]; 0 where a ratio's denominator is 0.
+    """
+    if not pairs:
+        raise ValueError("judgment_metrics needs at least one (prediction, label) pair")
+    for prediction, label in pairs:
+        if label not in ("yes", "no") or prediction not in ("yes", "no", None):
+            raise ValueError(
+                f"judgment pair {(prediction, label)!r}: a prediction is 'yes', 'no' or None, a label 'yes' or 'no'"
+            )
+    total = len(pairs)
+    true_positive = sum(p == "yes" and y == "yes" for p, y in pairs)
+    predicted_yes = sum(p == "yes" for p, _ in pairs)
+    actual_yes = sum(y == "yes" for _, y in pairs)
+    precision = true_positive / predicted_yes if predicted_yes else 0.0
+    recall = true_positive / actual_yes if actual_yes else 0.0
+    return {
+        "accuracy": sum(p == y for p, y in pairs) / total,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "yes_rate": predicted_yes / total,
+        "invalid_rate": sum(p is None for p, _ in pairs) / total,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A fixed answer vocabulary (MUSIC-AVQA)
+
+
+def _phrase(answer: str) -> list[str]:
+    return [_NUMERALS.get(word, word) for word in words(answer)]
+
+
+def match_answer(response: str, vocabulary: Sequence[str]) -> str | None:
+    """The vocabulary entry a reply gives, or None.
+
+    Words are compared lower-case, without punctuation, ``_`` read as a space and the numerals 0-10 as words
+    (``"Acoustic guitar."`` -> ``acoustic_guitar``, ``"2"`` -> ``two``, ``"more than 10"`` -> ``more than ten``).
+    A reply that is exactly an entry gives it; otherwise the entry that starts earliest in the reply, the longer
+    one on a tie (``"No, the flute is not playing"`` -> ``no``, ``"more than ten"`` -> ``more than ten``).
+    """
+    said = _phrase(response)
+    if not said:
+        return None
+    entries = {tuple(_phrase(entry)): entry for entry in vocabulary}
+    if tuple(said) in entries:
+        return entries[tuple(said)]
+    best: tuple[int, int, str] | None = None
+    for phrase, entry in entries.items():
+        size = len(phrase)
+        for start in range(len(said) - size + 1):
+            if tuple(said[start : start + size]) == phrase:
+                if best is None or (start, -size) < (best[0], -best[1]):
+                    best = (start, size, entry)
+                break
+    return best[2] if best is not None else None
+
+
+def exact_match(response: str, answer: str) -> bool:
+    """VideoLLaMA2's own rule (``eval_audio_video_AVQA.py``): the reply, trailing spaces and dots stripped,
+    upper-cased, equals the answer upper-cased."""
+    return response.rstrip(" .").upper() == answer.upper()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Lettered multiple choice (AVQA)
+
+_LEADING_LETTER = re.compile(r"^\s*[(\[]?([A-Za-z])(?:[)\].:,]|\s*$)")
+_STATED_LETTER = re.compile(r"\b(?i:answer|option|choice)\s*(?i:is)?\s*:?\s*[(\[]?([A-Z])(?![A-Za-z'-])")
+
+
+def parse_choice(response: str, options: Sequence[str]) -> int | None:
+    """The index of the option a reply picks, or None.
+
+    A letter first: leading (``"B"``, ``"(C) a dog"``, ``"d."``) or stated (``"The answer is B"``); then the
+    option's text: the reply is an option (``"Playing drums."``), or exactly one option's words appear in it
+    (an option inside a longer one, ``"dog"`` in ``"dog barking"``, does not count twice).
+    """
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(options)]
+    for pattern in (_LEADING_LETTER, _STATED_LETTER):
+        match = pattern.search(response)
+        if match and match.group(1).upper() in letters:
+            return letters.index(match.group(1).upper())
+    said = words(response)
+    phrases = [words(option) for option in options]
+    for index, phrase in enumerate(phrases):
+        if phrase and phrase == said:
+            return index
+    spans: list[tuple[int, int, int]] = []  # (start, end, option index)
+    for index, phrase in enumerate(phrases):
+        size = len(phrase)
+        for start in range(len(said) - size + 1) if size else ():
+            if said[start : start + size] == phrase:
+                spans.append((start, start + size, index))
+    kept = {
+        index
+        for start, end, index in spans
+        if not any(s <= start and end <= e and (e - s) > (end - start) for s, e, _ in spans)
+    }
+    return kept.pop() if len(kept) == 1 else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Captions
+
+
+def _caption_inputs(items: Sequence[tuple[str, str]]) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    if not items:
+        raise ValueError("caption metrics need at least one (reference, prediction) pair")
+    references = {i: [" ".join(words(reference))] for i, (reference, _) in enumerate(items)}
+    predictions = {i: [" ".join(words(prediction))] for i, (_, prediction) in enumerate(items)}
+    return references, predictions
+
+
+def caption_cider(items: Sequence[tuple[str, str]]) -> float:
+    """Corpus CIDEr-D (pycocoevalcap; 1.0 is the usual "100") over ``(reference, prediction)`` pairs, on
+    :func:`words` tokens (pycocoevalcap's PTB tokenizer needs Java, which these machines need not have)."""
+    from pycocoevalcap.cider.cider import Cider
+
+    score, _ = Cider().compute_score(*_caption_inputs(items))
+    return float(score)
+
+
+def caption_bleu4(items: Sequence[tuple[str, str]]) -> float:
+    """Corpus BLEU-4 (pycocoevalcap) over ``(reference, prediction)`` pairs."""
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints its n-gram counts
+        scores, _ = Bleu(4).compute_score(*_caption_inputs(items), verbose=0)
+    return float(scores[3])
+
+
+def caption_rouge_l(items: Sequence[tuple[str, str]]) -> float:
+    """Mean ROUGE-L F (beta 1.2, pycocoevalcap) over ``(reference, prediction)`` pairs."""
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    score, _ = Rouge().compute_score(*_caption_inputs(items))
+    return float(score)

@@ -1,0 +1,42 @@
+"""lmms-eval hooks for MUSIC-AVQA: the prepared test documents (``fastav_eval.data``) and their scoring against
+the 42-answer vocabulary, overall and per question type as in the paper's table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastav_eval.data import checked_video, task_documents
+from fastav_eval.data.music_avqa import ANSWERS
+from fastav_eval.data.scoring import exact_match, match_answer
+
+DATASET = "music_avqa"
+MODALITY_KEYS = {"Audio": "audio", "Visual": "visual", "Audio-Visual": "av"}
+
+
+def docs(dataset: Any) -> Any:
+    return task_documents(dataset, DATASET)
+
+
+def doc_to_visual(doc: dict) -> list[str]:
+    return [checked_video(doc, DATASET)]
+
+
+def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    """The question with its placeholders filled (``question``), between the model's pre/post prompts."""
+    kwargs = lmms_eval_specific_kwargs or {}
+    return f"{kwargs.get('pre_prompt', '')}{doc['question']}{kwargs.get('post_prompt', '')}"
+
+
+def process_results(doc: dict, results: list[str]) -> dict:
+    """``accuracy`` (the reply read against the vocabulary), ``exact_match`` (VideoLLaMA2's string rule),
+    ``invalid_rate``, and the accuracy under the document's modality and its question type."""
+    said = match_answer(results[0], ANSWERS)
+    correct = float(said == doc["answer"])
+    modality = MODALITY_KEYS[doc["modality"]]
+    return {
+        "accuracy": correct,
+        "exact_match": float(exact_match(results[0], doc["answer"])),
+        "invalid_rate": float(said is None),
+        f"accuracy_{modality}": correct,
+        f"accuracy_{modality}_{doc['question_type'].lower()}": correct,
+    }

@@ -1,0 +1,47 @@
+"""lmms-eval's own CLI with a tiny AV model and the stock AV tasks' fixtures (CPU, offline).
+
+    python -m tests.lmms.av_cli ROOT --model fastav_qwen2_5_omni --model_args pretrained=ROOT/checkpoint,... \\
+        --tasks worldsense,av_odyssey,videomme,vggsound --limit 3 --output_path OUT --log_samples
+    python -m tests.lmms.av_cli ROOT --model fastav_videollama2 \\
+        --model_args pretrained=tests/fixtures/videollama2_tiny,vision_tower=tests/fixtures/videollama2_tiny/siglip,...
+
+Writes, once, under ROOT the four stock tasks' fixtures (tests/lmms/av_task_fixtures.py), sets the environment they
+need and runs from ROOT/tasks (vggsound's YAML resolves its cache against the working directory). For
+``fastav_qwen2_5_omni`` it also writes a checkpoint laid out like ``Qwen/Qwen2.5-Omni-7B``
+(tests/models/omni_fixtures.py) under ROOT/checkpoint and lets the adapter build the processor locally (the stock
+video processor needs torchvision, which these machines lack); ``fastav_videollama2`` loads the committed tiny
+checkpoint as it is. Every other argument goes to ``lmms_eval.__main__.cli_evaluate`` unchanged. On a GPU machine
+with the real checkpoints, run ``lmms-eval`` itself (README).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    root = Path(sys.argv[1]).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    from tests.lmms.av_task_fixtures import TASK_NAMES, prepare_task_fixtures
+
+    environment = prepare_task_fixtures(root / "tasks", TASK_NAMES)
+    os.environ.update(environment)  # before datasets / lmms_eval are imported: they read it at import
+    if "fastav_qwen2_5_omni" in sys.argv:
+        from tests.models.omni_fixtures import save_checkpoint, tiny_processor
+
+        if not (root / "checkpoint" / "config.json").is_file():
+            save_checkpoint(root / "checkpoint")
+        from fastav_eval.models.qwen2_5_omni import Qwen25OmniAdapter
+
+        Qwen25OmniAdapter.load_processor = staticmethod(lambda pretrained: tiny_processor())
+    os.chdir(root / "tasks")
+    from lmms_eval.__main__ import cli_evaluate
+
+    sys.argv = [sys.argv[0], *sys.argv[2:]]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
