@@ -37,7 +37,7 @@ from transformers import (
 from fastav_eval.lmms.model_args import pruning_config
 from fastav_eval.models.beats import BEATsConfig
 from fastav_eval.models.fbank import beats_fbank
-from fastav_eval.models.videollama2 import PLACEHOLDER, VideoLLaMA2Adapter
+from fastav_eval.models.videollama2 import PLACEHOLDER, VideoLLaMA2Adapter, prompt_segments
 from fastav_eval.models.videollama2_model import VideoLLaMA2AV, VideoLLaMA2Spec
 from fastav_eval.pruning import ModalityLayout, PruningConfig, install, uninstall
 
@@ -110,10 +110,8 @@ def answer(model: VideoLLaMA2AV, pixels: torch.Tensor, fbank: torch.Tensor, ids:
     start = time.perf_counter()
     media = torch.cat([model.encode_video(pixels)[0], model.encode_audio(fbank)[0]])
     embeds = model.embed(ids, PLACEHOLDER, media)[None]
-    at = int((ids == PLACEHOLDER).nonzero()[0])
     video = model.video_tokens_per_clip()
-    segments = [("text", at), ("video", video), ("audio", media.shape[0] - video), ("text", len(ids) - at - 1)]
-    layout = ModalityLayout.from_segments([segments], device=device)
+    layout = ModalityLayout.from_segments([prompt_segments(ids, video, media.shape[0] - video)], device=device)
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
     with engine.layout(layout):
         output = model.llm.generate(

@@ -182,7 +182,8 @@ def run(strict: bool = False, out: Callable[[str], None] = print) -> int:
     if not is_torchvision_available():  # a CPU machine's normal state (install.sh removes a CUDA-built one)
         out(
             "  [note] torchvision is not importable: fastav_qwen2_5_omni cannot load Qwen2.5-Omni's stock video "
-            "processor here (install the torchvision that matches your torch where you evaluate real checkpoints)"
+            "processor here (install the torchvision that matches your torch where you evaluate real checkpoints); "
+            "fastav_tiny and fastav_videollama2 need none"
         )
     out("doctor: ok" if failures == 0 else f"doctor: {failures} problem(s); FastAV may give wrong answers here")
     return 0 if failures == 0 else 1

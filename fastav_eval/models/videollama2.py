@@ -69,28 +69,68 @@ def frame_indices(frame_count: int, num_frames: int) -> list[int]:
     return np.round(middles + 1e-6).astype(int).tolist()
 
 
+# AVColorSpace -> the swscale matrix decord's conversion uses (SMPTE 170M has BT.601's coefficients, BT.2020 CL
+# its NCL ones); untagged and other frames get swscale's default, BT.601.
+SWS_MATRICES = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+BT601, BT709 = 5, 1
+
+
+def rgb(frame: av.VideoFrame) -> np.ndarray:
+    """``[H, W, 3]`` uint8 with the YUV matrix and range the frame is tagged with, as decord (and so the official
+    code) converts; PyAV's plain ``to_ndarray(format="rgb24")`` applies BT.601 whatever the tag (an HD clip's
+    BT.709 colours would be off by up to 43 levels)."""
+    source = SWS_MATRICES.get(frame.colorspace, BT601)
+    full = frame.color_range == 2 or frame.format.name.startswith("yuvj")  # AVCOL_RANGE_JPEG
+    options = {
+        "src_colorspace": source,
+        "dst_colorspace": BT709 if source == BT601 else BT601,  # PyAV skips the matrix when source == target
+        # 2 reads as full range in PyAV 12 (which hands the number to swscale) and 15 (which maps JPEG to it), 0 as
+        # limited in both; both are tested against decord.
+        "src_color_range": 2 if full else 0,
+    }
+    try:
+        return frame.reformat(format="rgb24", **options).to_ndarray()
+    except KeyError:  # a PyAV whose Colorspace enum lacks the matrix (PyAV 12 has no BT.2020)
+        raise ValueError(
+            f"PyAV {av.__version__} cannot convert colorspace {frame.colorspace} (BT.2020) frames as decord does; "
+            "a newer PyAV (15) can"
+        ) from None
+
+
+def _decode_at(path: str | Path, wanted: list[int]) -> tuple[dict[int, np.ndarray], int]:
+    """The frames at the (sorted) decode indices ``wanted``, and how many frames were decoded."""
+    picked: dict[int, np.ndarray] = {}
+    decoded = 0
+    with _open(path, "video") as container:
+        for index, frame in enumerate(container.decode(container.streams.video[0])):
+            decoded = index + 1
+            if index in wanted:
+                picked[index] = rgb(frame)
+            if index >= wanted[-1]:
+                break
+    return picked, decoded
+
+
 def decode_video_frames(path: str | Path, num_frames: int) -> list[np.ndarray]:
-    """``num_frames`` RGB frames ``[H, W, 3]`` of ``path`` at :func:`frame_indices` of its decoded frames."""
+    """``num_frames`` RGB frames ``[H, W, 3]`` of ``path`` at :func:`frame_indices` of its decoded frames.
+
+    The count comes from the container (as decord's ``len``) or, without one, a decode pass; when fewer frames
+    decode than the container states (an edit list trims the start), the indices are taken again over the
+    frames that do decode, so the samples still span the clip.
+    """
     with _open(path, "video") as container:
         stream = container.streams.video[0]
         count = stream.frames or sum(1 for _ in container.decode(stream))
     if count == 0:
         raise ValueError(f"{path}: no video frame could be decoded")
     wanted = frame_indices(count, num_frames)
-    picked: dict[int, np.ndarray] = {}
-    last = None
-    with _open(path, "video") as container:
-        for index, frame in enumerate(container.decode(container.streams.video[0])):
-            last = frame
-            if index in wanted:
-                picked[index] = frame.to_ndarray(format="rgb24")
-            if index >= wanted[-1]:
-                break
-    if last is None:
+    picked, decoded = _decode_at(path, wanted)
+    if decoded == 0:
         raise ValueError(f"{path}: no video frame could be decoded")
-    # The container's frame count can exceed what decodes: past the end, the last frame stays on screen.
-    final = last.to_ndarray(format="rgb24")
-    return [picked.get(index, final) for index in wanted]
+    if decoded <= wanted[-1]:
+        wanted = frame_indices(decoded, num_frames)
+        picked, _ = _decode_at(path, wanted)
+    return [picked[index] for index in wanted]
 
 
 def soundtrack(path: str | Path) -> np.ndarray | None:
@@ -130,7 +170,8 @@ def video_audio_waveform(track: np.ndarray) -> np.ndarray:
 
 
 def audio_file_waveform(channels: np.ndarray, rate: int) -> np.ndarray:
-    """An audio file's samples ``[N]`` or ``[N, C]`` at ``rate`` -> 30 s at 16 kHz, as ``process_audio_file``:
+    """An audio file's samples ``[N]`` or ``[N, C]`` at ``rate`` -> 30 s at 16 kHz (float64), as
+    ``process_audio_file``:
     the first channel, cut to 30 s (from the start; the official crop is random), zero-padded to 30 s, then
     FFT-resampled (librosa's ``res_type="fft"``: ``ceil(N · 16000 / rate)`` samples)."""
     wave = channels[:, 0] if channels.ndim == 2 else channels
@@ -138,27 +179,40 @@ def audio_file_waveform(channels: np.ndarray, rate: int) -> np.ndarray:
     wave = np.pad(wave, (0, AUDIO_SECONDS * rate - len(wave)))
     if rate != SAMPLE_RATE:
         wave = fft_resample(wave, int(np.ceil(len(wave) * (SAMPLE_RATE / rate))))
-    return wave.astype(np.float32)
+    return wave  # float64, as soundfile and librosa give it: the fbank then runs in float64 as the official
 
 
 def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
-    """``[N, C]`` float32 samples of ``path``'s first audio stream at its own rate."""
-    with av.open(str(path)) as container:
+    """``[N, C]`` float64 samples of ``path``'s first audio stream at its own rate."""
+    pieces: list[np.ndarray] = []  # [C, n] each
+    with av.open(str(path)) as container:  # everything read while it is open (a closed stream's fields crash PyAV 12)
         if not container.streams.audio:
             raise ValueError(f"{path} has no audio stream")
         stream = container.streams.audio[0]
-        rate = stream.rate
-        pieces = [frame.to_ndarray() for frame in container.decode(stream)]
-        fmt = stream.format.name if stream.format else ""
+        rate = int(stream.rate)
+        for frame in container.decode(stream):
+            samples = frame.to_ndarray()  # planar: [C, n]; packed: [1, n · C], channels interleaved
+            channels = len(frame.layout.channels)
+            pieces.append(samples if frame.format.is_planar else samples.reshape(-1, channels).T)
     if not pieces:
         raise ValueError(f"{path}: the audio stream holds no samples")
-    planar = fmt.endswith("p")
-    samples = np.concatenate(pieces, axis=1) if planar else np.concatenate([p.reshape(-1) for p in pieces])
-    channels = stream.channels or 1
-    samples = samples.T if planar else samples.reshape(-1, channels)
+    return to_float(np.concatenate(pieces, axis=1).T), rate
+
+
+def to_float(samples: np.ndarray) -> np.ndarray:
+    """PCM samples as float64 in [-1, 1), as soundfile reads them (unsigned 8-bit is offset by 128)."""
+    if samples.dtype == np.uint8:
+        return (samples.astype(np.float64) - 128) / 128
     if np.issubdtype(samples.dtype, np.integer):
-        samples = samples / float(np.iinfo(samples.dtype).max + 1)
-    return samples.astype(np.float32), int(rate)
+        return samples / float(np.iinfo(samples.dtype).max + 1)
+    return samples.astype(np.float64)
+
+
+def prompt_segments(input_ids: torch.Tensor, video_tokens: int, audio_tokens: int) -> list[Segment]:
+    """The layout of a prompt ``[L]`` once its placeholder is replaced: text, video, audio, text."""
+    at = int((input_ids == PLACEHOLDER).nonzero()[0])
+    after = len(input_ids) - at - 1
+    return [("text", at), ("video", video_tokens), ("audio", audio_tokens), ("text", after)]
 
 
 # ---------------------------------------------------------------------------------------------- adapter
@@ -261,7 +315,7 @@ class VideoLLaMA2Adapter(ModelAdapter):
         if isinstance(visual, dict):
             if "array" not in visual or "sampling_rate" not in visual:
                 raise ValueError(f"audio must hold 'array' and 'sampling_rate'; got keys {sorted(visual)}")
-            samples, rate = np.asarray(visual["array"], dtype=np.float32), int(visual["sampling_rate"])
+            samples, rate = to_float(np.asarray(visual["array"])), int(visual["sampling_rate"])
             if samples.ndim == 2 and samples.shape[0] < samples.shape[1]:
                 samples = samples.T  # [C, N] -> [N, C]
         else:
@@ -302,31 +356,32 @@ class VideoLLaMA2Adapter(ModelAdapter):
             raise SampleError(index, f"visual {position}: {error}") from None
 
     def load_request(self, request: Request, index: int) -> VideoLLaMA2Sample:
-        found: dict[str, list[tuple[int, Any]]] = {"audio": [], "picture": []}  # picture: the video or the image
+        found: dict[str, list[tuple[int, str, Any]]] = {"audio": [], "picture": []}  # picture: a video or image
         for position, visual in enumerate(request.visuals):
-            try:
-                kind = self._kind(visual)
-            except ValueError as error:
-                raise SampleError(index, f"visual {position}: {error}") from None
-            found["audio" if kind == "audio" else "picture"].append((position, visual))
+            kind = self._decoded(index, position, lambda visual=visual: self._kind(visual))
+            found["audio" if kind == "audio" else "picture"].append((position, kind, visual))
         for group, what in (("audio", "audio"), ("picture", "video or image")):
             if len(found[group]) > 1:
-                positions = [position for position, _ in found[group]]
+                positions = [position for position, _, _ in found[group]]
                 raise SampleError(index, f"visuals {positions}: VideoLLaMA2 takes one {what} per prompt")
         if not found["audio"] and not found["picture"]:
             raise SampleError(index, "no video, image or audio; VideoLLaMA2-AV answers about media")
         pixels = fbank = None
         if found["audio"]:  # the task's own audio, in place of a clip's soundtrack
-            position, visual = found["audio"][0]
+            position, _, visual = found["audio"][0]
             fbank = self._decoded(index, position, lambda: self._audio(visual))
         if found["picture"]:
-            position, visual = found["picture"][0]
-            if self._kind(visual) == "image":
+            position, kind, visual = found["picture"][0]
+            if kind == "image":
                 pixels = self._decoded(index, position, lambda: self._still(visual))
             else:
                 pixels, track = self._decoded(index, position, lambda: self._video(str(visual), fbank is None))
                 fbank = track if fbank is None else fbank
-        return VideoLLaMA2Sample(self.prompt_ids(request.prompt, audio_only=pixels is None), pixels, fbank)
+        try:
+            input_ids = self.prompt_ids(request.prompt, audio_only=pixels is None)
+        except ValueError as error:
+            raise SampleError(index, str(error)) from None
+        return VideoLLaMA2Sample(input_ids, pixels, fbank)
 
     def prompt_ids(self, question: str, audio_only: bool = False) -> torch.Tensor:
         """The official prompt: ``[{"role": "user", "content": "<video>\\n" + question}]`` in the chat template,
@@ -342,11 +397,6 @@ class VideoLLaMA2Adapter(ModelAdapter):
         return torch.tensor([*encode(before), PLACEHOLDER, *encode(after)], dtype=torch.long)
 
     # ------------------------------------------------------------------ batch
-    def segments(self, sample: VideoLLaMA2Sample, video_tokens: int, audio_tokens: int) -> list[Segment]:
-        at = int((sample.input_ids == PLACEHOLDER).nonzero()[0])
-        after = len(sample.input_ids) - at - 1
-        return [("text", at), ("video", video_tokens), ("audio", audio_tokens), ("text", after)]
-
     @torch.no_grad()
     def prepare(self, loaded: list[VideoLLaMA2Sample]) -> ModelInputs:
         model, dtype = self.model, self.model.llm.dtype
@@ -361,7 +411,7 @@ class VideoLLaMA2Adapter(ModelAdapter):
             media = torch.cat(parts)
             video = parts[0].shape[0] if sample.pixel_values is not None else 0
             rows.append(model.embed(sample.input_ids.to(self.device), PLACEHOLDER, media))
-            segments.append(self.segments(sample, video, media.shape[0] - video))
+            segments.append(prompt_segments(sample.input_ids, video, media.shape[0] - video))
         length = max(row.shape[0] for row in rows)
         embeds = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
         attention_mask = torch.zeros(len(rows), length, dtype=torch.long, device=self.device)

@@ -50,6 +50,7 @@ OWN_PREFIXES = {
 }  # checkpoint prefix -> the VideoLLaMA2AV attribute whose state_dict the rest of the name is
 VISION_COPY_PREFIX = "model.vision_tower."
 LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
+DEFAULT_NUM_FRAMES = 8  # the official NUM_FRAMES, for a config without num_frames
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,12 @@ class VideoLLaMA2Spec:
     """The multimodal part of a VideoLLaMA2 ``config.json``, checked.
 
     Attributes:
-        num_frames: frames per video (16 for VideoLLaMA2.1-7B-AV).
+        num_frames: frames per video (16 for VideoLLaMA2.1-7B-AV; the official default 8 when the config has none).
         vision_tower: the SigLIP checkpoint the tower loads from (a hub id or a folder).
         vision_select_layer: which hidden state of the tower feeds the connector (-2: the second to last).
         vision_width: the tower's hidden size (``mm_hidden_size``).
         audio_width: BEATs' width (``mm_hidden_size_a``).
-        audio_projector_depth: Linear layers of the ``mlp<N>x_gelu`` audio projector.
+        audio_projector_depth: Linear layers of the ``mlp<N>x_gelu`` audio projector; 0: a bare ``linear`` one.
         llm_width: the LLM's hidden size.
     """
 
@@ -90,17 +91,21 @@ class VideoLLaMA2Spec:
             raise ValueError(
                 f"{where}: mm_projector_type={raw['mm_projector_type']!r}; accepted: {list(VIDEO_PROJECTOR_TYPES)}"
             )
-        audio_type = field("mm_projector_a_type", str)
-        depth = re.fullmatch(r"mlp(\d+)x_gelu", audio_type)
-        if depth is None:
-            raise ValueError(f"{where}: mm_projector_a_type={audio_type!r}; accepted: 'mlp<N>x_gelu' (e.g. mlp2x_gelu)")
+        audio_type = raw.get("mm_projector_a_type", "linear")  # the official default
+        depth = re.fullmatch(r"mlp(\d+)x_gelu", audio_type) if isinstance(audio_type, str) else None
+        if depth is None and audio_type != "linear":
+            raise ValueError(
+                f"{where}: mm_projector_a_type={audio_type!r}; accepted: 'linear' or 'mlp<N>x_gelu' (e.g. mlp2x_gelu)"
+            )
         if raw.get("mm_vision_select_feature", "patch") != "patch":
             feature = raw["mm_vision_select_feature"]
             raise ValueError(f"{where}: mm_vision_select_feature={feature!r}; accepted: 'patch'")
         if raw.get("hidden_size_a", raw.get("hidden_size")) != raw.get("hidden_size"):
             widths = f"hidden_size_a={raw['hidden_size_a']!r}, hidden_size={raw['hidden_size']!r}"
             raise ValueError(f"{where}: {widths}; the audio projector must output the LLM's width")
-        num_frames = field("num_frames", int)
+        num_frames = raw.get("num_frames", DEFAULT_NUM_FRAMES)
+        if not isinstance(num_frames, int) or isinstance(num_frames, bool):
+            raise ValueError(f"{where}: num_frames={num_frames!r}; accepted: an even int >= 2")
         if num_frames < 2 or num_frames % 2:
             raise ValueError(f"{where}: num_frames={num_frames}; accepted: an even int >= 2 (frames pair up)")
         return cls(
@@ -109,13 +114,16 @@ class VideoLLaMA2Spec:
             vision_select_layer=field("mm_vision_select_layer", int),
             vision_width=field("mm_hidden_size", int),
             audio_width=field("mm_hidden_size_a", int),
-            audio_projector_depth=int(depth.group(1)),
+            audio_projector_depth=int(depth.group(1)) if depth else 0,
             llm_width=field("hidden_size", int),
         )
 
 
-def mlp_gelu(depth: int, in_width: int, out_width: int) -> nn.Sequential:
-    """``Linear(in, out)`` then ``depth - 1`` times ``GELU, Linear(out, out)`` (``mlp<depth>x_gelu``)."""
+def mlp_gelu(depth: int, in_width: int, out_width: int) -> nn.Module:
+    """``Linear(in, out)`` then ``depth - 1`` times ``GELU, Linear(out, out)`` (``mlp<depth>x_gelu``); depth 0 is
+    the official ``linear`` projector, a bare ``nn.Linear`` (its keys have no index)."""
+    if depth == 0:
+        return nn.Linear(in_width, out_width)
     layers: list[nn.Module] = [nn.Linear(in_width, out_width)]
     for _ in range(depth - 1):
         layers += [nn.GELU(), nn.Linear(out_width, out_width)]
@@ -139,8 +147,9 @@ class VideoLLaMA2AV(nn.Module):
         config = self.vision_tower.config
         return config.image_size // config.patch_size
 
-    def video_tokens_per_clip(self) -> int:
-        return STCConnectorV35.num_tokens(self.spec.num_frames, self.patches_per_side)
+    def video_tokens_per_clip(self, num_frames: int | None = None) -> int:
+        """Video tokens of a clip of ``num_frames`` frames (None: the config's)."""
+        return STCConnectorV35.num_tokens(num_frames or self.spec.num_frames, self.patches_per_side)
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[N, 3, H, W]`` frames -> ``[N, h·w, C]``: the tower's hidden state ``vision_select_layer``."""
@@ -170,14 +179,17 @@ class VideoLLaMA2AV(nn.Module):
 
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """transformers' warnings off: loading parts of a ``videollama2_qwen2`` checkpoint (a model type it does not
-    know) with its Qwen2 classes warns about the type and about every tensor those classes do not hold."""
-    verbosity = hf_logging.get_verbosity()
+    """transformers' warnings and progress bars off: loading parts of a ``videollama2_qwen2`` checkpoint (a model
+    type it does not know) with its Qwen2 classes warns about the type and about every tensor they do not hold."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(path: str | Path) -> Any:
@@ -244,6 +256,22 @@ def beats_config_from_tensors(tensors: dict[str, torch.Tensor]) -> BEATsConfig:
     )
 
 
+def share_bias_table(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BEATs' tensors with every layer's copy of the relative-position table (one table, shared by the layers):
+    a checkpoint may store it once (layer 0) or once per layer; stored copies must be equal."""
+    first = tensors.get("encoder.layers.0.self_attn.relative_attention_bias.weight")
+    if first is None:
+        return tensors
+    layers = {int(match.group(1)) for key in tensors if (match := re.match(r"encoder\.layers\.(\d+)\.", key))}
+    shared = dict(tensors)
+    for layer in sorted(layers - {0}):
+        key = f"encoder.layers.{layer}.self_attn.relative_attention_bias.weight"
+        if key in tensors and not torch.equal(tensors[key], first):
+            raise ValueError(f"checkpoint: model.audio_tower.{key} differs from layer 0's (BEATs shares one table)")
+        shared[key] = first
+    return shared
+
+
 def _load_own(module: nn.Module, name: str, tensors: dict[str, torch.Tensor]) -> None:
     """``tensors`` (checkpoint names, prefix removed) into ``module``; a missing or unexpected key is an error."""
     result = module.load_state_dict(tensors, strict=False)
@@ -296,14 +324,24 @@ def load_videollama2(
             f"wrong shape {list(info['mismatched_keys'])[:8]}"
         )
     try:
-        vision = SiglipVisionModel.from_pretrained(
-            spec.vision_tower, dtype=dtype, device_map={"": device}, attn_implementation=attn_implementation
-        )
+        with quiet_transformers():  # SigLIP's full checkpoint also holds its text tower, which is not read
+            vision, vision_info = SiglipVisionModel.from_pretrained(
+                spec.vision_tower,
+                dtype=dtype,
+                device_map={"": device},
+                attn_implementation=attn_implementation,
+                output_loading_info=True,
+            )
     except OSError as error:
         raise ValueError(
             f"cannot load the vision tower {spec.vision_tower!r} (the config's mm_vision_tower): {error}; "
             "pass vision_tower=<SigLIP folder or hub id>"
         ) from None
+    if vision_info["missing_keys"] or vision_info["mismatched_keys"]:
+        raise ValueError(
+            f"vision tower {spec.vision_tower}: tensors missing {sorted(vision_info['missing_keys'])[:8]}, "
+            f"wrong shape {list(vision_info['mismatched_keys'])[:8]} (is it a SigLIP checkpoint?)"
+        )
     if vision.config.hidden_size != spec.vision_width:
         raise ValueError(
             f"vision tower {spec.vision_tower}: hidden_size {vision.config.hidden_size}, but the checkpoint's "
@@ -311,6 +349,7 @@ def load_videollama2(
         )
     own = read_tensors(path, tuple(OWN_PREFIXES))
     parts = {name: {k[len(p) :]: v for k, v in own.items() if k.startswith(p)} for p, name in OWN_PREFIXES.items()}
+    parts["audio_tower"] = share_bias_table(parts["audio_tower"])
     model = VideoLLaMA2AV(spec, llm, vision, beats_config_from_tensors(parts["audio_tower"]))
     for name, tensors in parts.items():
         _load_own(getattr(model, name), name, tensors)

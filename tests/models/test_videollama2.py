@@ -13,7 +13,7 @@ from fastav_eval.lmms.model_args import pruning_config
 from fastav_eval.models.base import Request, SampleError
 from fastav_eval.models.stc_connector import STCConnectorV35
 from fastav_eval.models.videollama2 import PLACEHOLDER, VideoLLaMA2Adapter
-from fastav_eval.models.videollama2_model import load_videollama2
+from fastav_eval.models.videollama2_model import VideoLLaMA2Spec, load_videollama2, mlp_gelu
 from fastav_eval.pruning import Modality, PruningConfig, install, relative_flops, simulate_prefill
 from fastav_eval.pruning.presets import get_preset
 from tests.models.videollama2_fixtures import FIXTURE, VISION_TOWER, tiny_adapter
@@ -160,9 +160,16 @@ def test_unanswerable_requests_name_the_reason(adapter, visuals, message):
         load(adapter, *[FIXTURE / v for v in visuals])
 
 
-def test_a_question_with_its_own_modal_tag_is_refused(adapter):
-    with pytest.raises(ValueError, match="modal tag"):
-        adapter.prompt_ids("<video>\nWhat is this?")
+def test_a_question_with_its_own_modal_tag_fails_its_sample(adapter):
+    with pytest.raises(SampleError, match="modal tag"):  # a SampleError: on_error=record records it and goes on
+        load(adapter, FIXTURE / "clip.mp4", prompt="<video>\nWhat is this?")
+
+
+def test_half_precision_runs_end_to_end():
+    model = VideoLLaMA2Adapter(str(FIXTURE), "cpu", torch.bfloat16, "sdpa", vision_tower=str(VISION_TOWER))
+    inputs = model.prepare([load(model, FIXTURE / "clip.mp4")])
+    assert inputs.generate_kwargs["inputs_embeds"].dtype == torch.bfloat16
+    assert model.generate(inputs, 3, [])[0].num_tokens == 3
 
 
 @pytest.mark.parametrize(
@@ -201,6 +208,30 @@ def test_a_missing_or_unexpected_tensor_is_an_error_naming_it(tmp_path):
     save_file(llm_missing, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"lm_head\.weight"):
         load_videollama2(folder, vision_tower=str(VISION_TOWER), dtype=torch.float32)
+
+
+def test_the_shared_position_table_may_be_stored_once_and_copies_must_agree(tmp_path):
+    folder = copy_fixture(tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    key = "model.audio_tower.encoder.layers.{}.self_attn.relative_attention_bias.weight"
+    once = {k: v for k, v in tensors.items() if k != key.format(1)}
+    save_file(once, folder / "model.safetensors", metadata={"format": "pt"})
+    model = load_videollama2(folder, vision_tower=str(VISION_TOWER), dtype=torch.float32)
+    table = model.audio_tower.encoder.layers[1].self_attn.relative_attention_bias.weight
+    assert torch.equal(table, tensors[key.format(0)])
+    save_file(
+        {**tensors, key.format(1): tensors[key.format(1)] + 1}, folder / "model.safetensors", metadata={"format": "pt"}
+    )
+    with pytest.raises(ValueError, match=r"layers\.1\.self_attn\.relative_attention_bias\.weight differs"):
+        load_videollama2(folder, vision_tower=str(VISION_TOWER), dtype=torch.float32)
+
+
+def test_official_defaults_for_keys_a_config_may_lack():
+    config = json.loads((FIXTURE / "config.json").read_text())
+    del config["num_frames"], config["mm_projector_a_type"]
+    spec = VideoLLaMA2Spec.from_config(config)
+    assert spec.num_frames == 8 and spec.audio_projector_depth == 0  # the official NUM_FRAMES, a linear projector
+    assert isinstance(mlp_gelu(spec.audio_projector_depth, 32, 64), torch.nn.Linear)
 
 
 @pytest.mark.parametrize(

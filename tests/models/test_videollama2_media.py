@@ -61,3 +61,28 @@ def test_stc_connector_counts_and_time_major_order():
     assert changed.tolist() == [False] * 9 + [True] * 9 + [False] * 9
     with pytest.raises(ValueError, match="not a square grid"):
         connector(torch.randn(1, 2, 12, 8))
+
+
+def test_read_audio_file_keeps_the_channels_apart(tmp_path):
+    import wave
+
+    from fastav_eval.models.videollama2 import read_audio_file
+
+    left = (np.arange(4000) % 100 * 300).astype(np.int16)
+    right = -left
+    path = tmp_path / "stereo.wav"
+    with wave.open(str(path), "wb") as handle:  # packed (interleaved) 16-bit PCM, as soundfile reads it
+        handle.setnchannels(2)
+        handle.setsampwidth(2)
+        handle.setframerate(8000)
+        handle.writeframes(np.stack([left, right], axis=1).tobytes())
+    samples, rate = read_audio_file(path)
+    assert rate == 8000 and samples.shape == (4000, 2)
+    assert np.array_equal(samples[:, 0], left / 32768.0) and np.array_equal(samples[:, 1], right / 32768.0)
+
+
+def test_unsigned_8_bit_pcm_is_centred():
+    from fastav_eval.models.videollama2 import to_float
+
+    assert to_float(np.array([0, 128, 255], dtype=np.uint8)).tolist() == [-1.0, 0.0, 127 / 128]
+    assert to_float(np.array([-32768, 16384], dtype=np.int16)).tolist() == [-1.0, 0.5]

@@ -30,7 +30,8 @@ from tests.models.videollama2_fixtures import FIXTURE, tiny_adapter
 
 REFERENCE = load_file(FIXTURE / "reference.safetensors")
 META = json.loads((FIXTURE / "reference.json").read_text())
-CLIPS = {"clip.mp4": "frames_rgb", "clip_long.mp4": "long_frames_rgb", "silent.mp4": "silent_frames_rgb"}
+CLIPS = {"clip.mp4": "frames_rgb", "clip_long.mp4": "long_frames_rgb", "silent.mp4": "silent_frames_rgb",
+         "clip_bt709.mp4": "bt709_frames_rgb"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,19 @@ def test_frames_are_the_official_ones(clip):
     assert frame_indices(info["decord_num_frames"], 4) == info["frame_indices"]
     frames = np.stack(decode_video_frames(FIXTURE / clip, 4))
     assert np.array_equal(frames, REFERENCE[CLIPS[clip]].numpy())  # decord's RGB frames, pixel for pixel
+
+
+def test_a_bt709_clip_is_converted_with_its_own_matrix():
+    """An HD-style clip tagged BT.709: decord (the official reader) converts with that matrix; PyAV's plain rgb24
+    uses BT.601 whatever the tag, which would move these saturated colours by up to 22 levels."""
+    import av
+
+    with av.open(str(FIXTURE / "clip_bt709.mp4")) as container:
+        first = next(container.decode(container.streams.video[0]))
+        plain = first.to_ndarray(format="rgb24").astype(int)
+    official = REFERENCE["bt709_frames_rgb"].numpy()
+    assert np.abs(plain - official[0]).max() > 10  # the trap this test guards against
+    assert np.array_equal(np.stack(decode_video_frames(FIXTURE / "clip_bt709.mp4", 4)), official)
 
 
 def test_pixel_values_are_the_official_ones(adapter):
@@ -76,6 +90,15 @@ def test_the_long_clip_and_the_silent_fallback():
     assert soundtrack(FIXTURE / "silent.mp4") is None
     silence = beats_fbank(torch.from_numpy(video_audio_waveform(np.zeros(480000, np.float32))))[0]
     assert torch.all(silence == REFERENCE["silent_fbank_row"].float())  # the official 30 s of zeros
+
+
+def test_an_audio_file_gives_the_official_fbank(adapter):
+    """``process_audio_file``: channel 0 of an 8-kHz stereo wav, padded to 30 s, FFT-resampled in float64."""
+    fbank = adapter._audio(str(FIXTURE / "tone_8k_stereo.wav"))
+    head = REFERENCE["wav_fbank_head"].float()[0]
+    assert fbank.shape == (2998, 128)
+    assert torch.equal(fbank[: head.shape[0]], head)
+    assert torch.all(fbank[head.shape[0] :] == REFERENCE["wav_fbank_tail_row"].float())
 
 
 def test_modules_match_the_official_ones(adapter):
