@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fastav_eval.data import CONVERTERS, DATA_ENV, data_root, prepare
+from fastav_eval.data.common import MANIFEST_FILE, MISSING_NOTE
 from fastav_eval.plots import plot_tokens_per_layer
 from fastav_eval.pruning.config import FINE_RULES
 from fastav_eval.pruning.flops import CONVENTIONS
@@ -90,10 +91,21 @@ def _build_avsynth(args: argparse.Namespace) -> int:
 
 def _prepare_data(args: argparse.Namespace) -> int:
     folder, conversion = prepare(
-        args.name, args.source, out=args.out, annotations=args.annotations, check_audio=not args.no_audio_check
+        args.name,
+        args.source,
+        out=args.out,
+        annotations=args.annotations,
+        check_audio=not args.no_audio_check,
+        allow_missing=args.allow_missing,
     )
     counts = ", ".join(f"{key} {value}" for key, value in conversion.counts.items())
     print(f"{folder}: {len(conversion.documents)} documents from {conversion.annotations} ({counts})")
+    missing = conversion.notes.get(MISSING_NOTE)
+    if missing:
+        print(
+            f"{len(conversion.documents)} of {missing['documents_read']} documents kept ({missing['videos']} videos "
+            f"missing; the first ids are in {folder / MANIFEST_FILE}, notes.{MISSING_NOTE})"
+        )
     if folder.parent.resolve() != data_root().resolve():
         print(f"lmms-eval looks in {data_root()}: run it with {DATA_ENV}={folder.parent.resolve()}")
     return 0
@@ -171,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--out", help=f"data root to write <out>/<name>/ under (default ${DATA_ENV} or its default)")
     data.add_argument("--no-audio-check", action="store_true", help="do not check that every video has a soundtrack")
+    data.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="drop the questions whose video is missing (counted in manifest.json) instead of stopping",
+    )
     data.set_defaults(handler=_prepare_data)
     return parser
 

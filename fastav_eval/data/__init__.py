@@ -18,7 +18,7 @@ CONVERTERS: dict[str, Callable[..., Conversion]] = {
     music_avqa.NAME: music_avqa.convert,
     avqa.NAME: avqa.convert,
 }
-"""Dataset name -> converter ``(source, annotations=None, check_audio=True) -> Conversion``."""
+"""Dataset name -> converter ``(source, annotations=None, check_audio=True, allow_missing=False) -> Conversion``."""
 
 __all__ = ["CONVERTERS", "DATA_ENV", "checked_video", "data_root", "load_documents", "prepare", "task_documents"]
 
@@ -32,10 +32,12 @@ def prepare(
     out: str | Path | None = None,
     annotations: str | Path | None = None,
     check_audio: bool = True,
+    allow_missing: bool = False,
 ) -> tuple[Path, Conversion]:
     """Convert the official release of ``name`` found in ``source`` and write it under ``out`` (default
     :func:`data_root`). Returns the written folder and the conversion. Every problem is a ``ValueError`` that names
-    the file, the entry and the field."""
+    the file, the entry and the field. ``allow_missing`` drops the documents whose video is missing (counted in the
+    manifest's notes) instead of refusing the release."""
     if name not in CONVERTERS:
         raise ValueError(f"unknown dataset {name!r}; accepted: {sorted(CONVERTERS)}")
     source = Path(source).expanduser()
@@ -44,7 +46,7 @@ def prepare(
     annotation_path = Path(annotations).expanduser() if annotations is not None else None
     if annotation_path is not None and not annotation_path.is_file():
         raise ValueError(f"--annotations {annotation_path}: no such file")
-    conversion = CONVERTERS[name](source, annotation_path, check_audio)
+    conversion = CONVERTERS[name](source, annotation_path, check_audio, allow_missing=allow_missing)
     folder = write_prepared(conversion, Path(out).expanduser() if out is not None else data_root())
     return folder, conversion
 

@@ -127,16 +127,32 @@ class Conversion:
     annotations: Path
     videos: Path
     counts: dict[str, int]
-    notes: dict[str, int] = field(default_factory=dict)
-    """Counts worth recording (questions the release marks deleted, null options), none of them errors."""
+    notes: dict[str, Any] = field(default_factory=dict)
+    """What is worth recording and is no error: counts (questions the release marks deleted, null options) and,
+    under ``--allow-missing``, ``missing_videos`` (:data:`MISSING_NOTE`)."""
+
+
+MISSING_NOTE = "missing_videos"
+"""The manifest note ``resolve_videos(..., allow_missing=True)`` writes: ``{"videos": K, "documents_dropped": D,
+"documents_read": M, "first_ids": [...]}`` (the first :data:`MAX_LISTED_NOTE` missing ids, sorted)."""
+MAX_LISTED_NOTE = 20
 
 
 def resolve_videos(
-    documents: Iterable[dict[str, Any]], index: VideoIndex, id_field: str, annotations: Path, check_audio: bool
-) -> None:
-    """Set ``video_path`` on every document from its ``id_field``; every missing (or, with ``check_audio``,
-    silent) video is listed in one ``ValueError`` naming the field and the annotation file."""
+    documents: Iterable[dict[str, Any]],
+    index: VideoIndex,
+    id_field: str,
+    annotations: Path,
+    check_audio: bool,
+    allow_missing: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Set ``video_path`` on every document from its ``id_field``; return the documents kept and the notes.
+
+    Every missing video is listed in one ``ValueError`` naming the field and the annotation file; with
+    ``allow_missing`` their documents are dropped instead and counted under :data:`MISSING_NOTE` (all of them
+    missing is still an error). With ``check_audio``, a video without a soundtrack is an error."""
     documents = list(documents)
+    kept: list[dict[str, Any]] = []
     missing: list[str] = []
     for document in documents:
         path = index.find(str(document[id_field]))
@@ -144,21 +160,32 @@ def resolve_videos(
             missing.append(str(document[id_field]))
         else:
             document["video_path"] = str(path)
-    if missing:
-        unique = sorted(set(missing))
+            kept.append(document)
+    unique = sorted(set(missing))
+    if missing and (not allow_missing or not kept):
+        hint = "" if allow_missing else "; --allow-missing drops their documents"
         raise ValueError(
             f"{annotations.name}: {len(unique)} {id_field} value(s) have no video file under {index.root}: "
-            f"{listing(unique)} (looked for <{id_field}>.mp4 or another video extension, in any sub-folder)"
+            f"{listing(unique)} (looked for <{id_field}>.mp4 or another video extension, in any sub-folder){hint}"
         )
     if check_audio:
         from fastav_eval.models.media import has_audio_track
 
-        silent = sorted(path for path in {d["video_path"] for d in documents} if not has_audio_track(path))
+        silent = sorted(path for path in {d["video_path"] for d in kept} if not has_audio_track(path))
         if silent:
             raise ValueError(
                 f"{len(silent)} video(s) referenced by {annotations.name} have no audio track: {listing(silent)}; "
                 "the audio-visual tasks need the soundtrack (--no-audio-check skips this check)"
             )
+    notes: dict[str, Any] = {}
+    if missing:
+        notes[MISSING_NOTE] = {
+            "videos": len(unique),
+            "documents_dropped": len(missing),
+            "documents_read": len(documents),
+            "first_ids": unique[:MAX_LISTED_NOTE],
+        }
+    return kept, notes
 
 
 def sha256(path: Path) -> str:

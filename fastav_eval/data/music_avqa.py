@@ -36,20 +36,39 @@ QUESTION_TYPES: dict[str, tuple[str, ...]] = {
     "Audio-Visual": ("Existential", "Counting", "Location", "Comparative", "Temporal"),
 }
 """The paper's nine question types (Table 3 of the MUSIC-AVQA paper), by modality."""
+MODALITY_KEYS = {"Audio": "audio", "Visual": "visual", "Audio-Visual": "av"}
+"""Each modality's name in the task's metrics (``accuracy_av``, ``accuracy_av_temporal``, ...)."""
 
-ANSWERS = (
-    # 22 instruments
+
+def type_metrics(modality: str, question_type: str) -> tuple[str, str]:
+    """The task's accuracy metrics a question of ``modality`` / ``question_type`` counts in, besides ``accuracy``:
+    ``("accuracy_av", "accuracy_av_temporal")``."""
+    key = MODALITY_KEYS[modality]
+    return f"accuracy_{key}", f"accuracy_{key}_{question_type.lower()}"
+
+
+INSTRUMENTS = (
     "accordion", "acoustic_guitar", "bagpipe", "banjo", "bassoon", "cello", "clarinet", "congas", "drum",
     "electric_bass", "erhu", "flute", "guzheng", "piano", "pipa", "saxophone", "suona", "trumpet", "tuba",
     "ukulele", "violin", "xylophone",
-    # 12 counts
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "more than ten",
-    # 6 locations / times
-    "left", "right", "middle", "indoor", "outdoor", "simultaneously",
-    # existential
-    "yes", "no",
 )  # fmt: skip
-"""The fixed answer vocabulary: the paper's 42 answers (the ``anser`` values of the train, val and test files)."""
+COUNTS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "more than ten")
+PLACES = ("left", "right", "middle", "indoor", "outdoor", "simultaneously")
+ANSWERS = (*INSTRUMENTS, *COUNTS, *PLACES, "yes", "no")
+"""The fixed answer vocabulary: the paper's 42 answers (the ``anser`` values of the train, val and test files):
+22 instruments, 12 counts, 6 locations / times, yes and no."""
+
+NO_COUNT_TYPES = ("Location", "Temporal")
+"""Question types whose answers are never counts (none of the test file's Location or Temporal answers is one):
+their replies are read without the counts, so that "The one on the left" is ``left``, not ``one``."""
+
+
+def vocabulary(question_type: str) -> tuple[str, ...]:
+    """The answers a reply to a question of ``question_type`` is read against (:data:`NO_COUNT_TYPES`)."""
+    if question_type in NO_COUNT_TYPES:
+        return tuple(answer for answer in ANSWERS if answer not in COUNTS)
+    return ANSWERS
+
 
 PLACEHOLDER = re.compile(r"<[A-Za-z]+>")
 
@@ -77,7 +96,9 @@ def _json_list(entry: dict[str, Any], key: str, where: str) -> list[Any]:
     return value
 
 
-def convert(source: Path, annotations: Path | None = None, check_audio: bool = True) -> Conversion:
+def convert(
+    source: Path, annotations: Path | None = None, check_audio: bool = True, allow_missing: bool = False
+) -> Conversion:
     annotations = annotations or find_annotation(source, ANNOTATION_FILES, NAME)
     entries = read_json_list(annotations)
     documents = []
@@ -121,10 +142,12 @@ def convert(source: Path, annotations: Path | None = None, check_audio: bool = T
         )
     if not documents:
         raise ValueError(f"{annotations.name}: every question is marked question_deleted")
-    resolve_videos(documents, VideoIndex(source), "video_id", annotations, check_audio)
+    documents, notes = resolve_videos(
+        documents, VideoIndex(source), "video_id", annotations, check_audio, allow_missing
+    )
     counts = {
         f"{modality}/{kind}": sum(d["modality"] == modality and d["question_type"] == kind for d in documents)
         for modality, kinds in QUESTION_TYPES.items()
         for kind in kinds
     }
-    return Conversion(NAME, documents, annotations, source, counts, {"question_deleted": deleted})
+    return Conversion(NAME, documents, annotations, source, counts, {"question_deleted": deleted, **notes})

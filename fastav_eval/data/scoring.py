@@ -80,22 +80,63 @@ def judgment_metrics(pairs: Sequence[tuple[str | None, str]]) -> dict[str, float
 # A fixed answer vocabulary (MUSIC-AVQA)
 
 
-def _phrase(answer: str) -> list[str]:
-    return [_NUMERALS.get(word, word) for word in words(answer)]
+_MORE_THAN_TEN = ("more", "than", "ten")
+_TEN_PLUS = re.compile(r"\b(?:10|ten)\s*\+")
+_PHRASE_ALIASES: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("at", "the", "same", "time"): ("simultaneously",),
+    ("over", "ten"): _MORE_THAN_TEN,
+}
+"""Phrases read as another (MUSIC-AVQA's answer for "at the same time" is ``simultaneously``)."""
+
+
+def _phrase(text: str) -> list[str]:
+    """:func:`words`, a numeral as its word (0-10) or ``more than ten`` (11 and up, ``10+``), and
+    :data:`_PHRASE_ALIASES` replaced."""
+    said: list[str] = []
+    for word in words(_TEN_PLUS.sub(" more than ten ", text.lower())):
+        if word.isdigit():
+            said.extend(_MORE_THAN_TEN if int(word) > 10 else (_NUMERALS[str(int(word))],))
+        else:
+            said.append(word)
+    return _replace_phrases(said, _PHRASE_ALIASES)
+
+
+def _replace_phrases(said: list[str], aliases: dict[tuple[str, ...], tuple[str, ...]]) -> list[str]:
+    out: list[str] = []
+    position = 0
+    while position < len(said):
+        for phrase, replacement in aliases.items():
+            if tuple(said[position : position + len(phrase)]) == phrase:
+                out.extend(replacement)
+                position += len(phrase)
+                break
+        else:
+            out.append(said[position])
+            position += 1
+    return out
+
+
+def _singular(said: list[str], known: set[str]) -> list[str]:
+    """Each word that is not a vocabulary word but is one plus ``s`` as that word (``drums`` -> ``drum``,
+    ``indoors`` -> ``indoor``; ``congas`` and ``yes`` stay)."""
+    return [word[:-1] if word not in known and word.endswith("s") and word[:-1] in known else word for word in said]
 
 
 def match_answer(response: str, vocabulary: Sequence[str]) -> str | None:
     """The vocabulary entry a reply gives, or None.
 
-    Words are compared lower-case, without punctuation, ``_`` read as a space and the numerals 0-10 as words
-    (``"Acoustic guitar."`` -> ``acoustic_guitar``, ``"2"`` -> ``two``, ``"more than 10"`` -> ``more than ten``).
-    A reply that is exactly an entry gives it; otherwise the entry that starts earliest in the reply, the longer
-    one on a tie (``"No, the flute is not playing"`` -> ``no``, ``"more than ten"`` -> ``more than ten``).
+    Words are compared lower-case, without punctuation, ``_`` read as a space, the numerals 0-10 as words and
+    larger ones, ``10+`` and "over ten" as ``more than ten``, "at the same time" as ``simultaneously``, and the
+    plural of a vocabulary word as the word (``"Acoustic guitars."`` -> ``acoustic_guitar``, ``"2"`` -> ``two``,
+    ``"Indoors"`` -> ``indoor``). A reply that is exactly an entry gives it; otherwise the entry that starts
+    earliest in the reply, the longer one on a tie (``"No, the flute is not playing"`` -> ``no``). Only the
+    vocabulary's entries are read: without the counts (:func:`fastav_eval.data.music_avqa.vocabulary` for Location
+    and Temporal questions) "The one on the left" is ``left``.
     """
-    said = _phrase(response)
+    entries = {tuple(_phrase(entry)): entry for entry in vocabulary}
+    said = _singular(_phrase(response), {word for phrase in entries for word in phrase})
     if not said:
         return None
-    entries = {tuple(_phrase(entry)): entry for entry in vocabulary}
     if tuple(said) in entries:
         return entries[tuple(said)]
     best: tuple[int, int, str] | None = None
@@ -119,21 +160,36 @@ def exact_match(response: str, answer: str) -> bool:
 # Lettered multiple choice (AVQA)
 
 _LEADING_LETTER = re.compile(r"^\s*[(\[]?([A-Za-z])(?:[)\].:,]|\s*$)")
-_STATED_LETTER = re.compile(r"\b(?i:answer|option|choice)\s*(?i:is)?\s*:?\s*[(\[]?([A-Z])(?![A-Za-z'-])")
+_STATED_LETTER = re.compile(
+    r"\b(?i:answer|option|choice)\s*(?i:is)?\s*:?\s*[(\[]?"
+    r"(?:([A-Z])(?![A-Za-z'-])|([a-z])(?=[)\]]|\s*[.!,;]?\s*$))"
+)
+"""A letter after "answer", "option" or "choice": a capital one anywhere (``"The answer is B, ..."``), a small one
+only bracketed or ending the reply (``"the answer is b"``; in ``"the answer is a dog"`` "a" is an article)."""
 
 
 def parse_choice(response: str, options: Sequence[str]) -> int | None:
     """The index of the option a reply picks, or None.
 
-    A letter first: leading (``"B"``, ``"(C) a dog"``, ``"d."``) or stated (``"The answer is B"``); then the
-    option's text: the reply is an option (``"Playing drums."``), or exactly one option's words appear in it
-    (an option inside a longer one, ``"dog"`` in ``"dog barking"``, does not count twice).
+    A letter first: leading (``"B"``, ``"(C) a dog"``, ``"d."``) or stated (``"The answer is B"``,
+    ``"answer: b"``); then the option's text: the reply is an option (``"Playing drums."``), or exactly one
+    option's words appear in it (an option inside a longer one, ``"dog"`` in ``"dog barking"``, does not count
+    twice). A letter followed by another option's text (``"Answer: A dog"`` where dog is B) contradicts itself and
+    is None: neither reading is preferred.
     """
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(options)]
     for pattern in (_LEADING_LETTER, _STATED_LETTER):
         match = pattern.search(response)
-        if match and match.group(1).upper() in letters:
-            return letters.index(match.group(1).upper())
+        letter = next((group for group in match.groups() if group), "") if match else ""
+        if letter and letter.upper() in letters:
+            index = letters.index(letter.upper())
+            named = _named_option(response[match.end() :], options)
+            return index if named in (None, index) else None
+    return _named_option(response, options)
+
+
+def _named_option(response: str, options: Sequence[str]) -> int | None:
+    """The option whose text the reply is, or the one option whose words appear in it (not inside a longer one)."""
     said = words(response)
     phrases = [words(option) for option in options]
     for index, phrase in enumerate(phrases):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastav_eval.data import checked_video, task_documents
-from fastav_eval.data.avqa import LETTERS
+from fastav_eval.data.avqa import LETTERS, type_metric
 from fastav_eval.data.scoring import parse_choice
 
 DATASET = "avqa"
@@ -32,5 +32,4 @@ def process_results(doc: dict, results: list[str]) -> dict:
     under the document's question type (``accuracy_come_from``, ...)."""
     picked = parse_choice(results[0], doc["options"])
     correct = float(picked == doc["answer"])
-    kind = doc["question_type"].lower().replace(" ", "_")
-    return {"accuracy": correct, "invalid_rate": float(picked is None), f"accuracy_{kind}": correct}
+    return {"accuracy": correct, "invalid_rate": float(picked is None), type_metric(doc["question_type"]): correct}

@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastav_eval.data import checked_video, task_documents
-from fastav_eval.data.music_avqa import ANSWERS
+from fastav_eval.data.music_avqa import type_metrics, vocabulary
 from fastav_eval.data.scoring import exact_match, match_answer
 
 DATASET = "music_avqa"
-MODALITY_KEYS = {"Audio": "audio", "Visual": "visual", "Audio-Visual": "av"}
 
 
 def docs(dataset: Any) -> Any:
@@ -28,15 +27,14 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
-    """``accuracy`` (the reply read against the vocabulary), ``exact_match`` (VideoLLaMA2's string rule),
-    ``invalid_rate``, and the accuracy under the document's modality and its question type."""
-    said = match_answer(results[0], ANSWERS)
+    """``accuracy`` (the reply read against the vocabulary of the question's type), ``exact_match`` (VideoLLaMA2's
+    string rule), ``invalid_rate``, and the accuracy under the document's modality and its question type."""
+    said = match_answer(results[0], vocabulary(doc["question_type"]))
     correct = float(said == doc["answer"])
-    modality = MODALITY_KEYS[doc["modality"]]
+    by_type = dict.fromkeys(type_metrics(doc["modality"], doc["question_type"]), correct)
     return {
         "accuracy": correct,
         "exact_match": float(exact_match(results[0], doc["answer"])),
         "invalid_rate": float(said is None),
-        f"accuracy_{modality}": correct,
-        f"accuracy_{modality}_{doc['question_type'].lower()}": correct,
+        **by_type,
     }

@@ -36,8 +36,11 @@ AVHBENCH_QA: list[dict[str, str]] = [
      "text": "Are the contexts of audio and visual content matching?", "label": "No"},
     {"video_id": "01162", "task": "AV Captioning", "text": "Describe what you see and hear in a single sentence.",
      "label": "A dog barks in a yard while a car engine idles nearby."},
+    {"video_id": "01162", "task": "Audio-driven Video Hallucination", "text": "Is the car visible in the video?",
+     "label": "No"},
 ]  # fmt: skip
-"""Two entries per task; the first six are the example of the AVHBench README."""
+"""Two entries per task and a third audio-driven one (3 a2v, 2 v2a: the pooled "AV hallucination" accuracy is not
+the mean of the two tasks'); the first six are the example of the AVHBench README."""
 
 
 def write_avhbench(root: Path, qa: list[dict[str, Any]] | None = None) -> Path:

@@ -47,8 +47,8 @@ def rewrite(path: Path, entries: list[dict]) -> None:
 def test_avhbench_documents_keep_the_official_fields(releases, tmp_path):
     folder, conversion = prepare("avhbench", releases["avhbench"], tmp_path)
     documents = read_prepared_at(tmp_path, "avhbench")
-    assert folder == tmp_path / "avhbench" and len(documents) == len(AVHBENCH_QA) == 8
-    assert conversion.counts == {"a2v": 2, "v2a": 2, "match": 2, "caption": 2}
+    assert folder == tmp_path / "avhbench" and len(documents) == len(AVHBENCH_QA) == 9
+    assert conversion.counts == {"a2v": 3, "v2a": 2, "match": 2, "caption": 2}
     for document, entry in zip(documents, AVHBENCH_QA, strict=True):
         assert {key: document[key] for key in entry} == entry  # video_id, task, text, label unchanged
         assert Path(document["video_path"]).is_absolute() and Path(document["video_path"]).is_file()
@@ -56,7 +56,7 @@ def test_avhbench_documents_keep_the_official_fields(releases, tmp_path):
     assert [d["answer"] for d in documents[:5]] == ["yes", "no", "yes", "no", "yes"]
     assert documents[5]["subset"] == "caption" and documents[5]["answer"] == AVHBENCH_QA[5]["label"]
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    assert manifest["annotations_sha256"] == sha256(releases["avhbench"] / "QA.json") and manifest["documents"] == 8
+    assert manifest["annotations_sha256"] == sha256(releases["avhbench"] / "QA.json") and manifest["documents"] == 9
 
 
 def test_music_avqa_fills_templates_and_drops_deleted_questions(releases, tmp_path):
@@ -81,19 +81,53 @@ def test_avqa_documents_letter_the_answer(releases, tmp_path):
     documents = read_prepared_at(tmp_path, "avqa")
     assert [d["id"] for d in documents] == [e["id"] for e in AVQA_VAL]
     assert [d["answer_letter"] for d in documents] == ["B", "A", "C", "D"]
+    assert [d["doc_key"] for d in documents] == ["183", "184", "9001", "9002"]
     assert documents[0]["options"] == AVQA_VAL[0]["multi_choice"] and documents[0]["answer"] == 1
+    assert documents[0]["question_relation"] == "View"  # kept when present
     assert Path(documents[0]["video_path"]).name == "-HG3Omg_89c_000030.mp4"
     assert conversion.counts["Happening"] == 1 and conversion.counts["When"] == 0
+    assert conversion.notes == {"null_options": 0, "padded_options": 0}
+
+
+def convert_avqa(releases: dict[str, Path], tmp_path: Path, edit) -> tuple[list[dict], dict]:
+    """AVQA_VAL edited by ``edit`` (in place), converted; the documents and the manifest notes."""
+    source = copy_release(releases, "avqa", tmp_path)
+    entries = copy.deepcopy(AVQA_VAL)
+    edit(entries)
+    rewrite(source / "val_qa.json", entries)
+    _, conversion = prepare("avqa", source, tmp_path / "out")
+    return read_prepared_at(tmp_path / "out", "avqa"), conversion.notes
 
 
 def test_a_null_avqa_option_reads_as_null(releases, tmp_path):
-    source = copy_release(releases, "avqa", tmp_path)
-    entries = copy.deepcopy(AVQA_VAL)
-    entries[0]["multi_choice"][3] = None
-    rewrite(source / "val_qa.json", entries)
-    _, conversion = prepare("avqa", source, tmp_path / "out")
-    assert read_prepared_at(tmp_path / "out", "avqa")[0]["options"][3] == "null"
-    assert conversion.notes == {"null_options": 1}
+    documents, notes = convert_avqa(releases, tmp_path, lambda e: e[0]["multi_choice"].__setitem__(3, None))
+    assert documents[0]["options"][3] == "null"
+    assert notes == {"null_options": 1, "padded_options": 0}
+
+
+def test_a_short_avqa_choice_list_is_padded_with_null(releases, tmp_path):
+    def edit(entries):
+        entries[0]["multi_choice"] = ["motorboat", "Yacht consignment"]  # answer 1: the second
+        entries[2]["multi_choice"] = ["dog", "cat", "cow"]  # answer 2: the third
+
+    documents, notes = convert_avqa(releases, tmp_path, edit)
+    assert documents[0]["options"] == ["motorboat", "Yacht consignment", "null", "null"]
+    assert documents[2]["options"] == ["dog", "cat", "cow", "null"]
+    assert notes == {"null_options": 0, "padded_options": 3}  # 2 + 1
+    assert [d["answer_letter"] for d in documents] == ["B", "A", "C", "D"]
+
+
+def test_avqa_reads_only_the_fields_the_task_uses(releases, tmp_path):
+    def edit(entries):
+        for entry in entries:
+            del entry["id"], entry["question_relation"], entry["video_id"]
+        entries[1]["answer"] = "0"  # the preprocessing reads int(answer)
+        entries[3]["answer"] = " 3"
+
+    documents, _ = convert_avqa(releases, tmp_path, edit)
+    assert [d["doc_key"] for d in documents] == ["#0", "#1", "#2", "#3"]  # the position when there is no id
+    assert [d["answer"] for d in documents] == [1, 0, 2, 3] and [d["answer_letter"] for d in documents][1] == "A"
+    assert "question_relation" not in documents[0] and "id" not in documents[0]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -105,6 +139,40 @@ def test_a_missing_video_names_the_id_and_the_annotation_file(releases, tmp_path
     (source / "videos" / "01162.mp4").unlink()
     with pytest.raises(ValueError, match=r"QA\.json: 1 video_id value\(s\) have no video file under .*: 01162"):
         prepare("avhbench", source, tmp_path / "out")
+
+
+def test_allow_missing_drops_the_documents_of_missing_videos_and_records_them(releases, tmp_path, capsys):
+    source = copy_release(releases, "avhbench", tmp_path)
+    (source / "videos" / "01162.mp4").unlink()  # entries 6, 7 and 8 name it
+    out = tmp_path / "out"
+    assert main(["prepare-data", "avhbench", str(source), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "QA.json: 1 video_id value(s) have no video file under" in error and ": 01162 (looked for" in error
+    assert "--allow-missing drops their documents" in error and not (out / "avhbench").exists()
+    assert main(["prepare-data", "avhbench", str(source), "--out", str(out), "--allow-missing"]) == 0
+    assert "6 of 9 documents kept (1 videos missing" in capsys.readouterr().out
+    manifest = json.loads((out / "avhbench" / MANIFEST_FILE).read_text())
+    assert manifest["notes"] == {
+        "missing_videos": {"videos": 1, "documents_dropped": 3, "documents_read": 9, "first_ids": ["01162"]}
+    }
+    assert manifest["documents"] == 6 and manifest["counts"] == {"a2v": 2, "v2a": 2, "match": 1, "caption": 1}
+    assert {d["video_id"] for d in read_prepared_at(out, "avhbench")} == {"00191"}
+    (source / "videos" / "00191.mp4").rename(source / "videos" / "other.mp4")  # none named: nothing kept, an error
+    with pytest.raises(ValueError, match=r"2 video_id value\(s\) have no video file under .*: 00191, 01162 \("):
+        prepare("avhbench", source, out, allow_missing=True)
+
+
+def test_avhbench_align_ft_task_names_are_the_hallucination_tasks(releases, tmp_path):
+    source = copy_release(releases, "avhbench", tmp_path)
+    entries = copy.deepcopy(AVHBENCH_QA)
+    entries[0]["task"] = "AV Hallucination (Audio)"  # was Video-driven Audio Hallucination
+    entries[2]["task"] = "AV Hallucination (Video)"  # was Audio-driven Video Hallucination
+    rewrite(source / "QA.json", entries)
+    _, conversion = prepare("avhbench", source, tmp_path / "out")
+    documents = read_prepared_at(tmp_path / "out", "avhbench")
+    assert [d["subset"] for d in documents[:4]] == ["v2a", "v2a", "a2v", "a2v"]
+    assert documents[0]["task"] == "AV Hallucination (Audio)"  # the official field unchanged
+    assert conversion.counts == {"a2v": 3, "v2a": 2, "match": 2, "caption": 2}
 
 
 def test_a_silent_video_is_refused_unless_the_check_is_off(releases, tmp_path):
@@ -120,8 +188,10 @@ def test_a_silent_video_is_refused_unless_the_check_is_off(releases, tmp_path):
     [
         ("avhbench", lambda e: e[2].update(label="Maybe"),
          r"QA\.json entry 2: field 'label' is 'Maybe'; accepted for 'Audio-driven Video Hallucination': 'Yes', 'No'"),
-        ("avhbench", lambda e: e[0].update(task="AV Hallucination (Audio)"),
-         r"field 'task' has value\(s\) AV Hallucination \(Audio\); accepted: Audio-driven Video Hallucination"),
+        ("avhbench", lambda e: e[0].update(task="AV Hallucination (Audio_only)"),
+         r"field 'task' has value\(s\) AV Hallucination \(Audio_only\); accepted: 'Audio-driven Video Hallucination', "
+         r"'Video-driven Audio Hallucination', 'AV Matching', 'AV Captioning', 'AV Hallucination \(Audio\)', "
+         r"'AV Hallucination \(Video\)'$"),
         ("avhbench", lambda e: e[1].pop("text"), r"entry 1: missing field 'text'"),
         ("music_avqa", lambda e: e[1].update(templ_values='["clarinet"]'),
          r"entry 1: fields 'question_content' / 'templ_values': 2 placeholder\(s\)"),
@@ -130,9 +200,15 @@ def test_a_silent_video_is_refused_unless_the_check_is_off(releases, tmp_path):
          r"entry 0: field 'type' is '\[\"Visual\", \"Temporal\"\]'; accepted: \['Audio', one of"),
         ("music_avqa", lambda e: e[3].update(question_id=12), r"entry 3: field 'question_id' 12 repeats"),
         ("avqa", lambda e: e[1].update(answer=4), r"entry 1: field 'answer' is 4; accepted: an index 0-3"),
-        ("avqa", lambda e: e[1].update(answer="1"), r"entry 1: field 'answer' must be int, got '1'"),
+        ("avqa", lambda e: e[1].update(answer="B"), r"entry 1: field 'answer' is 'B'; accepted: an index 0-3 \(int or"),
+        ("avqa", lambda e: e[1].update(answer=True), r"entry 1: field 'answer' must be int or str, got True"),
+        ("avqa", lambda e: e[0].update(answer=2, multi_choice=["a", "b"]),
+         r"entry 0: field 'answer' is 2, but 'multi_choice' lists 2 option\(s\)"),
         ("avqa", lambda e: e[2].update(question_type="How"), r"entry 2: field 'question_type' is 'How'; accepted:"),
-        ("avqa", lambda e: e[0].update(multi_choice=["a", "b", "c"]), r"entry 0: field 'multi_choice' must list 4"),
+        ("avqa", lambda e: e[0].update(multi_choice=list("abcde")), r"entry 0: field 'multi_choice' must list 1-4"),
+        ("avqa", lambda e: e[0].update(multi_choice=[]), r"entry 0: field 'multi_choice' must list 1-4"),
+        ("avqa", lambda e: e[3].update(id=183), r"entry 3: field 'id' 183 repeats an earlier entry"),
+        ("avqa", lambda e: e[0].pop("question_text"), r"entry 0: missing field 'question_text'"),
     ],
 )  # fmt: skip
 def test_a_bad_annotation_names_the_entry_and_the_field(releases, tmp_path, name, edit, message):
@@ -183,7 +259,7 @@ def test_missing_or_stale_prepared_data_names_the_command(releases, tmp_path, mo
     with pytest.raises(FileNotFoundError, match=r"avhbench is not prepared: .*Run `fastav-eval prepare-data avhbench"):
         load_documents("avhbench", "a2v")
     prepare("avhbench", releases["avhbench"], tmp_path)
-    assert len(load_documents("avhbench", "a2v")) == 2
+    assert len(load_documents("avhbench", "a2v")) == 3
     manifest = tmp_path / "avhbench" / MANIFEST_FILE
     manifest.write_text(manifest.read_text().replace('"format_version": 1', '"format_version": 0'))
     with pytest.raises(ValueError, match=r"written by format version 0.*run `fastav-eval prepare-data avhbench"):
@@ -209,7 +285,7 @@ def test_task_hooks_read_the_prepared_documents(releases, tmp_path, monkeypatch)
         prepare(name, copy_release(releases, name, tmp_path / "sources"), tmp_path)
     avhbench = load_utils("avhbench")
     a2v = avhbench.a2v_docs(placeholder("avhbench"))
-    assert [d["text"] for d in a2v] == [AVHBENCH_QA[2]["text"], AVHBENCH_QA[3]["text"]]
+    assert [d["text"] for d in a2v] == [AVHBENCH_QA[2]["text"], AVHBENCH_QA[3]["text"], AVHBENCH_QA[8]["text"]]
     assert avhbench.doc_to_text(a2v[0], {"pre_prompt": "", "post_prompt": ""}) == AVHBENCH_QA[2]["text"]
     assert avhbench.doc_to_visual(a2v[0]) == [a2v[0]["video_path"]]
     assert avhbench.process_judgment(a2v[0], ["Yes, he is."])["accuracy"] == 1.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastav_eval.data.music_avqa import ANSWERS
+from fastav_eval.data.music_avqa import ANSWERS, vocabulary
 from fastav_eval.data.scoring import (
     caption_bleu4,
     caption_cider,
@@ -87,6 +87,42 @@ def test_music_avqa_answers(reply, expected):
     assert match_answer(reply, ANSWERS) == expected
 
 
+@pytest.mark.parametrize(
+    ("reply", "question_type", "expected"),
+    [
+        ("The one on the left", "Location", "left"),  # no counts for a Location or Temporal question
+        ("The one on the left", "Temporal", "left"),
+        ("The first one", "Temporal", None),
+        ("one", "Location", None),
+        ("The one on the left", "Counting", "one"),  # a count question still reads the count first
+        ("Drums", "Location", "drum"),  # the plural of a vocabulary word
+        ("Two violins.", "Comparative", "two"),
+        ("Violins", "Comparative", "violin"),
+        ("acoustic guitars", "Location", "acoustic_guitar"),
+        ("Congas", "Location", "congas"),  # a vocabulary word ending in s stays
+        ("Indoors.", "Location", "indoor"),
+        ("outdoors", "Location", "outdoor"),
+        ("At the same time.", "Temporal", "simultaneously"),
+        ("They play at the same time", "Temporal", "simultaneously"),
+        ("12", "Counting", "more than ten"),
+        ("There are 11 instruments", "Counting", "more than ten"),
+        ("10+", "Counting", "more than ten"),
+        ("over ten", "Counting", "more than ten"),
+        ("over 10", "Counting", "more than ten"),
+        ("10", "Counting", "ten"),
+        ("100", "Counting", "more than ten"),
+    ],
+)
+def test_music_avqa_answers_by_question_type(reply, question_type, expected):
+    assert match_answer(reply, vocabulary(question_type)) == expected
+
+
+def test_music_avqa_vocabularies():
+    assert len(ANSWERS) == 42 and len(set(ANSWERS)) == 42
+    assert len(vocabulary("Location")) == len(vocabulary("Temporal")) == 30  # 42 less the 12 counts
+    assert vocabulary("Counting") == vocabulary("Existential") == vocabulary("Comparative") == ANSWERS
+
+
 def test_videollama2_exact_match():
     assert exact_match("Acoustic_guitar.", "acoustic_guitar")
     assert exact_match("yes .", "yes")
@@ -113,6 +149,15 @@ OPTIONS = ["dog", "dog barking", "cat", "Playing drums"]
         ("A dog is barking", 0),  # "A " is an article here; "dog" is the only whole option in the reply
         ("dog barking loudly", 1),  # "dog" inside "dog barking" does not count twice
         ("a cat and a dog", None),  # two options
+        ("answer: b", 1),
+        ("the answer is b", 1),
+        ("The answer is c.", 2),
+        ("the answer is (d) playing drums", 3),
+        ("the answer is a dog", 0),  # "a" is an article: the option's text decides
+        ("Answer: A dog", 0),  # the letter and its option's text agree
+        ("Answer: B cat", None),  # the letter says "dog barking", the text "cat": neither is guessed
+        ("C. dog", None),
+        ("B. dog barking", 1),
         ("E", None),  # not one of the four letters
         ("I don't know", None),
         ("", None),
@@ -120,6 +165,13 @@ OPTIONS = ["dog", "dog barking", "cat", "Playing drums"]
 )
 def test_avqa_choices(reply, expected):
     assert parse_choice(reply, OPTIONS) == expected
+
+
+def test_a_letter_contradicted_by_another_options_text_is_invalid():
+    options = ["cat", "dog", "cow", "horse"]
+    assert parse_choice("Answer: A dog", options) is None  # A is cat; "dog" is B's text
+    assert parse_choice("Answer: B dog", options) == 1
+    assert parse_choice("Answer: A", options) == 0
 
 
 def test_bleu4_by_hand():

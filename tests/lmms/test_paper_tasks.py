@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from fastav_eval.cli import main
-from fastav_eval.data import DATA_ENV
+from fastav_eval.data import DATA_ENV, avqa, music_avqa
 from fastav_eval.data.common import read_prepared
-from fastav_eval.data.music_avqa import ANSWERS
+from fastav_eval.data.music_avqa import vocabulary
 from fastav_eval.data.scoring import (
     caption_bleu4,
     caption_cider,
@@ -60,7 +60,7 @@ MODELS: list[tuple[str, Callable[[Path], list[str]]]] = [
 
 JUDGMENT_TASKS = ("avhbench_a2v", "avhbench_v2a", "avhbench_match")
 TASKS = (*JUDGMENT_TASKS, "avhbench_caption", "music_avqa", "avqa")
-DOCUMENTS = {"avhbench_a2v": 2, "avhbench_v2a": 2, "avhbench_match": 2, "avhbench_caption": 2, "music_avqa": 9,
+DOCUMENTS = {"avhbench_a2v": 3, "avhbench_v2a": 2, "avhbench_match": 2, "avhbench_caption": 2, "music_avqa": 9,
              "avqa": 4}  # fmt: skip
 
 
@@ -145,11 +145,13 @@ def test_music_avqa_metrics_and_prompts(run):
     for sample, document in zip(samples, documents, strict=True):
         assert sample["input"] == f"{document['question']}\nAnswer the question using a single word or phrase."
         assert "<" not in sample["input"] and sample["target"] == document["anser"]
-    correct = [match_answer(s["filtered_resps"], ANSWERS) == s["target"] for s in samples]
+    pairs = zip(samples, documents, strict=True)
+    said = [match_answer(s["filtered_resps"], vocabulary(d["question_type"])) for s, d in pairs]
+    correct = [answer == s["target"] for answer, s in zip(said, samples, strict=True)]
     assert metric(run, "music_avqa", "accuracy") == pytest.approx(sum(correct) / len(correct))
     exact = [exact_match(s["filtered_resps"], s["target"]) for s in samples]
     assert metric(run, "music_avqa", "exact_match") == pytest.approx(sum(exact) / len(exact))
-    invalid = [match_answer(s["filtered_resps"], ANSWERS) is None for s in samples]
+    invalid = [answer is None for answer in said]
     assert metric(run, "music_avqa", "invalid_rate") == pytest.approx(sum(invalid) / len(invalid))
     keys = {"Audio": "audio", "Visual": "visual", "Audio-Visual": "av"}
     for modality in keys:
@@ -236,3 +238,59 @@ def test_caption_yaml_aggregates_to_the_scorers():
     assert metrics == pytest.approx({"cider": caption_cider(pairs), "bleu4": caption_bleu4(pairs),
                                      "rouge_l": caption_rouge_l(pairs)})  # fmt: skip
     assert 0 < metrics["bleu4"] < 1 and metrics["cider"] > 0
+
+
+def test_hallucination_group_pools_the_questions_not_the_task_means():
+    from lmms_eval.api.metrics import aggregate_subtask_metrics
+    from lmms_eval.utils import load_yaml_config
+
+    tasks = REPO / "tasks" / "avhbench"
+    # a2v: labels yes no no, replies read as yes (right), yes (wrong), unreadable; v2a: label no, reply no (right)
+    a2v = aggregate(tasks / "avhbench_a2v.yaml", [({"answer": "yes"}, "Yes."), ({"answer": "no"}, "Yes"),
+                                                  ({"answer": "no"}, "I don't know")])  # fmt: skip
+    v2a = aggregate(tasks / "avhbench_v2a.yaml", [({"answer": "no"}, "No.")])
+    assert (a2v["accuracy"], v2a["accuracy"]) == pytest.approx((1 / 3, 1.0))
+    group = load_yaml_config(str(tasks / "avhbench_hallucination.yaml"), mode="full")
+    pooled = {"accuracy": 2 / 4, "yes_rate": 2 / 4, "invalid_rate": 1 / 4}  # over the 4 questions
+    means = {"accuracy": 2 / 3, "yes_rate": 1 / 3, "invalid_rate": 1 / 6}  # of the two tasks' values
+    assert {entry["metric"] for entry in group["aggregate_metric_list"]} == set(pooled)
+    for entry in group["aggregate_metric_list"]:  # as lmms-eval's consolidate_group_results combines them
+        name = entry["metric"]
+        value = aggregate_subtask_metrics([a2v[name], v2a[name]], [3, 1], entry["weight_by_size"])
+        assert value == pytest.approx(pooled[name]) and value != pytest.approx(means[name]), name
+
+
+def test_every_question_type_has_its_metric_in_the_yaml():
+    # lmms-eval drops, without a word, a metric process_results reports but metric_list does not name
+    from lmms_eval.utils import load_yaml_config
+
+    def listed(task: str) -> set[str]:
+        config = load_yaml_config(str(REPO / "tasks" / task / f"{task}.yaml"), mode="full")
+        return {entry["metric"] for entry in config["metric_list"]}
+
+    music = {name for modality, kinds in music_avqa.QUESTION_TYPES.items() for kind in kinds
+             for name in music_avqa.type_metrics(modality, kind)}  # fmt: skip
+    assert len(music) == 3 + 9
+    assert listed("music_avqa") == {"accuracy", "exact_match", "invalid_rate"} | music
+    by_type = {avqa.type_metric(kind) for kind in avqa.QUESTION_TYPES}
+    assert len(by_type) == 8 and "accuracy_come_from" in by_type
+    assert listed("avqa") == {"accuracy", "invalid_rate"} | by_type
+
+
+def test_unprepared_data_fails_through_lmms_eval_with_the_command_in_the_traceback(tmp_path, monkeypatch):
+    # lmms-eval builds the task (and calls process_docs) inside a tenacity retry: what reaches the caller is a
+    # RetryError, with our FileNotFoundError as its cause (the log's last line is "Error during evaluation: RetryError")
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "empty"))
+    manager = TaskManager(include_path=str(REPO / "tasks"), include_defaults=False)
+    with pytest.raises(BaseException) as raised:
+        get_task_dict(["avqa"], manager)
+    assert type(raised.value).__name__ == "RetryError"
+    chain, error = [], raised.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    messages = [str(error) for error in chain if isinstance(error, FileNotFoundError)]
+    assert messages and messages[0].startswith(f"avqa is not prepared: no {tmp_path / 'empty' / 'avqa'}")
+    assert "Run `fastav-eval prepare-data avqa <the official avqa download folder>`" in messages[0]
