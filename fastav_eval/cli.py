@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -13,13 +14,16 @@ from fastav_eval.data.common import MANIFEST_FILE, MISSING_NOTE
 from fastav_eval.plots import plot_tokens_per_layer
 from fastav_eval.pruning.config import FINE_RULES
 from fastav_eval.pruning.flops import CONVENTIONS
-from fastav_eval.pruning.presets import PRESETS, get_preset
+from fastav_eval.pruning.presets import PRESETS, get_preset, parse_segments
 
 
 def _flops(args: argparse.Namespace) -> int:
-    result = get_preset(args.preset).run(
-        fine_ratio=args.fine_ratio, fine_rule=args.fine_rule, convention=args.convention
-    )
+    preset = get_preset(args.preset)
+    if args.segments:
+        preset = dataclasses.replace(
+            preset, name=f"{preset.name}, given layout", segments=parse_segments(args.segments)
+        )
+    result = preset.run(fine_ratio=args.fine_ratio, fine_rule=args.fine_rule, convention=args.convention)
     if args.plot:
         title = f"{args.preset}: FastAV, P = {args.fine_ratio:g}, {result['relative_flops']:.1f}% FLOPs"
         result["plot"] = str(plot_tokens_per_layer(result["kept_per_layer"], title, args.plot))
@@ -123,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--fine-ratio", type=float, default=0.2, help="fine-stage ratio P in [0, 1) (default 0.2)")
     flops.add_argument("--fine-rule", choices=FINE_RULES, default="low_attentive")
     flops.add_argument("--convention", choices=CONVENTIONS, default="fastv")
+    flops.add_argument(
+        "--segments",
+        help="a model's own prompt layout instead of the preset's, e.g. text:14,video:1352,audio:1496,text:30 "
+        "(the preset's decoder shape and global stage stay)",
+    )
     flops.add_argument("--compact", action="store_true", help="print the JSON on one line")
     flops.add_argument("--plot", metavar="PNG", help="also draw the tokens each layer processed, per modality")
     flops.set_defaults(handler=_flops)

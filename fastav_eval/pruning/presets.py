@@ -186,6 +186,23 @@ PRESETS: dict[str, FlopsPreset] = {
 }
 
 
+def parse_segments(text: str) -> tuple[Segment, ...]:
+    """``"text:14,video:1352,audio:1496,text:30"`` -> the segments of one prompt, in sequence order.
+
+    A model's real layout (e.g. the ``video_tokens`` / ``audio_tokens`` of a samples file) in place of a preset's.
+    """
+    accepted = "comma-separated modality:count pairs, e.g. text:14,video:1352,audio:1496,text:30"
+    segments: list[Segment] = []
+    for part in text.split(","):
+        name, _, count = part.strip().partition(":")
+        if name not in ("text", "video", "audio") or not count.isdigit():
+            raise ValueError(f"segments={text!r}: {part!r} is not modality:count; accepted: {accepted}")
+        segments.append((name, int(count)))
+    if not any(name != "text" for name, _ in segments) or segments[-1][0] != "text":
+        raise ValueError(f"segments={text!r}: needs audio-visual tokens and must end with text; accepted: {accepted}")
+    return tuple(segments)
+
+
 def get_preset(name: str) -> FlopsPreset:
     if name not in PRESETS:
         raise ValueError(f"preset={name!r}; accepted: {sorted(PRESETS)}")

@@ -116,3 +116,16 @@ def test_chunk_groups_follow_the_models_get_chunked_index():
     for times in ([0] * 4 + [25] * 4 + [50] * 4, [int(k * 4.4 * 25) for k in range(32)], list(range(3525)), [0]):
         stock = Qwen2_5OmniProcessor.get_chunked_index(None, np.array(times), 50)
         assert chunk_groups(times) == [end - start for start, end in stock], times[:8]
+
+
+def test_cli_takes_a_models_own_layout(capsys):
+    """The 16-frame layout given to the 8-frame preset is the 16-frame preset; a bad layout names the format."""
+    layout = "text:14,video:1352,audio:1496,text:30"
+    assert main(["flops", "--preset", "videollama2", "--segments", layout, "--compact"]) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert given["prompt_tokens"] == {"text": 44, "video": 1352, "audio": 1496}
+    assert given["relative_flops"] == get_preset("videollama2_16f").run()["relative_flops"] == 58.19
+    assert main(["flops", "--preset", "videollama2", "--segments", "text:14,image:3,text:2"]) == 2
+    assert "accepted: comma-separated modality:count pairs" in capsys.readouterr().err
+    assert main(["flops", "--preset", "videollama2", "--segments", "text:14,audio:10"]) == 2
+    assert "must end with text" in capsys.readouterr().err
