@@ -98,6 +98,31 @@ def cut_at_stop(text: str, until: list[str]) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class ChatEnds:
+    """The ids that end an answer of a Qwen-style chat model (``<|im_end|>``, ``<|endoftext|>``, the tokenizer's
+    eos; those it has) and the id ``generate`` pads finished rows with, and how to read answers off them."""
+
+    stop_ids: list[int]
+    pad_id: int
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> ChatEnds:
+        ends = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")] + [tokenizer.eos_token_id]
+        stop_ids = sorted({i for i in ends if i is not None and i != tokenizer.unk_token_id})
+        return cls(stop_ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0])
+
+    def answers(self, tokenizer: Any, rows: list[list[int]], until: list[str]) -> list[Answer]:
+        """Generated ids ``[B][new tokens]`` -> each row's answer up to and including its end token."""
+        answers = []
+        for row in rows:
+            ends = [k for k, token in enumerate(row) if token in self.stop_ids or token == self.pad_id]
+            count = ends[0] + (row[ends[0]] in self.stop_ids) if ends else len(row)  # its end token included
+            text = tokenizer.decode(row[:count], skip_special_tokens=True)
+            answers.append(Answer(cut_at_stop(text, until).strip(), count))
+        return answers
+
+
 class StopOnStrings(StoppingCriteria):
     """Stops each row of a ``generate`` call once its decoded answer holds one of ``stops``.
 

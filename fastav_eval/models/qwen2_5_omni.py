@@ -29,12 +29,12 @@ from transformers import StoppingCriteriaList
 from fastav_eval.models.base import (
     AdapterArg,
     Answer,
+    ChatEnds,
     ModelAdapter,
     ModelInputs,
     Request,
     SampleError,
     StopOnStrings,
-    cut_at_stop,
 )
 from fastav_eval.models.media import (
     AUDIO_EXTENSIONS,
@@ -192,9 +192,7 @@ class Qwen25OmniAdapter(ModelAdapter):
         tokenizer = processor.tokenizer
         self.vision_bos = tokenizer.convert_tokens_to_ids(processor.vision_bos_token)
         self.audio_bos = tokenizer.convert_tokens_to_ids(processor.audio_bos_token)
-        ends = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")] + [tokenizer.eos_token_id]
-        self.stop_ids = sorted({i for i in ends if i is not None and i != tokenizer.unk_token_id})
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.ends = ChatEnds.of(tokenizer)
 
     @property
     def decoder(self) -> nn.Module:
@@ -433,7 +431,7 @@ class Qwen25OmniAdapter(ModelAdapter):
         rows = [p["input_ids"][0].tolist() for p in processed]
         segments = [sample.segments for sample in loaded]
         length = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        input_ids = torch.full((len(rows), length), self.ends.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
         for b, row in enumerate(rows):
             input_ids[b, length - len(row) :] = torch.tensor(row)
@@ -467,15 +465,8 @@ class Qwen25OmniAdapter(ModelAdapter):
             **kwargs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id,
+            eos_token_id=self.ends.stop_ids,
+            pad_token_id=self.ends.pad_id,
             stopping_criteria=StoppingCriteriaList([StopOnStrings(tokenizer, until, prompt_length)]),
         )
-        generated = output[:, prompt_length:].tolist()
-        answers = []
-        for row in generated:
-            ends = [k for k, token in enumerate(row) if token in self.stop_ids or token == self.pad_id]
-            count = ends[0] + (row[ends[0]] in self.stop_ids) if ends else len(row)  # its end token included
-            text = tokenizer.decode(row[:count], skip_special_tokens=True)
-            answers.append(Answer(cut_at_stop(text, until).strip(), count))
-        return answers
+        return self.ends.answers(tokenizer, output[:, prompt_length:].tolist(), until)

@@ -39,12 +39,12 @@ from transformers.models.siglip.image_processing_pil_siglip import SiglipImagePr
 from fastav_eval.models.base import (
     AdapterArg,
     Answer,
+    ChatEnds,
     ModelAdapter,
     ModelInputs,
     Request,
     SampleError,
     StopOnStrings,
-    cut_at_stop,
 )
 from fastav_eval.models.fbank import beats_fbank
 from fastav_eval.models.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, _open
@@ -268,9 +268,7 @@ class VideoLLaMA2Adapter(ModelAdapter):
         self.tokenizer = load_tokenizer(folder)
         self.image_processor = SiglipImageProcessorPil.from_pretrained(self.model.spec.vision_tower)
         tokenizer = self.tokenizer
-        ends = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")] + [tokenizer.eos_token_id]
-        self.stop_ids = sorted({i for i in ends if i is not None and i != tokenizer.unk_token_id})
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.ends = ChatEnds.of(tokenizer)
 
     @classmethod
     def default_profile(cls, pretrained: str | None) -> Path | None:
@@ -428,14 +426,8 @@ class VideoLLaMA2Adapter(ModelAdapter):
             **inputs.generate_kwargs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id,
+            eos_token_id=self.ends.stop_ids,
+            pad_token_id=self.ends.pad_id,
             stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, until, 0)]),
         )  # [B, new tokens]: inputs_embeds alone returns only the generated ids
-        answers = []
-        for row in output.tolist():
-            ends = [k for k, token in enumerate(row) if token in self.stop_ids or token == self.pad_id]
-            count = ends[0] + (row[ends[0]] in self.stop_ids) if ends else len(row)  # its end token included
-            text = self.tokenizer.decode(row[:count], skip_special_tokens=True)
-            answers.append(Answer(cut_at_stop(text, until).strip(), count))
-        return answers
+        return self.ends.answers(self.tokenizer, output.tolist(), until)
