@@ -20,7 +20,16 @@ CONVERTERS: dict[str, Callable[..., Conversion]] = {
 }
 """Dataset name -> converter ``(source, annotations=None, check_audio=True, allow_missing=False) -> Conversion``."""
 
-__all__ = ["CONVERTERS", "DATA_ENV", "checked_video", "data_root", "load_documents", "prepare", "task_documents"]
+__all__ = [
+    "CONVERTERS",
+    "DATA_ENV",
+    "between_prompts",
+    "checked_video",
+    "data_root",
+    "load_documents",
+    "prepare",
+    "task_documents",
+]
 
 PLACEHOLDER_FIELD = "fastav_eval_prepared"
 """The one field of a task folder's ``prepared.jsonl``: the dataset whose prepared documents replace it."""
@@ -76,3 +85,10 @@ def task_documents(placeholder: Any, name: str, subset: str | None = None) -> An
             f"{name!r}}}); got columns {placeholder.column_names}"
         )
     return load_documents(name, subset)
+
+
+def between_prompts(text: str, lmms_eval_specific_kwargs: dict | None) -> str:
+    """A task's ``doc_to_text``: ``text`` between the model's ``pre_prompt`` and ``post_prompt`` (either may be
+    absent)."""
+    kwargs = lmms_eval_specific_kwargs or {}
+    return f"{kwargs.get('pre_prompt', '')}{text}{kwargs.get('post_prompt', '')}"

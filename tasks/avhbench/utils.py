@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastav_eval.data import checked_video, task_documents
+from fastav_eval.data import between_prompts, checked_video, task_documents
+from fastav_eval.data.avhbench import NAME as DATASET
 from fastav_eval.data.scoring import (
     caption_bleu4,
     caption_cider,
@@ -13,8 +14,6 @@ from fastav_eval.data.scoring import (
     judgment_metrics,
     parse_yes_no,
 )
-
-DATASET = "avhbench"
 
 
 def a2v_docs(dataset: Any) -> Any:
@@ -39,8 +38,7 @@ def doc_to_visual(doc: dict) -> list[str]:
 
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
     """The official ``text`` (the question, or the captioning instruction), between the model's pre/post prompts."""
-    kwargs = lmms_eval_specific_kwargs or {}
-    return f"{kwargs.get('pre_prompt', '')}{doc['text']}{kwargs.get('post_prompt', '')}"
+    return between_prompts(doc["text"], lmms_eval_specific_kwargs)
 
 
 def process_judgment(doc: dict, results: list[str]) -> dict:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastav_eval.data import checked_video, task_documents
+from fastav_eval.data import between_prompts, checked_video, task_documents
 from fastav_eval.data.avqa import LETTERS, type_metric
+from fastav_eval.data.avqa import NAME as DATASET
 from fastav_eval.data.scoring import parse_choice
-
-DATASET = "avqa"
 
 
 def docs(dataset: Any) -> Any:
@@ -22,9 +21,8 @@ def doc_to_visual(doc: dict) -> list[str]:
 
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
     """``question_text``, then one ``A. <option>`` line per option, between the model's pre/post prompts."""
-    kwargs = lmms_eval_specific_kwargs or {}
     options = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, doc["options"], strict=True))
-    return f"{kwargs.get('pre_prompt', '')}{doc['question_text']}\n{options}{kwargs.get('post_prompt', '')}"
+    return between_prompts(f"{doc['question_text']}\n{options}", lmms_eval_specific_kwargs)
 
 
 def process_results(doc: dict, results: list[str]) -> dict:

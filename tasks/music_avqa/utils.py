@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastav_eval.data import checked_video, task_documents
+from fastav_eval.data import between_prompts, checked_video, task_documents
+from fastav_eval.data.music_avqa import NAME as DATASET
 from fastav_eval.data.music_avqa import type_metrics, vocabulary
 from fastav_eval.data.scoring import exact_match, match_answer
-
-DATASET = "music_avqa"
 
 
 def docs(dataset: Any) -> Any:
@@ -22,8 +21,7 @@ def doc_to_visual(doc: dict) -> list[str]:
 
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
     """The question with its placeholders filled (``question``), between the model's pre/post prompts."""
-    kwargs = lmms_eval_specific_kwargs or {}
-    return f"{kwargs.get('pre_prompt', '')}{doc['question']}{kwargs.get('post_prompt', '')}"
+    return between_prompts(doc["question"], lmms_eval_specific_kwargs)
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
