@@ -89,6 +89,20 @@ def kaldi_mel_banks(num_mel_bins: int, fft_size: int, sample_rate: float, low_fr
     return torch.nn.functional.pad(banks, (0, 1))
 
 
+def _mono(waveform: Tensor, name: str, shapes: str, values: str) -> Tensor:
+    """``waveform`` checked to be one channel of floats (``[1, N]`` is taken as ``[N]``); errors name ``name`` and
+    the accepted ``shapes`` / ``values``."""
+    if not isinstance(waveform, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(waveform).__name__}")
+    if waveform.dim() == 2 and waveform.shape[0] == 1:
+        waveform = waveform[0]
+    if waveform.dim() != 1:
+        raise ValueError(f"{name} must be mono, {shapes}; got shape {tuple(waveform.shape)}")
+    if not waveform.is_floating_point():
+        raise TypeError(f"{name} must be {values}, got {waveform.dtype}")
+    return waveform
+
+
 def kaldi_fbank(
     waveform: Tensor,
     *,
@@ -104,14 +118,7 @@ def kaldi_fbank(
     signal by ``2**15`` first. Computed, like torchaudio, in float64 for a float64 waveform and in float32 for any
     other floating dtype; the result has that dtype.
     """
-    if not isinstance(waveform, Tensor):
-        raise TypeError(f"waveform must be a torch.Tensor, got {type(waveform).__name__}")
-    if waveform.dim() == 2 and waveform.shape[0] == 1:
-        waveform = waveform[0]
-    if waveform.dim() != 1:
-        raise ValueError(f"waveform must be mono, [num_samples] or [1, num_samples]; got shape {tuple(waveform.shape)}")
-    if not waveform.is_floating_point():
-        raise TypeError(f"waveform must be a floating tensor, got {waveform.dtype}")
+    waveform = _mono(waveform, "waveform", "[num_samples] or [1, num_samples]", "a floating tensor")
     if isinstance(num_mel_bins, bool) or not isinstance(num_mel_bins, int) or num_mel_bins <= 3:
         raise ValueError(f"num_mel_bins must be an int > 3, got {num_mel_bins!r}")
     window_size, window_shift, fft_size = _window_sizes(sample_rate, frame_length_ms, frame_shift_ms)
@@ -151,14 +158,7 @@ def beats_fbank(waveform_16k: Tensor, seconds: float = 30, *, crop_start: int = 
     video (ffmpeg int16 / 32768), float64 for audio files (``soundfile.read``). Audio files at another rate are padded
     to 30 s *before* resampling in the official code; resample first, then call this.
     """
-    if not isinstance(waveform_16k, Tensor):
-        raise TypeError(f"waveform_16k must be a torch.Tensor, got {type(waveform_16k).__name__}")
-    if waveform_16k.dim() == 2 and waveform_16k.shape[0] == 1:
-        waveform_16k = waveform_16k[0]
-    if waveform_16k.dim() != 1:
-        raise ValueError(f"waveform_16k must be mono, [num_samples]; got shape {tuple(waveform_16k.shape)}")
-    if not waveform_16k.is_floating_point():
-        raise TypeError(f"waveform_16k must be a floating tensor in [-1, 1], got {waveform_16k.dtype}")
+    waveform_16k = _mono(waveform_16k, "waveform_16k", "[num_samples]", "a floating tensor in [-1, 1]")
     if not seconds > 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     target = int(seconds * BEATS_SAMPLE_RATE)
