@@ -24,9 +24,9 @@ from datetime import datetime
 
 import torch
 import transformers
-from prefill import machine, synchronize  # benchmarks/ is on sys.path when this file runs as a script
+from latency import StepClock  # benchmarks/ is on sys.path when this file runs as a script
+from prefill import machine, synchronize
 from transformers import (
-    LogitsProcessor,
     LogitsProcessorList,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -63,19 +63,6 @@ SHAPES = {
 PREFIX, SUFFIX = 14, 30  # Qwen2's chat prefix up to <video>, and a question with the assistant prompt
 
 
-class FirstLogits(LogitsProcessor):
-    """Stamps the first time generate hands it logits (the end of the prefill)."""
-
-    def __init__(self, device: str) -> None:
-        self.device, self.stamp = device, None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.stamp is None:
-            synchronize(self.device)
-            self.stamp = time.perf_counter()
-        return scores
-
-
 def build(shape: str, device: str, dtype: torch.dtype, attn: str) -> VideoLLaMA2AV:
     sizes = SHAPES[shape]
     llm_config = Qwen2Config(**sizes["llm"], attn_implementation=attn, tie_word_embeddings=False)
@@ -105,7 +92,7 @@ def answer(model: VideoLLaMA2AV, pixels: torch.Tensor, fbank: torch.Tensor, ids:
            new_tokens: int, device: str) -> dict:  # fmt: skip
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    clock = FirstLogits(device)
+    clock = StepClock(device)
     synchronize(device)
     start = time.perf_counter()
     media = torch.cat([model.encode_video(pixels)[0], model.encode_audio(fbank)[0]])
@@ -128,7 +115,7 @@ def answer(model: VideoLLaMA2AV, pixels: torch.Tensor, fbank: torch.Tensor, ids:
     stats = engine.last_stats.sample(0, engine.shape)
     return {
         "end_to_end_s": end - start,
-        "ttft_s": clock.stamp - start,
+        "ttft_s": clock.stamps[0] - start,  # the first logits end the prefill
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
         "new_tokens": output.shape[1],
         "prompt_tokens": embeds.shape[1],
