@@ -38,6 +38,13 @@ def check_known(args: dict[str, Any], accepted: tuple[str, ...]) -> None:
         raise ValueError(f"unknown --model_args key(s) {unknown}; accepted: {sorted(accepted)}")
 
 
+def profile_file(prune: str, engine_args: dict[str, Any], default_profile: Path | None) -> Path | None:
+    """The profile JSON a run reads: ``profile=`` if given, else the model's shipped one (none for ``prune=none``)."""
+    if prune != "fastav":
+        return None
+    return Path(engine_args["profile"]) if engine_args.get("profile") is not None else default_profile
+
+
 def pruning_config(prune: str, engine_args: dict[str, Any], default_profile: Path | None) -> PruningConfig:
     """The engine config that ``prune`` and the engine ``--model_args`` describe.
 
@@ -57,8 +64,8 @@ def pruning_config(prune: str, engine_args: dict[str, Any], default_profile: Pat
         global_rule = None
     if global_rule is not None and global_rule not in GLOBAL_RULES:
         raise ValueError(f"global_rule={global_rule!r}; accepted: {[*GLOBAL_RULES, 'none']}")
-    profile_arg = args.pop("profile", None)
-    profile_path = Path(profile_arg) if profile_arg is not None else default_profile
+    args.pop("profile", None)
+    profile_path = profile_file(prune, engine_args, default_profile)
     profile = PruningProfile.load(profile_path) if profile_path is not None else None
     overrides = {
         name: _keep(f"{name}_keep", args.pop(f"{name}_keep")) for name in ("video", "audio") if f"{name}_keep" in args

@@ -1,14 +1,18 @@
 """The lmms-eval model class shared by every FastAV wrapper.
 
 Request -> adapter (media -> decoder inputs + layout) -> engine installed on the adapter's decoder -> generate ->
-answer + per-sample stats. Per sample, the samples file gets relative FLOPs (FastV convention and exact), kept
-tokens per modality per layer and prefill time; lmms-eval's throughput summary in the results JSON gets their means
-(``avg_relative_flops``, ``avg_prefill_ms``, ...). The unpruned baseline (``prune=none``) runs through the same
-engine with pruning off, which computes what the stock decoder computes and reports 100% FLOPs.
+answer + per-sample stats. Per sample, the samples file gets a :class:`~fastav_eval.records.SampleRecord` (relative
+FLOPs in both conventions, kept tokens per modality per layer, prefill time, peak memory); lmms-eval's throughput
+summary in the results JSON gets their means, pooled (``avg_relative_flops``, ...) and per task
+(``avg_<task>/relative_flops``, ...); ``<date>_fastav.json`` beside the results JSON gets the run's
+:class:`~fastav_eval.records.RunRecord` (resolved config and its hash, profile and weights with their sha256,
+versions, device). The unpruned baseline (``prune=none``) runs through the same engine with pruning off, which
+computes what the stock decoder computes and reports 100% FLOPs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,10 +27,21 @@ from lmms_eval.models.model_utils import gen_metrics
 from loguru import logger as log  # lmms-eval's own log, shown at INFO
 from tqdm import tqdm
 
-from fastav_eval.lmms.model_args import ENGINE_ARGS, ON_ERROR, WRAPPER_ARGS, check_known, pruning_config
+from fastav_eval.lmms.model_args import (
+    ENGINE_ARGS,
+    ON_ERROR,
+    WRAPPER_ARGS,
+    check_known,
+    profile_file,
+    pruning_config,
+)
+from fastav_eval.lmms.registry import MODELS
+from fastav_eval.lmms.run_record import find_evaluation
 from fastav_eval.models.base import ModelAdapter, Request, SampleError
+from fastav_eval.provenance import device_info, profile_identity, versions, weights_identity
 from fastav_eval.pruning import find_text_model, install
 from fastav_eval.pruning.scoring import check_attention_kernel
+from fastav_eval.records import RunRecord, SampleRecord, canonical_hash, means
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GREEDY_KWARGS = ("max_new_tokens", "temperature", "do_sample", "until", "top_p", "num_beams")
@@ -46,14 +61,24 @@ if _record_metrics is None or not isinstance(getattr(gen_metrics, "_THROUGHPUT_M
 
 @dataclass
 class FastAVTokenCounts(TokenCounts):
-    """lmms-eval's token counts plus FastAV's per-sample figures (written to the samples file)."""
+    """lmms-eval's token counts, written to the samples file as the sample's :class:`SampleRecord`."""
 
-    fastav: dict[str, Any] = field(default_factory=dict)
-    throughput: dict[str, Any] = field(default_factory=dict, repr=False)
-    """This sample's entry of lmms-eval's throughput summary (``_record_metrics`` keywords); not written per sample."""
+    record: SampleRecord | None = None
+    batch_timing: tuple[float, int] = field(default=(0.0, 1), repr=False)
+    """Seconds its batch took (load to answers) and the batch's size; not written per sample."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), **self.fastav}
+        return {**super().to_dict(), **(self.record.to_dict() if self.record is not None else {})}
+
+
+def throughput_entry(record: SampleRecord, task: str, elapsed: float, batch: int) -> dict[str, Any]:
+    """One sample's ``_record_metrics`` keywords: its figures pooled and under ``<task>/`` (per-task means)."""
+    figures = record.figures()
+    extra = {**figures, **{f"{task}/{name}": value for name, value in figures.items()}}
+    extra.update({"failed": int(not record.ok), "num_requests": 1, f"{task}/failed": int(not record.ok)})
+    speed = record.output_tokens * batch / elapsed if elapsed > 0 else 0.0
+    return {"total_elapsed_time": elapsed / batch, "total_gen_tokens": record.output_tokens, "avg_speed": speed,
+            "additional_metrics": extra}  # fmt: skip
 
 
 def rank_device(device: str | None) -> torch.device:
@@ -131,7 +156,14 @@ class FastAVLMM(lmms):
         if max_batch_size is not None:
             raise ValueError(f"max_batch_size={max_batch_size!r} is not supported; set batch_size")
         pretrained = pretrained or adapter_class.default_pretrained
-        config = pruning_config(prune, engine_args, adapter_class.default_profile(pretrained))  # before loading
+        default_profile = adapter_class.default_profile(pretrained)
+        config = pruning_config(prune, engine_args, default_profile)  # before loading
+        self._profile_file = profile_file(prune, engine_args, default_profile)
+        self._settings = {"dtype": dtype, "attn_implementation": attn_implementation}
+        given = {"pretrained": pretrained, "prune": prune, "attn_implementation": attn_implementation, "dtype": dtype,
+                 "device": device, "batch_size": batch_size, "on_error": on_error, **other_args}  # fmt: skip
+        self.model_args = ",".join(f"{key}={value}" for key, value in given.items() if value is not None)
+        self._records: list[tuple[str, SampleRecord]] = []  # (task, record) of every counted request of this rank
         self._device = rank_device(device)
         self.adapter = adapter_class(pretrained, str(self._device), DTYPES[dtype], attn_implementation, **model_args)
         self.engine = install(self.adapter.decoder, config)
@@ -158,7 +190,9 @@ class FastAVLMM(lmms):
                     f"{key} is given twice, --model_args {key}={args[key]} and --{key} {value}; give one of them"
                 )
             args[key] = value
-        return cls(**args)
+        model = cls(**args)
+        model.model_args = arg_string
+        return model
 
     @property
     def device(self) -> torch.device:
@@ -207,10 +241,8 @@ class FastAVLMM(lmms):
         for index, item in enumerate(loaded):
             if isinstance(item, SampleError):
                 log.warning(f"{type(self).__name__}: {item.reason}; recorded as failed (on_error=record)")
-                failed = {"prune": self.prune, "error": item.reason}
-                throughput = {"total_elapsed_time": 0.0, "total_gen_tokens": 0, "avg_speed": 0.0}
-                throughput["additional_metrics"] = {"failed": 1, "num_requests": 1}
-                counts = FastAVTokenCounts(input_tokens=0, output_tokens=0, fastav=failed, throughput=throughput)
+                record = SampleRecord.failed(self.prune, item.reason)
+                counts = FastAVTokenCounts(input_tokens=0, output_tokens=0, record=record)
                 results.append(GenerationResult(text="", token_counts=counts))
             else:
                 results.append(answered[index])
@@ -232,30 +264,10 @@ class FastAVLMM(lmms):
         results = []
         for index, answer in enumerate(answers):
             summary = stats.sample(index, self.engine.shape)
-            kept = summary["kept_per_layer"]
-            figures = {
-                "relative_flops": summary["relative_flops_fastv"],
-                "relative_flops_exact": summary["relative_flops_exact"],
-                "prefill_ms": 1000 * self._timer.durations[0] / batch,
-                "video_tokens": kept.get("video", [0])[0],
-                "audio_tokens": kept.get("audio", [0])[0],
-                "video_kept_mean": sum(kept.get("video", [0])) / stats.num_layers,
-                "audio_kept_mean": sum(kept.get("audio", [0])) / stats.num_layers,
-            }
-            if peak_mb is not None:
-                figures["peak_memory_mb"] = peak_mb
-            throughput = {
-                "total_elapsed_time": elapsed / batch,
-                "total_gen_tokens": answer.num_tokens,
-                "avg_speed": answer.num_tokens * batch / elapsed,
-                "additional_metrics": {**figures, "failed": 0, "num_requests": 1},
-            }
-            counts = FastAVTokenCounts(
-                input_tokens=summary["prompt_tokens"],
-                output_tokens=answer.num_tokens,
-                fastav={**figures, "prune": self.prune, "kept_per_layer": kept},
-                throughput=throughput,
-            )
+            prefill_ms = 1000 * self._timer.durations[0] / batch
+            record = SampleRecord.measured(self.prune, summary, answer.num_tokens, prefill_ms, peak_mb)
+            timing = (elapsed, batch)
+            counts = FastAVTokenCounts(record.input_tokens, record.output_tokens, record=record, batch_timing=timing)
             results.append(GenerationResult(text=answer.text, token_counts=counts))
         return results
 
@@ -271,11 +283,14 @@ class FastAVLMM(lmms):
             else:
                 results += self._run_batch(chunk)
         # lmms-eval pads a rank's share with clones of its last request so that every rank runs as many: their
-        # figures stay out of the summary (the evaluator drops their answers too).
-        counted = [r for q, r in zip(requests, results, strict=True) if not q.metadata.get("__padding_only__")]
-        for result in counted:
-            _record_metrics(**result.token_counts.throughput)  # type: ignore[union-attr]
-        self._log_summary(counted)
+        # figures stay out of the summary and the run record (the evaluator drops their answers too).
+        counted = [(q, r) for q, r in zip(requests, results, strict=True) if not q.metadata.get("__padding_only__")]
+        for request, result in counted:
+            counts: FastAVTokenCounts = result.token_counts  # type: ignore[assignment]
+            task = request.args[4]
+            _record_metrics(**throughput_entry(counts.record, task, *counts.batch_timing))
+            self._records.append((task, counts.record))
+        self._log_summary([r for _, r in counted])
         return results
 
     def clean(self) -> None:
@@ -284,19 +299,57 @@ class FastAVLMM(lmms):
         lmms-eval builds the results JSON's ``throughput`` on rank 0 from its own process's records only; this is
         the one call every rank makes after generating, before the evaluator reads them.
         """
+        records = self._records
         if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             history = gen_metrics._THROUGHPUT_METRICS_HISTORY
             gathered: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
-            torch.distributed.gather_object(list(history), gathered, dst=0)
+            torch.distributed.gather_object((list(history), records), gathered, dst=0)
             if gathered is not None:
-                history[:] = [record for part in gathered for record in part]  # the list the summary reads
+                history[:] = [entry for part, _ in gathered for entry in part]  # the list the summary reads
+                records = [record for _, part in gathered for record in part]
+        evaluation = find_evaluation()
+        if evaluation is not None:
+            evaluation.set_model_name(self.adapter.pretrained or f"fastav-eval/{self.adapter.name}")
+            if self.rank == 0:
+                path = evaluation.write(self.run_record(records, evaluation.datetime_str))
+                if path is not None:
+                    log.info(f"{type(self).__name__}: run record (config, hashes, versions, per-task means): {path}")
         super().clean()
+
+    def run_record(self, records: list[tuple[str, SampleRecord]], date: str) -> RunRecord:
+        """This run's provenance and the per-task means of ``records`` ((task, record) pairs)."""
+        config = self.engine.config.to_dict()
+        model_id = next((name for name, path in MODELS.items() if path.endswith(f".{type(self).__qualname__}")), "")
+        by_task: dict[str, list[SampleRecord]] = {}
+        for task, record in records:
+            by_task.setdefault(task, []).append(record)
+        described = self.engine.config.describe()
+        return RunRecord(
+            model=model_id or type(self).__name__,
+            adapter=self.adapter.name,
+            model_args=self.model_args,
+            prune=self.prune,
+            pruning=config,
+            pruning_hash=canonical_hash(config),
+            profile=profile_identity(self._profile_file, described),
+            weights=weights_identity(self.adapter.weight_sources()),
+            versions=versions(),
+            device={**device_info(self._device), "processes": self.world_size},
+            dtype=self._settings["dtype"],
+            attn_implementation=self._settings["attn_implementation"],
+            decoder_shape=dataclasses.asdict(self.engine.shape),
+            tasks={task: means(items) for task, items in sorted(by_task.items())},
+            overall=means(record for _, record in records),
+            seed=self.engine.config.seed,
+            date=date,
+        )
 
     def _log_summary(self, results: list[GenerationResult]) -> None:
         """One line per run: the means of the per-sample figures in the samples file."""
         if not results:
             return
-        figures = [r.token_counts.fastav for r in results if "error" not in r.token_counts.fastav]  # type: ignore
+        records: list[SampleRecord] = [r.token_counts.record for r in results]  # type: ignore[union-attr]
+        figures = [record.figures() for record in records if record.ok]
         failed = len(results) - len(figures)
         if not figures:
             log.warning(f"{type(self).__name__}: all {len(results)} requests failed (see the samples file)")

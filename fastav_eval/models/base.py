@@ -180,6 +180,10 @@ class ModelAdapter(ABC):
         """The global-stage profile calibrated for these weights, if the adapter ships or finds one."""
         return None
 
+    def weight_sources(self) -> list[str]:
+        """The folders or hub ids the weights came from (the run record hashes their files)."""
+        return [str(self.pretrained)] if self.pretrained else []
+
     @property
     @abstractmethod
     def decoder(self) -> nn.Module:

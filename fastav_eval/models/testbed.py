@@ -68,6 +68,9 @@ class TestbedAdapter(ModelAdapter):
         self.model = TestbedModel.load(self.weights).to(device=self.device, dtype=dtype)
         self.model.decoder.config._attn_implementation = attn_implementation
 
+    def weight_sources(self) -> list[str]:
+        return [str(self.weights)]
+
     @property
     def decoder(self) -> nn.Module:
         return self.model.decoder

@@ -270,6 +270,9 @@ class VideoLLaMA2Adapter(ModelAdapter):
         tokenizer = self.tokenizer
         self.ends = ChatEnds.of(tokenizer)
 
+    def weight_sources(self) -> list[str]:
+        return [str(self.pretrained), str(self.model.spec.vision_tower)]
+
     @classmethod
     def default_profile(cls, pretrained: str | None) -> Path | None:
         """The paper's global stage for VideoLLaMA2: every video token and the first 10 audio tokens (FastAV,

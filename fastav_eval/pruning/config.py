@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastav_eval.pruning.profile import PruningProfile
 
@@ -91,6 +91,21 @@ class PruningConfig:
                 )
             profile.check(num_layers, global_layer)
         return dataclasses.replace(self, global_layer=global_layer, profile=profile)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (the profile in full, a chooser by name): what a run record stores and hashes."""
+        profile = self.profile.to_dict() if isinstance(self.profile, PruningProfile) else self.profile
+        chooser = None if self.chooser is None else getattr(self.chooser, "__name__", type(self.chooser).__name__)
+        return {
+            "global_rule": self.global_rule,
+            "global_layer": self.global_layer,
+            "profile": str(profile) if isinstance(profile, Path) else profile,
+            "fine_rule": self.fine_rule,
+            "fine_ratio": float(self.fine_ratio),
+            "sink_tokens": self.sink_tokens,
+            "seed": self.seed,
+            "chooser": chooser,
+        }
 
     def describe(self) -> str:
         parts = []

@@ -1,0 +1,284 @@
+"""The two records an evaluation leaves behind, one definition each.
+
+- :class:`SampleRecord` (``fastav-sample/1``): what one evaluated sample cost and kept. The lmms-eval wrappers
+  write it as the sample's ``token_counts[0]`` in lmms-eval's samples file; ``report``, ``verify``, the testbed
+  harness and the RL environments read it back with :meth:`SampleRecord.from_dict`.
+- :class:`RunRecord` (``fastav-run/1``): the provenance of one run (the resolved pruning config and its hash, the
+  profile and the weights with their hashes, versions, device, dtype, the decoder's shape) and the per-task means
+  of the sample records. The wrappers write it next to lmms-eval's results JSON as ``<date>_fastav.json``.
+
+Both are plain JSON; reading checks the format tag and every field, and names the one that is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SAMPLE_FORMAT = "fastav-sample/1"
+RUN_FORMAT = "fastav-run/1"
+RUN_SUFFIX = "_fastav.json"
+"""The run record of ``<date>_results.json`` is ``<date>_fastav.json`` in the same folder."""
+
+MEAN_FIELDS: tuple[str, ...] = ("relative_flops", "relative_flops_exact", "prefill_ms", "peak_memory_mb",
+                                "video_tokens", "audio_tokens", "video_kept_mean", "audio_kept_mean")  # fmt: skip
+"""The per-sample figures whose means a run reports (per task and pooled)."""
+
+
+def _fail(where: str, value: Any, accepted: str) -> ValueError:
+    text = repr(value)
+    return ValueError(f"{where}={text if len(text) <= 80 else text[:77] + '...'}; accepted: {accepted}")
+
+
+def _number(where: str, value: Any, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _fail(where, value, "a finite number" + (" or absent" if optional else ""))
+    return float(value)
+
+
+def _count(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _fail(where, value, "an int >= 0")
+    return value
+
+
+def sha256_of(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def canonical_hash(value: Any) -> str:
+    """sha256 of ``value`` as canonical JSON (sorted keys, no spaces): equal settings hash equal."""
+    return sha256_of(json.dumps(value, sort_keys=True, separators=(",", ":")))
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One evaluated sample, as the wrapper measured it.
+
+    Attributes:
+        prune: the wrapper's ``prune`` mode ("fastav" or "none").
+        input_tokens: prompt tokens (text + audio-visual) layer 0 processed; 0 for a failed sample.
+        output_tokens: tokens generated.
+        kept_per_layer: modality ("text" / "video" / "audio") -> tokens of it each decoder layer processed.
+        relative_flops: prefill FLOPs against the unpruned prefill (= 100), FastV's convention; None if failed.
+        relative_flops_exact: the same with grouped-query projections and a SwiGLU MLP.
+        prefill_ms: the prefill's wall time (a batch's time divided by its size).
+        video_tokens, audio_tokens: the sample's audio-visual tokens before pruning.
+        video_kept_mean, audio_kept_mean: mean over layers of the tokens of that modality each layer processed.
+        peak_memory_mb: peak CUDA memory of the batch (None on CPU).
+        error: why the sample could not be answered (``on_error=record``), else None.
+        decision: what a learned policy chose for this sample (its own JSON), else None.
+    """
+
+    prune: str
+    input_tokens: int
+    output_tokens: int
+    kept_per_layer: dict[str, list[int]] = field(default_factory=dict)
+    relative_flops: float | None = None
+    relative_flops_exact: float | None = None
+    prefill_ms: float | None = None
+    video_tokens: int = 0
+    audio_tokens: int = 0
+    video_kept_mean: float = 0.0
+    audio_kept_mean: float = 0.0
+    peak_memory_mb: float | None = None
+    error: str | None = None
+    decision: dict[str, Any] | None = None
+
+    @classmethod
+    def measured(
+        cls,
+        prune: str,
+        summary: Mapping[str, Any],
+        output_tokens: int,
+        prefill_ms: float,
+        peak_memory_mb: float | None = None,
+        decision: dict[str, Any] | None = None,
+    ) -> SampleRecord:
+        """The record of an answered sample from the engine's per-sample summary (``PrefillStats.sample``)."""
+        kept = {name: [int(c) for c in counts] for name, counts in summary["kept_per_layer"].items()}
+        num_layers = len(summary["tokens_per_layer"])
+        return cls(
+            prune=prune,
+            input_tokens=int(summary["prompt_tokens"]),
+            output_tokens=int(output_tokens),
+            kept_per_layer=kept,
+            relative_flops=float(summary["relative_flops_fastv"]),
+            relative_flops_exact=float(summary["relative_flops_exact"]),
+            prefill_ms=float(prefill_ms),
+            video_tokens=kept.get("video", [0])[0],
+            audio_tokens=kept.get("audio", [0])[0],
+            video_kept_mean=sum(kept.get("video", [0])) / num_layers,
+            audio_kept_mean=sum(kept.get("audio", [0])) / num_layers,
+            peak_memory_mb=peak_memory_mb,
+            decision=decision,
+        )
+
+    @classmethod
+    def failed(cls, prune: str, reason: str) -> SampleRecord:
+        return cls(prune=prune, input_tokens=0, output_tokens=0, error=reason)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def tokens_per_layer(self) -> list[int]:
+        """Tokens each layer processed, all modalities together."""
+        return [sum(layer) for layer in zip(*self.kept_per_layer.values(), strict=True)]
+
+    def figures(self) -> dict[str, float]:
+        """The :data:`MEAN_FIELDS` this sample has (none for a failed one)."""
+        if not self.ok:
+            return {}
+        return {name: float(getattr(self, name)) for name in MEAN_FIELDS if getattr(self, name) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON object with the format tag; unset optional fields are left out."""
+        data = {name: value for name, value in asdict(self).items() if value is not None}
+        if not self.ok:
+            data = {key: data[key] for key in ("prune", "input_tokens", "output_tokens", "error")}
+        return {"format": SAMPLE_FORMAT, **data}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "sample record") -> SampleRecord:
+        """The record a :meth:`to_dict` object describes; keys other than its fields are ignored (lmms-eval adds
+        ``reasoning_tokens``), a missing or malformed field is a ValueError naming it."""
+        if not isinstance(data, dict):
+            raise _fail(where, data, f"a JSON object with format {SAMPLE_FORMAT!r}")
+        if data.get("format") != SAMPLE_FORMAT:
+            raise _fail(f"{where} format", data.get("format"), repr(SAMPLE_FORMAT))
+        for name in ("prune", "input_tokens", "output_tokens"):
+            if name not in data:
+                raise ValueError(f"{where} has no {name!r}")
+        if not isinstance(data["prune"], str):
+            raise _fail(f"{where} prune", data["prune"], "a string")
+        values: dict[str, Any] = {
+            "prune": data["prune"],
+            "input_tokens": _count(f"{where} input_tokens", data["input_tokens"]),
+            "output_tokens": _count(f"{where} output_tokens", data["output_tokens"]),
+        }
+        if data.get("error") is not None:
+            if not isinstance(data["error"], str):
+                raise _fail(f"{where} error", data["error"], "a string")
+            return cls(**values, error=data["error"])
+        kept = data.get("kept_per_layer")
+        if not isinstance(kept, dict) or not kept:
+            raise _fail(f"{where} kept_per_layer", kept, "an object of modality -> list of per-layer counts")
+        lengths = {len(v) if isinstance(v, list) else -1 for v in kept.values()}
+        if len(lengths) != 1 or -1 in lengths:
+            raise _fail(f"{where} kept_per_layer", kept, "lists of equal length, one count per layer")
+        values["kept_per_layer"] = {
+            name: [_count(f"{where} kept_per_layer.{name}", c) for c in counts] for name, counts in kept.items()
+        }
+        for name in ("relative_flops", "relative_flops_exact", "prefill_ms", "video_kept_mean", "audio_kept_mean"):
+            values[name] = _number(f"{where} {name}", data.get(name))
+        values["peak_memory_mb"] = _number(f"{where} peak_memory_mb", data.get("peak_memory_mb"), optional=True)
+        for name in ("video_tokens", "audio_tokens"):
+            values[name] = _count(f"{where} {name}", data.get(name))
+        decision = data.get("decision")
+        if decision is not None and not isinstance(decision, dict):
+            raise _fail(f"{where} decision", decision, "an object or absent")
+        return cls(**values, decision=decision)
+
+
+def means(records: Iterable[SampleRecord]) -> dict[str, float]:
+    """Means of the :data:`MEAN_FIELDS` over the answered records, plus ``n`` and ``failed`` counts."""
+    records = list(records)
+    answered = [r.figures() for r in records if r.ok]
+    result: dict[str, float] = {"n": len(records), "failed": len(records) - len(answered)}
+    for name in MEAN_FIELDS:
+        values = [figures[name] for figures in answered if name in figures]
+        if values:
+            result[name] = sum(values) / len(values)
+    return result
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Where one run's numbers came from.
+
+    Attributes:
+        model: the lmms-eval model name (``fastav_tiny``, ...); ``adapter``: the adapter's name.
+        model_args: the ``--model_args`` string as given.
+        prune: "fastav" or "none".
+        pruning: the resolved engine config (:meth:`fastav_eval.pruning.PruningConfig.to_dict`).
+        pruning_hash: :func:`canonical_hash` of ``pruning``.
+        profile: ``{"path", "sha256", "describe"}`` of the profile file the config read, or None.
+        weights: ``{"name", "files": {relative path: sha256}, "revision"}`` of the model's weights.
+        versions: fastav-eval (and its git commit when run from a checkout), torch, transformers, lmms-eval, python.
+        device, dtype, attn_implementation: where and how it ran (``device``: type, name, count).
+        decoder_shape: the text decoder's sizes (:class:`fastav_eval.pruning.DecoderShape` fields), from which
+            ``verify`` recomputes each sample's FLOPs.
+        tasks: task -> the :func:`means` of its sample records; ``overall``: the means over all samples.
+        seed: the engine's seed (random rules); lmms-eval's seeds are in its results JSON.
+        date: lmms-eval's ``date`` of the run (the results file's prefix).
+    """
+
+    model: str
+    adapter: str
+    model_args: str
+    prune: str
+    pruning: dict[str, Any]
+    pruning_hash: str
+    profile: dict[str, Any] | None
+    weights: dict[str, Any]
+    versions: dict[str, Any]
+    device: dict[str, Any]
+    dtype: str
+    attn_implementation: str
+    decoder_shape: dict[str, int]
+    tasks: dict[str, dict[str, float]]
+    overall: dict[str, float]
+    seed: int
+    date: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": RUN_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "run record") -> RunRecord:
+        if not isinstance(data, dict):
+            raise _fail(where, data, f"a JSON object with format {RUN_FORMAT!r}")
+        if data.get("format") != RUN_FORMAT:
+            raise _fail(f"{where} format", data.get("format"), repr(RUN_FORMAT))
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise ValueError(f"{where} lacks {missing}; a {RUN_FORMAT} record has {names}")
+        record = cls(**{name: data[name] for name in names})
+        if canonical_hash(record.pruning) != record.pruning_hash:
+            raise ValueError(f"{where} pruning_hash {record.pruning_hash} is not the hash of its pruning config")
+        return record
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (a reader never sees half a file)."""
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        partial.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunRecord:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"run record {str(path)!r} cannot be read: {error}") from error
+        return cls.from_dict(data, where=f"run record {path.name}")
+
+
+def run_record_path(results_json: str | Path) -> Path:
+    """``<folder>/<date>_results.json`` -> ``<folder>/<date>_fastav.json``."""
+    path = Path(results_json)
+    if not path.name.endswith("_results.json"):
+        raise ValueError(f"{str(path)!r} is not an lmms-eval results file (<date>_results.json)")
+    return path.with_name(path.name.removesuffix("_results.json") + RUN_SUFFIX)

@@ -1,0 +1,68 @@
+"""The sample and run records: what the wrapper writes is what readers get back, and bad fields are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastav_eval.records import SAMPLE_FORMAT, RunRecord, SampleRecord, canonical_hash, means, run_record_path
+
+SUMMARY = {
+    "prompt_tokens": 20,
+    "tokens_per_layer": [20, 20, 12, 10],
+    "kept_per_layer": {"text": [4, 4, 4, 4], "video": [8, 8, 4, 3], "audio": [8, 8, 4, 3]},
+    "relative_flops_fastv": 77.5,
+    "relative_flops_exact": 78.0,
+}
+
+
+def test_measured_record_round_trips_and_derives_its_figures():
+    record = SampleRecord.measured("fastav", SUMMARY, output_tokens=3, prefill_ms=1.5)
+    assert record.video_tokens == 8 and record.audio_tokens == 8
+    assert record.video_kept_mean == pytest.approx(23 / 4) and record.tokens_per_layer == [20, 20, 12, 10]
+    data = record.to_dict()
+    assert data["format"] == SAMPLE_FORMAT and "error" not in data and "peak_memory_mb" not in data
+    assert SampleRecord.from_dict({**data, "reasoning_tokens": 0}) == record  # lmms-eval's extra keys are ignored
+
+
+def test_failed_record_keeps_only_the_reason():
+    record = SampleRecord.failed("fastav", "doc 3: no audio track")
+    assert SampleRecord.from_dict(record.to_dict()) == record and not record.ok and record.figures() == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"format": "fastav-sample/0"}, "format"),
+        ({"relative_flops": "59"}, "relative_flops"),
+        ({"kept_per_layer": {"video": [1, 2], "audio": [1]}}, "kept_per_layer"),
+        ({"kept_per_layer": {"video": [1, -2]}}, "kept_per_layer.video"),
+        ({"input_tokens": True}, "input_tokens"),
+    ],
+)
+def test_bad_sample_fields_are_named(change, named):
+    data = {**SampleRecord.measured("fastav", SUMMARY, 3, 1.5).to_dict(), **change}
+    with pytest.raises(ValueError, match=named):
+        SampleRecord.from_dict(data)
+
+
+def test_means_skip_failed_samples_but_count_them():
+    answered = SampleRecord.measured("fastav", SUMMARY, 3, 1.0)
+    other = SampleRecord.measured("fastav", {**SUMMARY, "relative_flops_fastv": 57.5}, 3, 3.0)
+    result = means([answered, other, SampleRecord.failed("fastav", "x")])
+    assert result["n"] == 3 and result["failed"] == 1
+    assert result["relative_flops"] == pytest.approx(67.5) and result["prefill_ms"] == pytest.approx(2.0)
+
+
+def test_run_record_checks_its_hash(tmp_path):
+    pruning = {"global_rule": "positional", "fine_ratio": 0.2}
+    values = dict(model="fastav_tiny", adapter="testbed", model_args="", prune="fastav", pruning=pruning,
+                  pruning_hash=canonical_hash(pruning), profile=None, weights={}, versions={}, device={},
+                  dtype="float32", attn_implementation="sdpa", decoder_shape={}, tasks={}, overall={}, seed=0,
+                  date="20261202_000000")  # fmt: skip
+    path = RunRecord(**values).save(tmp_path / "20261202_000000_fastav.json")
+    assert RunRecord.load(path) == RunRecord(**values)
+    assert run_record_path(tmp_path / "20261202_000000_results.json") == path
+    with pytest.raises(ValueError, match="pruning_hash"):
+        RunRecord.from_dict({**RunRecord(**values).to_dict(), "pruning": {**pruning, "fine_ratio": 0.3}})
+    with pytest.raises(ValueError, match="lacks"):
+        RunRecord.from_dict({"format": "fastav-run/1", "model": "fastav_tiny"})
