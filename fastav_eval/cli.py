@@ -69,19 +69,37 @@ def _tasks_path(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate_testbed(args: argparse.Namespace) -> int:
+def _calibrate(args: argparse.Namespace) -> int:
     import logging
 
-    from fastav_eval.testbed import TestbedModel
-    from fastav_eval.testbed.calibrate import calibrate_testbed
+    from fastav_eval.analysis.calibrate import calibrate, choose_profile, write_outputs
+    from fastav_eval.analysis.tasks import build_model, task_documents, task_objects
+    from fastav_eval.lmms.model_args import ENGINE_ARGS
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    model = TestbedModel.load(args.weights)
-    profile = calibrate_testbed(
-        model, args.docs_per_task, args.global_layer, args.mass, args.target_flops, args.fine_ratio
+    given = [item.split("=", 1)[0] for item in args.model_args.split(",") if item]
+    pruning = sorted({"prune", *ENGINE_ARGS} & set(given))
+    if pruning:
+        raise ValueError(
+            f"--model_args {pruning}: calibration runs the unpruned model; give the global layer as --global-layer"
+        )
+    model_args = ",".join(filter(None, [args.model_args, "prune=none"]))
+    model = build_model(args.model, model_args, args.device)
+    tasks = task_objects(args.tasks.split(","), args.model, args.include_path or [])
+    calibration = calibrate(
+        model, task_documents(tasks, args.limit), global_layer=args.global_layer, alpha=args.alpha, bins=args.bins
     )
-    profile.save(args.out)
-    print(f"{args.out}: {profile.describe()}")
+    profile = choose_profile(calibration, args.mass, args.target_flops, args.fine_ratio)
+    written = write_outputs(calibration, profile, args.out)
+    shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in calibration.prefix_for_mass(0.9).items())
+    print(f"{written['profile']}: {profile.describe()} (global layer {profile.global_layer} of {profile.num_layers})")
+    print(
+        f"rollout on {len(calibration.documents)} documents; 90% of the mass lies in the first {shares} of the tokens"
+    )
+    print(f"heatmap: {written['heatmap']}\nimportance curves: {written['importance']}")
+    warning = calibration.flatness_warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -166,20 +184,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train_testbed)
 
     calibrate = commands.add_parser(
-        "calibrate-testbed", help="rollout-calibrate the testbed's global-stage profile on the AV-Synth val split"
+        "calibrate",
+        help="attention rollout of the unpruned model on N documents per task -> the global stage's profile JSON, a "
+        "heatmap and importance curves (PNG beside it), and a warning when the curves are flat",
     )
-    calibrate.add_argument("--weights", required=True, help="the testbed model folder")
     calibrate.add_argument(
-        "--out", required=True, help="profile JSON to write (the shipped one is <weights>/profile.json)"
+        "--model", required=True, help="a FastAV lmms-eval model: fastav_tiny, fastav_videollama2, ..."
     )
-    calibrate.add_argument("--docs-per-task", type=int, default=24)
-    calibrate.add_argument("--global-layer", type=int, help="default: half the depth")
-    calibrate.add_argument("--mass", type=float, default=0.9, help="rollout mass the kept prefix must hold (0, 1]")
+    calibrate.add_argument("--model_args", default="", help="as for lmms-eval, without prune or pruning settings")
     calibrate.add_argument(
-        "--target-flops", type=float, help="instead of --mass: the largest mass whose mean relative FLOPs <= this"
+        "--tasks", required=True, help="lmms-eval tasks or groups, comma-separated (not the test split you report)"
+    )
+    calibrate.add_argument("--limit", type=int, default=24, help="documents per task (default 24)")
+    calibrate.add_argument(
+        "--include_path", action="append", help="more lmms-eval task folders (FastAV-Eval's are always in)"
+    )
+    calibrate.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    calibrate.add_argument("--global-layer", type=int, help="the layer the profile is for (default: half the depth)")
+    calibrate.add_argument("--alpha", type=float, default=0.5, help="rollout's attention weight against the residual")
+    calibrate.add_argument("--bins", type=int, default=20, help="relative-position bins per modality (default 20)")
+    budget = calibrate.add_mutually_exclusive_group()
+    budget.add_argument("--mass", type=float, help="keep the shortest prefix holding this rollout mass (default 0.9)")
+    budget.add_argument(
+        "--target-flops", type=float, help="instead: the largest mass whose mean relative FLOPs <= this"
     )
     calibrate.add_argument("--fine-ratio", type=float, default=0.2, help="fine ratio assumed by --target-flops")
-    calibrate.set_defaults(handler=_calibrate_testbed)
+    calibrate.add_argument("--out", required=True, help="profile JSON to write; the PNGs go beside it")
+    calibrate.set_defaults(handler=_calibrate)
 
     data = commands.add_parser(
         "prepare-data",

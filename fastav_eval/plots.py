@@ -76,3 +76,80 @@ def plot_training_log(log_path: str | Path, path: str | Path) -> Path:
                 axes.axvline(start, color="grey", linestyle=":", linewidth=1)
             left.annotate(f"{phase} →", (start, 1.0), xycoords=("data", "axes fraction"), fontsize=7, va="top")
     return _save(figure, path)
+
+
+def plot_rollout_heatmap(
+    density: Mapping[str, Sequence[Sequence[float]]],
+    modality_share: Mapping[str, Sequence[float]],
+    title: str,
+    path: str | Path,
+) -> Path:
+    """Rollout by layer (rows) x relative position per modality (column blocks, boundaries drawn), as mass per
+    token against a uniform share (log colour scale, 1 = every token alike); writes a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    names = list(density)
+    blocks = [np.asarray(density[name], dtype=float) for name in names]
+    grid = np.concatenate(blocks, axis=1)
+    positive = grid[grid > 0]
+    high = float(positive.max()) if positive.size else 1.0
+    low = max(float(positive.min()) if positive.size else 1e-3, 1e-3)
+    shown = np.ma.masked_where(grid <= 0, np.clip(grid, low, None))  # a bin without tokens (short text) is blank
+    figure, axes = plt.subplots(figsize=(9, 1.6 + 0.35 * grid.shape[0]), dpi=120)
+    image = axes.imshow(shown, aspect="auto", origin="lower", cmap="magma", norm=LogNorm(low, max(high, low * 1.01)))
+    start = 0
+    for name, block in zip(names, blocks, strict=True):
+        width = block.shape[1]
+        if start:
+            axes.axvline(start - 0.5, color="white", linewidth=2)
+        share = 100 * float(np.asarray(modality_share[name])[-1])
+        axes.text(start + width / 2 - 0.5, grid.shape[0] - 0.5 + 0.15, f"{name} ({share:.0f}% of mass)",
+                  ha="center", va="bottom", fontsize=9)  # fmt: skip
+        start += width
+    ticks = range(grid.shape[0])
+    axes.set_yticks(list(ticks), [str(layer + 1) for layer in ticks])
+    axes.set_ylabel("rollout through layer")
+    axes.set_xticks([])
+    axes.set_xlabel("relative position within each modality (start -> end)")
+    axes.set_title(title, pad=22)
+    figure.colorbar(image, ax=axes, label="mass per token / uniform")
+    return _save(figure, path)
+
+
+def plot_importance_curves(
+    curves: Mapping[str, Sequence[float]], kept_fraction: Mapping[str, float], title: str, path: str | Path
+) -> Path:
+    """Per modality: rollout mass density along relative position (1 = flat) and its cumulative share against the
+    prefix kept (the diagonal is a flat curve; the profile's cut is marked); writes a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figure, (density_axes, cumulative_axes) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    for name, values in curves.items():
+        values = np.asarray(values, dtype=float)
+        bins = len(values)
+        centres = (np.arange(bins) + 0.5) / bins
+        colour = MODALITY_COLOURS.get(name)
+        density_axes.plot(centres, values * bins, marker="o", markersize=3, label=name, color=colour)
+        edges = np.arange(bins + 1) / bins
+        cumulative_axes.plot(edges, np.concatenate([[0.0], np.cumsum(values)]), label=name, color=colour)
+        if name in kept_fraction:
+            cumulative_axes.axvline(kept_fraction[name], color=colour, linestyle=":", linewidth=1.5)
+    density_axes.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="flat")
+    density_axes.set_xlabel("relative position within the modality")
+    density_axes.set_ylabel("rollout mass density (1 = flat)")
+    density_axes.legend()
+    cumulative_axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="flat")
+    cumulative_axes.set_xlabel("prefix kept (share of its tokens); dotted: the profile's cut")
+    cumulative_axes.set_ylabel("share of rollout mass in the prefix")
+    cumulative_axes.legend()
+    figure.suptitle(title, fontsize=10)
+    return _save(figure, path)

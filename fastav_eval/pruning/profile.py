@@ -4,7 +4,7 @@ A profile says, for each audio-visual modality, how much of its sequence prefix 
 the first N tokens, the first fraction f of the modality's tokens, or the first N chunks (frames / time
 steps of an interleaved layout). A modality the profile does not name is kept whole. Profiles are written
 by hand (``PruningProfile.prefix(audio=10)``: the paper's VideoLLaMA2 setting) or by
-:func:`fastav_eval.pruning.rollout.calibrate_profile`, which also stores the rollout curves it read.
+``fastav-eval calibrate`` (:mod:`fastav_eval.analysis.calibrate`), which also stores the rollout curves it read.
 """
 
 from __future__ import annotations

@@ -5,24 +5,23 @@ For layers ``0 .. K-1`` with head-averaged attention ``A_l``::
     Â_l = α·A_l + (1 − α)·I      (rows renormalised)
     R_K = Â_{K-1} · … · Â_1 · Â_0
 
-Row ``L-1`` of ``R_K`` says how much each input token feeds the last token at layer K. Calibration averages,
-over samples, how that mass spreads along each modality's relative position, and keeps for each modality the
-shortest prefix that holds ``mass`` of it. This needs eager attention weights (``[L, L]`` per layer), so it runs
+Row ``L-1`` of ``R_K`` says how much each input token feeds the last token at layer K. Calibration
+(:mod:`fastav_eval.analysis.calibrate`) averages, over samples, how that mass spreads along each modality's
+relative position (:class:`RolloutCurves`), and keeps for each modality the shortest prefix that holds ``mass``
+of it. This needs eager attention weights (``[L, L]`` per layer), so it runs
 offline on a handful of samples; inference never computes rollout, it only reads the saved profile.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from fastav_eval.pruning.config import resolve_global_layer
 from fastav_eval.pruning.decoder import ENGINE_ATTRIBUTE, find_text_model
 from fastav_eval.pruning.layout import AV_MODALITIES, ModalityLayout, modality_code
 from fastav_eval.pruning.profile import PrefixKeep, PruningProfile
@@ -64,18 +63,25 @@ def attention_rollout(attentions: Sequence[torch.Tensor], alpha: float = 0.5) ->
 
 
 class _RolloutRecorder:
-    """Accumulates the rollout product of layers ``< num_layers`` inside the attention function."""
+    """Accumulates the rollout product of layers ``< num_layers`` inside the attention function, keeping the
+    last row after each layer."""
 
     def __init__(self, num_layers: int, alpha: float) -> None:
         self.num_layers = num_layers
         self.alpha = alpha
         self.product: torch.Tensor | None = None
+        self.last_rows: list[torch.Tensor] = []
 
     def update(self, layer_idx: int, weights: torch.Tensor) -> None:
         if layer_idx >= self.num_layers:
             return
         mixed = residual_attention(weights.float().mean(1), self.alpha)
         self.product = mixed if self.product is None else mixed @ self.product
+        self.last_rows.append(self.product[:, -1].clone())
+
+
+class _StopForward(Exception):
+    """Raised before the first layer rollout does not need: the rest of the forward is never computed."""
 
 
 def _rollout_attention(module, query, key, value, attention_mask, **kwargs):
@@ -93,6 +99,17 @@ def rollout_last_row(model: nn.Module, inputs: dict[str, Any], num_layers: int, 
     Returns:
         ``[L]`` fp32, the influence of each prompt token on the last token at layer ``num_layers``.
     """
+    return rollout_last_rows(model, inputs, num_layers, alpha)[-1]
+
+
+@torch.no_grad()
+def rollout_last_rows(model: nn.Module, inputs: dict[str, Any], num_layers: int, alpha: float = 0.5) -> torch.Tensor:
+    """Row L-1 of the rollout after each of layers ``0 .. num_layers-1``; the forward stops before layer
+    ``num_layers`` (later layers are never run).
+
+    Returns:
+        ``[num_layers, L]`` fp32: row ``l`` is each prompt token's influence on the last token at layer ``l + 1``.
+    """
     text_model = find_text_model(model)
     if getattr(text_model, ENGINE_ATTRIBUTE, None) is not None:
         raise ValueError("uninstall FastAV before calibrating: rollout needs the unpruned model")
@@ -102,39 +119,65 @@ def rollout_last_row(model: nn.Module, inputs: dict[str, Any], num_layers: int, 
     text_model.config._attn_implementation = ROLLOUT_ATTENTION
     for layer in text_model.layers:
         setattr(layer.self_attn, RECORDER_ATTRIBUTE, recorder)
+    stop = None
+    if num_layers < len(text_model.layers):
+
+        def _stop(*_: Any) -> None:
+            raise _StopForward
+
+        stop = text_model.layers[num_layers].register_forward_pre_hook(_stop)
     try:
         model(**inputs, use_cache=False)
+    except _StopForward:
+        pass
     finally:
         text_model.config._attn_implementation = original
         for layer in text_model.layers:
             delattr(layer.self_attn, RECORDER_ATTRIBUTE)
-    if recorder.product is None:
-        raise RuntimeError("no attention weights were recorded: does the model route attention through its config?")
+        if stop is not None:
+            stop.remove()
+    if len(recorder.last_rows) != num_layers:
+        raise RuntimeError(
+            f"attention weights of {len(recorder.last_rows)} of {num_layers} layers were recorded: does the model "
+            "route attention through its config?"
+        )
     if recorder.product.shape[0] != 1:
         raise ValueError(f"calibration runs one sample at a time; got batch {recorder.product.shape[0]}")
-    return recorder.product[0, -1]
+    return torch.stack([row[0] for row in recorder.last_rows])
 
 
-def modality_mass_curves(influence: torch.Tensor, layout: ModalityLayout, bins: int) -> dict[str, torch.Tensor]:
-    """Per modality, the share of its rollout mass in each of ``bins`` equal relative-position bins.
+def binned_mass(
+    influence: torch.Tensor, layout: ModalityLayout, name: str, bins: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One modality's rollout mass and token count in each of ``bins`` equal relative-position bins.
 
     Args:
         influence: ``[L]`` rollout row of one sample.
         layout: that sample's layout (batch 1, no padding).
 
     Returns:
+        ``(mass [bins], tokens [bins])`` fp32 on the CPU, or None when the sample has no ``name`` token.
+    """
+    is_modality = layout.modality[0] == modality_code(name)
+    count = int(is_modality.sum())
+    if count == 0:
+        return None
+    which = torch.clamp((layout.rank[0][is_modality].float() / count * bins).long(), max=bins - 1).cpu()
+    mass = torch.zeros(bins).index_add_(0, which, influence[is_modality].float().cpu())
+    return mass, torch.zeros(bins).index_add_(0, which, torch.ones(count))
+
+
+def modality_mass_curves(influence: torch.Tensor, layout: ModalityLayout, bins: int) -> dict[str, torch.Tensor]:
+    """Per audio-visual modality, the share of its rollout mass in each of ``bins`` relative-position bins.
+
+    Returns:
         modality name -> ``[bins]`` fp32 summing to 1 (absent modalities are left out).
     """
     curves = {}
     for name in AV_MODALITIES:
-        is_modality = layout.modality[0] == modality_code(name)
-        count = int(is_modality.sum())
-        if count == 0:
-            continue
-        relative = layout.rank[0][is_modality].float() / count
-        which = torch.clamp((relative * bins).long(), max=bins - 1)
-        mass = torch.zeros(bins).index_add_(0, which.cpu(), influence[is_modality].float().cpu())
-        curves[name] = mass / mass.sum().clamp_min(1e-12)
+        binned = binned_mass(influence, layout, name, bins)
+        if binned is not None:
+            curves[name] = binned[0] / binned[0].sum().clamp_min(1e-12)
     return curves
 
 
@@ -188,57 +231,3 @@ class RolloutCurves:
                 "curves": self.curves,
             },
         )
-
-
-def rollout_curves(
-    model: nn.Module,
-    samples: Iterable[tuple[dict[str, Any], ModalityLayout]],
-    global_layer: int | None = None,
-    alpha: float = 0.5,
-    bins: int = 20,
-) -> RolloutCurves:
-    """Run rollout on every sample (batch 1, unpadded, eager attention) and average the per-modality curves.
-
-    Args:
-        model: the unpruned model (a causal LM or a thinker).
-        samples: ``(model inputs, layout)`` pairs, one sample each (``model(**inputs)`` must run it).
-        global_layer: the layer the profile is for (rollout over layers ``< global_layer``); None = half depth.
-        alpha: rollout's attention weight against the residual identity.
-        bins: relative-position resolution of the curves and of the kept prefix.
-    """
-    if not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins={bins!r}; accepted: an int >= 1")
-    num_layers = len(find_text_model(model).layers)
-    global_layer = resolve_global_layer(global_layer, num_layers)
-    totals: dict[str, torch.Tensor] = {}
-    count = 0
-    for inputs, layout in tqdm(samples, desc="rollout calibration", unit="sample"):
-        if layout.batch_size != 1 or not bool(layout.valid.all()):
-            raise ValueError("calibration samples must be batch 1 without padding")
-        influence = rollout_last_row(model, inputs, global_layer, alpha)
-        for name, curve in modality_mass_curves(influence, layout, bins).items():
-            totals[name] = totals.get(name, torch.zeros(bins)) + curve
-        count += 1
-    if count == 0:
-        raise ValueError("samples is empty: calibration needs at least one sample")
-    curves = {name: (total / count).tolist() for name, total in totals.items()}
-    return RolloutCurves(curves, num_layers, global_layer, alpha, count)
-
-
-def calibrate_profile(
-    model: nn.Module,
-    samples: Iterable[tuple[dict[str, Any], ModalityLayout]],
-    global_layer: int | None = None,
-    alpha: float = 0.5,
-    mass: float = 0.9,
-    bins: int = 20,
-) -> PruningProfile:
-    """Calibrate a positional profile from rollout on ``samples``: ``rollout_curves(...).profile(mass)``.
-
-    Returns:
-        a profile keeping, per modality, the first ``k / bins`` of its tokens, the smallest such prefix
-        holding ``mass`` of the modality's mean rollout mass; its ``rollout`` field records the curves.
-    """
-    if not 0.0 < mass <= 1.0:
-        raise ValueError(f"mass={mass!r}; accepted: a number in (0, 1]")
-    return rollout_curves(model, samples, global_layer, alpha, bins).profile(mass)

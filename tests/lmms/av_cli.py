@@ -10,8 +10,9 @@ need and runs from ROOT/tasks (vggsound's YAML resolves its cache against the wo
 ``fastav_qwen2_5_omni`` it also writes a checkpoint laid out like ``Qwen/Qwen2.5-Omni-7B``
 (tests/models/omni_fixtures.py) under ROOT/checkpoint and lets the adapter build the processor locally (the stock
 video processor needs torchvision, which these machines lack); ``fastav_videollama2`` loads the committed tiny
-checkpoint as it is. Every other argument goes to ``lmms_eval.__main__.cli_evaluate`` unchanged. On a GPU machine
-with the real checkpoints, run ``lmms-eval`` itself (README).
+checkpoint as it is. Every other argument goes to ``lmms_eval.__main__.cli_evaluate`` unchanged, or, after
+``fastav-eval``, to that command (``python -m tests.lmms.av_cli ROOT fastav-eval calibrate --model ...``). On a GPU
+machine with the real checkpoints, run ``lmms-eval`` / ``fastav-eval`` themselves (README).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def main() -> None:
 
         Qwen25OmniAdapter.load_processor = staticmethod(lambda pretrained: tiny_processor())
     os.chdir(root / "tasks")
+    if sys.argv[2:3] == ["fastav-eval"]:
+        from fastav_eval.cli import main as fastav_eval
+
+        sys.exit(fastav_eval(sys.argv[3:]))
     from lmms_eval.__main__ import cli_evaluate
 
     sys.argv = [sys.argv[0], *sys.argv[2:]]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from transformers import AttentionInterface
 
-from fastav_eval.pruning import ModalityLayout, install, last_query_scores
-from fastav_eval.pruning.rollout import attention_rollout, calibrate_profile, rollout_last_row
+from fastav_eval.analysis.calibrate import aggregate
+from fastav_eval.pruning import DecoderShape, ModalityLayout, install, last_query_scores
+from fastav_eval.pruning.rollout import attention_rollout, rollout_last_row, rollout_last_rows
 from fastav_eval.pruning.scoring import base_attention
 from tests.conftest import VOCAB, tiny_qwen2
 
@@ -74,7 +75,8 @@ def test_calibrated_profile_drives_the_positional_rule(tmp_path):
         )
         for s in range(3)
     ]
-    profile = calibrate_profile(model, samples, global_layer=3, mass=0.5, bins=10)
+    measured = [(str(s), rollout_last_rows(model, inputs, 3), lay) for s, (inputs, lay) in enumerate(samples)]
+    profile = aggregate(measured, DecoderShape.from_config(model.config), alpha=0.5, bins=10).curves.profile(0.5)
     assert profile.source == "rollout" and profile.num_layers == 6 and profile.global_layer == 3
     assert profile.rollout["num_samples"] == 3
     for name in ("video", "audio"):

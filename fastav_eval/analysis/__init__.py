@@ -1,0 +1,1 @@
+"""FastAV-Eval's analysis commands: calibrate, sweep, report, submit and verify."""
