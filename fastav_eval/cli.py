@@ -103,6 +103,40 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    import shlex
+
+    from fastav_eval.analysis.sweep import DEFAULT_AXES, build_grid, parse_vary, run_sweep
+
+    axes = parse_vary(args.vary) if args.vary else DEFAULT_AXES
+    runs = build_grid(args.model, args.model_args, args.tasks, axes, args.limit, args.gen_kwargs or "",
+                      baseline=not args.no_baseline)  # fmt: skip
+    try:
+        shard = tuple(int(part) for part in args.shard.split("/"))
+        assert len(shard) == 2
+    except (ValueError, AssertionError):
+        raise ValueError(f"--shard {args.shard!r}; accepted: i/n, e.g. 0/2") from None
+    print(f"sweep: {len(runs)} runs ({', '.join(run.name for run in runs)}) -> {args.out}")
+    result = run_sweep(
+        runs, args.out, shard=shard, launcher=shlex.split(args.launcher) if args.launcher else None,
+        include_paths=args.include_path or [], device=args.device, batch_size=args.batch_size, dry_run=args.dry_run,
+    )  # fmt: skip
+    verb = "would run" if args.dry_run else "ran"
+    print(f"sweep: {verb} {len(result.ran)}, skipped {len(result.skipped)} finished, {len(result.failed)} failed")
+    if not args.dry_run:
+        print(f"next: fastav-eval report {args.out} --out {args.out}/report")
+    return 1 if result.failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fastav_eval.analysis.report import write_report
+    from fastav_eval.analysis.results import find_runs
+
+    written = write_report(find_runs(args.folders), args.out, args.metric)
+    print(f"{written['report']}\n{written['plot']}")
+    return 0
+
+
 def _build_avsynth(args: argparse.Namespace) -> int:
     from fastav_eval.avsynth.dataset import write_split
 
@@ -211,6 +245,45 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--fine-ratio", type=float, default=0.2, help="fine ratio assumed by --target-flops")
     calibrate.add_argument("--out", required=True, help="profile JSON to write; the PNGs go beside it")
     calibrate.set_defaults(handler=_calibrate)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a grid of pruning settings through lmms-eval (one results folder each; finished runs are skipped)",
+    )
+    sweep.add_argument("--model", required=True, help="a FastAV lmms-eval model")
+    sweep.add_argument("--model_args", default="", help="the base setting every axis varies from (prune=fastav)")
+    sweep.add_argument("--tasks", required=True, help="lmms-eval tasks or groups, comma-separated")
+    sweep.add_argument(
+        "--vary",
+        action="append",
+        help="AXIS=V1,V2,... varied alone from the base (repeatable); default: global_rule (all four, equal "
+        "budget), fine_rule (all three), fine_ratio=0,0.1,0.2,0.3. Also global_layer, sink_tokens, *_keep, seed",
+    )
+    sweep.add_argument("--no-baseline", action="store_true", help="leave out the unpruned run (prune=none)")
+    sweep.add_argument("--limit", type=int, help="documents per task (lmms-eval --limit)")
+    sweep.add_argument("--gen_kwargs", help="lmms-eval --gen_kwargs for every run")
+    sweep.add_argument("--include_path", action="append", help="more lmms-eval task folders")
+    sweep.add_argument("--device", help="lmms-eval --device for every run (e.g. cuda:1)")
+    sweep.add_argument("--batch_size", type=int, help="lmms-eval --batch_size for every run")
+    sweep.add_argument(
+        "--launcher",
+        help="what runs lmms-eval, before '-m lmms_eval' (default: this python), e.g. 'accelerate launch "
+        "--multi_gpu --num_processes 8' or 'python -m torch.distributed.run --nproc_per_node 8'",
+    )
+    sweep.add_argument("--shard", default="0/1", help="i/n: run every n-th grid point from the i-th (one per GPU)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and their commands; run nothing")
+    sweep.add_argument("--out", required=True, help="folder: <out>/<hash>/ per run, <out>/sweep.json")
+    sweep.set_defaults(handler=_sweep)
+
+    report = commands.add_parser(
+        "report",
+        help="Markdown table, Pareto plot and paired differences from the unpruned run, from lmms-eval results",
+    )
+    report.add_argument("folders", nargs="+", help="lmms-eval output folders (searched for *_results.json) or files")
+    report.add_argument("--out", required=True, help="folder for report.md and pareto.png")
+    report.add_argument("--metric", help="TASK/METRIC for the plot's y (default: each task's first metric, "
+                        "relative to the unpruned run, averaged)")  # fmt: skip
+    report.set_defaults(handler=_report)
 
     data = commands.add_parser(
         "prepare-data",

@@ -153,3 +153,32 @@ def plot_importance_curves(
     cumulative_axes.legend()
     figure.suptitle(title, fontsize=10)
     return _save(figure, path)
+
+
+def plot_pareto(
+    points: Sequence[tuple[float, float]],
+    labels: Sequence[str],
+    front: Sequence[int],
+    is_baseline: Sequence[bool],
+    ylabel: str,
+    path: str | Path,
+) -> Path:
+    """One point per run (relative FLOPs, score), labelled; the Pareto front drawn; the unpruned run a star."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    for (cost, value), label, baseline in zip(points, labels, is_baseline, strict=True):
+        marker, colour = ("*", "#c44e52") if baseline else ("o", "#4c72b0")
+        axes.scatter([cost], [value], marker=marker, s=160 if baseline else 40, color=colour, zorder=3)
+        axes.annotate(label, (cost, value), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    if front:
+        axes.plot([points[i][0] for i in front], [points[i][1] for i in front], color="grey", linewidth=1,
+                  linestyle="--", zorder=2, label="Pareto front")  # fmt: skip
+        axes.legend(loc="lower right")
+    axes.set_xlabel("relative prefill FLOPs (%; unpruned = 100)")
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    return _save(figure, path)

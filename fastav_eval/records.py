@@ -49,6 +49,14 @@ def _count(where: str, value: Any) -> int:
     return value
 
 
+def read_json(path: str | Path, what: str) -> Any:
+    """The JSON in ``path``; an unreadable file or invalid JSON is a ValueError naming ``what`` and the path."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{what} {str(path)!r} cannot be read as JSON: {error}") from error
+
+
 def sha256_of(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
@@ -268,12 +276,7 @@ class RunRecord:
 
     @classmethod
     def load(cls, path: str | Path) -> RunRecord:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"run record {str(path)!r} cannot be read: {error}") from error
-        return cls.from_dict(data, where=f"run record {path.name}")
+        return cls.from_dict(read_json(path, "run record"), where=f"run record {Path(path).name}")
 
 
 def run_record_path(results_json: str | Path) -> Path:

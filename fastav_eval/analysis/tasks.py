@@ -63,13 +63,17 @@ def task_documents(tasks: dict[str, Any], limit: int | None) -> Iterator[TaskDoc
             yield TaskDocument(name, doc_id, list(task.doc_to_visual(doc) or []), task.doc_to_text(doc))
 
 
-def build_model(model: str, model_args: str, device: str | None = None) -> Any:
-    """The lmms-eval model ``model`` (a FastAV wrapper) from a ``--model_args`` string, as lmms-eval builds it."""
+def model_class(model: str) -> Any:
+    """The wrapper class of a FastAV lmms-eval model name (not instantiated)."""
     from lmms_eval.models import get_model
 
     from fastav_eval.lmms.registry import MODELS
 
     if model not in MODELS:
         raise ValueError(f"model={model!r} is not a FastAV wrapper; accepted: {sorted(MODELS)}")
-    model_class = get_model(model)
-    return model_class.create_from_arg_string(model_args, {"batch_size": 1, "device": device})
+    return get_model(model)
+
+
+def build_model(model: str, model_args: str, device: str | None = None) -> Any:
+    """The lmms-eval model ``model`` (a FastAV wrapper) from a ``--model_args`` string, as lmms-eval builds it."""
+    return model_class(model).create_from_arg_string(model_args, {"batch_size": 1, "device": device})

@@ -1,0 +1,208 @@
+"""``fastav-eval report``: lmms-eval runs -> a Markdown table, an accuracy-vs-FLOPs Pareto plot, and each run's
+paired difference from the unpruned run on the same documents (with a t confidence interval)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fastav_eval.analysis.results import RunResults, mean_and_interval
+from fastav_eval.records import means
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``run - baseline`` on one task metric over the documents both answered.
+
+    ``low``/``high`` bound the mean difference (95% t interval over per-sample differences); all three are None
+    for a corpus metric (no per-sample score), whose ``corpus_difference`` is then the only figure.
+    """
+
+    task: str
+    metric: str
+    n: int
+    mean: float | None
+    low: float | None
+    high: float | None
+    corpus_difference: float
+
+
+def paired_difference(run: RunResults, baseline: RunResults, task: str, metric: str) -> PairedDifference:
+    """Pair the two runs' samples by document (doc_id, checked by target and prompt) and difference them."""
+    mine, theirs = run.document_keys(task), baseline.document_keys(task)
+    shared = sorted(set(mine) & set(theirs))
+    different = [doc for doc in shared if mine[doc] != theirs[doc]]
+    if different:
+        raise ValueError(
+            f"{run.name} and {baseline.name} hold different documents for {task} (doc_id {different[0]}: target or "
+            "prompt differ): a paired comparison needs the same task data"
+        )
+    corpus = run.metrics_of(task)[metric].value - baseline.metrics_of(task)[metric].value
+    scores, base_scores = run.per_sample_scores(task, metric), baseline.per_sample_scores(task, metric)
+    if scores is None or base_scores is None:
+        return PairedDifference(task, metric, len(shared), None, None, None, corpus)
+    paired = [doc for doc in shared if doc in scores and doc in base_scores]
+    if not paired:
+        raise ValueError(f"{run.name} and {baseline.name} share no scored document for {task}/{metric}")
+    mean, low, high = mean_and_interval([scores[doc] - base_scores[doc] for doc in paired])
+    return PairedDifference(task, metric, len(paired), mean, low, high, corpus)
+
+
+def find_baseline(runs: list[RunResults]) -> RunResults | None:
+    """The latest unpruned FastAV run (``prune=none``) among ``runs``."""
+    unpruned = [run for run in runs if run.is_unpruned]
+    return unpruned[-1] if unpruned else None
+
+
+def shared_tasks(runs: list[RunResults]) -> list[str]:
+    tasks = [task for task in runs[0].tasks if all(task in run.tasks for run in runs)]
+    if not tasks:
+        raise ValueError(f"runs {[run.name for run in runs]} share no task with metrics")
+    return tasks
+
+
+def score(run: RunResults, tasks: list[str], baseline: RunResults | None, metric: str | None = None) -> float:
+    """The Pareto plot's y: ``task/metric`` if given; else each task's primary metric relative to the unpruned
+    run (100 = kept), averaged over tasks (lower-is-better metrics inverted), or their plain mean without one."""
+    if metric is not None:
+        task, name = metric.split("/", 1)
+        return run.metrics_of(task)[name].value
+    values = []
+    for task in tasks:
+        name = baseline.primary_metric(task) if baseline is not None else run.primary_metric(task)
+        value = run.metrics_of(task)[name].value
+        if baseline is None:
+            values.append(value)
+            continue
+        reference = baseline.metrics_of(task)[name].value
+        ratio = value / reference if reference else float(value == reference)
+        values.append(100 * (ratio if run.higher_is_better(task, name) else 1 / ratio if ratio else 0.0))
+    return sum(values) / len(values)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and score (higher), by cost."""
+    front = [
+        i for i, (cost, value) in enumerate(points)
+        if not any(c <= cost and v >= value and (c, v) != (cost, value) for c, v in points)
+    ]  # fmt: skip
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _cell(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _metric_cell(run: RunResults, task: str, metric: str) -> str:
+    found = run.metrics_of(task).get(metric)
+    if found is None:
+        return ""
+    return f"{found.value:.4f}" + (f" ± {found.stderr:.4f}" if found.stderr is not None else "")
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _provenance_row(run: RunResults) -> str:
+    config = run.results.get("config", {})
+    seeds = ",".join(str(config.get(key)) for key in ("random_seed", "numpy_seed", "torch_seed"))
+    record = run.record
+    if record is None:
+        return _row([run.name, str(config.get("model")), "no FastAV run record", *[""] * 8, seeds])
+    files = [digest for source in record.weights.get("sources", []) for digest in source["files"].values()]
+    git = record.versions.get("fastav_eval_git") or {}
+    fastav = str(record.versions.get("fastav_eval"))
+    if git:
+        fastav += f" @{git['commit'][:8]}{'+dirty' if git.get('dirty') else ''}"
+    versions = [str(record.versions.get(name)) for name in ("torch", "transformers", "lmms_eval")]
+    return _row([
+        run.name, record.model, record.pruning_hash[:12], (record.profile or {}).get("sha256", "")[:12],
+        f"{record.weights.get('name')} ({len(files)} files hashed)", fastav, *versions,
+        f"{record.device.get('type')}: {record.device.get('name')}", record.dtype, f"{seeds}, engine {record.seed}",
+    ])  # fmt: skip
+
+
+def _paired_rows(runs: list[RunResults], baseline: RunResults, tasks: list[str], primary: dict[str, str]) -> list[str]:
+    rows = []
+    for run in runs:
+        if run is baseline:
+            continue
+        for task in tasks:
+            diff = paired_difference(run, baseline, task, primary[task])
+            if diff.mean is None:
+                cells = [f"{diff.corpus_difference:+.4f} (corpus)", "no per-sample scores"]
+            else:
+                cells = [f"{diff.mean:+.4f}", f"[{diff.low:+.4f}, {diff.high:+.4f}]"]
+            rows.append(_row([run.name, run.label(), task, diff.metric, str(diff.n), *cells]))
+    return rows
+
+
+def markdown(runs: list[RunResults], plot: str | None = None, metric: str | None = None) -> str:
+    """The report's Markdown: results, paired differences, provenance."""
+    tasks = shared_tasks(runs)
+    baseline = find_baseline(runs)
+    reference = baseline or runs[0]
+    primary = {task: reference.primary_metric(task) for task in tasks}
+    lines = [f"# FastAV-Eval report ({len(runs)} runs, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", ""]
+    lines += [
+        "Task metrics are lmms-eval's (± its standard error); costs are means over every sample of the per-sample "
+        "records in the samples files (relative prefill FLOPs, FastV's convention, unpruned = 100; prefill time; "
+        "peak CUDA memory; audio-visual tokens each layer processed, averaged over layers).",
+        "",
+        "## Results",
+        "",
+    ]
+    header = ["run", "setting", *(f"{task} {primary[task]}" for task in tasks), "rel. FLOPs %", "prefill ms",
+              "peak MB", "video kept/layer", "audio kept/layer", "failed"]  # fmt: skip
+    lines += [_row(header), "|" + "---|" * len(header)]
+    for run in runs:
+        cost = means(run.all_sample_records())
+        lines.append(_row([
+            run.name, run.label(), *(_metric_cell(run, task, primary[task]) for task in tasks),
+            _cell(cost.get("relative_flops")), _cell(cost.get("prefill_ms")), _cell(cost.get("peak_memory_mb"), 0),
+            _cell(cost.get("video_kept_mean"), 1), _cell(cost.get("audio_kept_mean"), 1), str(int(cost["failed"])),
+        ]))  # fmt: skip
+    if baseline is not None:
+        lines += [
+            "",
+            f"## Against the unpruned run ({baseline.name}), paired on the same documents",
+            "",
+            "Δ = run − unpruned, mean over documents, with its 95% t interval over the per-sample differences. "
+            "A corpus metric (no per-sample score) shows the difference of the corpus values only.",
+            "",
+            _row(["run", "setting", "task", "metric", "documents", "Δ", "95% CI"]),
+            "|---|---|---|---|---|---|---|",
+            *_paired_rows(runs, baseline, tasks, primary),
+        ]
+    header = ["run", "model", "config hash", "profile sha256", "weights", "fastav-eval", "torch", "transformers",
+              "lmms-eval", "device", "dtype", "seeds"]  # fmt: skip
+    lines += ["", "## Provenance", "", _row(header), "|" + "---|" * len(header), *map(_provenance_row, runs)]
+    if plot:
+        y = metric or ("mean primary metric, % of unpruned" if baseline is not None else "mean primary metric")
+        lines += ["", "## Accuracy against FLOPs", "", f"y: {y}; the dashed line is the Pareto front.", "",
+                  f"![pareto]({plot})"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_report(runs: list[RunResults], out: str | Path, metric: str | None = None) -> dict[str, Path]:
+    """``<out>/report.md`` and ``<out>/pareto.png``."""
+    from fastav_eval.plots import plot_pareto
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = shared_tasks(runs)
+    baseline = find_baseline(runs)
+    points = [
+        (means(run.all_sample_records()).get("relative_flops", 100.0), score(run, tasks, baseline, metric))
+        for run in runs
+    ]
+    labels = [run.label() for run in runs]
+    ylabel = metric or ("mean primary metric (% of unpruned)" if baseline is not None else "mean primary metric")
+    plot = plot_pareto(
+        points, labels, pareto_front(points), [run is baseline for run in runs], ylabel, out / "pareto.png"
+    )
+    report = out / "report.md"
+    report.write_text(markdown(runs, plot.name, metric))
+    return {"report": report, "plot": plot}

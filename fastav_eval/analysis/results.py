@@ -1,0 +1,197 @@
+"""lmms-eval output folders as runs: the results JSON, its samples files, and the FastAV run record beside them.
+
+lmms-eval 0.7.3 writes ``<folder>/<date>_results.json`` and, with ``--log_samples``, one
+``<date>_samples_<task>.jsonl`` per task; a FastAV wrapper adds ``<date>_fastav.json``
+(:class:`~fastav_eval.records.RunRecord`). Each sample line's ``token_counts[0]`` is its
+:class:`~fastav_eval.records.SampleRecord`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastav_eval.records import RunRecord, SampleRecord, read_json, run_record_path
+
+STDERR_MARK = "_stderr"
+SWEEP_RUN_FILE = "run.json"
+"""What ``fastav-eval sweep`` writes in each run's folder (its name, spec and status)."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One task metric as lmms-eval reports it: value and standard error (None when it reports "N/A")."""
+
+    value: float
+    stderr: float | None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass
+class RunResults:
+    """One lmms-eval run read back from disk.
+
+    Attributes:
+        path: the ``<date>_results.json``.
+        results: its JSON.
+        samples: task -> the sample lines of ``<date>_samples_<task>.jsonl`` (in file order).
+        record: the FastAV run record beside it, or None (a run of another model, or an older FastAV-Eval).
+    """
+
+    path: Path
+    results: dict[str, Any]
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    record: RunRecord | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunResults:
+        path = Path(path)
+        results = read_json(path, "lmms-eval results")
+        if not isinstance(results, dict) or "results" not in results:
+            raise ValueError(f"{str(path)!r} has no 'results': not an lmms-eval results JSON")
+        prefix = path.name.removesuffix("_results.json")
+        samples = {}
+        for samples_path in sorted(path.parent.glob(f"{prefix}_samples_*.jsonl")):
+            task = samples_path.name.removeprefix(f"{prefix}_samples_").removesuffix(".jsonl")
+            lines = samples_path.read_text(encoding="utf-8").splitlines()
+            try:
+                samples[task] = [json.loads(line) for line in lines if line.strip()]
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{samples_path.name}: line {error.lineno} is not JSON") from error
+        record_path = run_record_path(path)
+        record = RunRecord.load(record_path) if record_path.is_file() else None
+        return cls(path, results, samples, record)
+
+    @property
+    def name(self) -> str:
+        """The sweep's name for the run (``fine_ratio=0.1``), else its folder and date (``results/20261202_113104``)."""
+        for folder in (self.path.parent, self.path.parent.parent):
+            marker = folder / SWEEP_RUN_FILE
+            if marker.is_file():
+                try:
+                    return str(json.loads(marker.read_text())["name"])
+                except (ValueError, KeyError):
+                    break
+        return f"{self.path.parent.name}/{self.path.name.removesuffix('_results.json')}"
+
+    @property
+    def tasks(self) -> list[str]:
+        """Tasks with their own metrics (groups without an aggregate are left out)."""
+        return sorted(task for task, values in self.results["results"].items() if self.metrics_of(task))
+
+    def primary_metric(self, task: str) -> str:
+        """The task's first metric in its YAML's metric_list (what a leaderboard column shows)."""
+        listed = self.results.get("configs", {}).get(task, {}).get("metric_list") or []
+        names = [entry["metric"] for entry in listed if isinstance(entry, dict) and "metric" in entry]
+        available = self.metrics_of(task)
+        for name in names:
+            if name in available:
+                return name
+        if not available:
+            raise ValueError(f"{self.name}: task {task!r} has no metric in its results")
+        return sorted(available)[0]
+
+    def metrics_of(self, task: str) -> dict[str, Metric]:
+        """metric -> value and standard error, from ``results[task]`` (keys ``metric,filter``; filter "none")."""
+        values = self.results["results"].get(task) or self.results.get("groups", {}).get(task) or {}
+        found = {}
+        for key, value in values.items():
+            if "," not in key:
+                continue
+            metric, filter_name = key.split(",", 1)
+            number = _number(value)
+            if filter_name != "none" or STDERR_MARK in metric or number is None:
+                continue
+            found[metric] = Metric(number, _number(values.get(f"{metric}{STDERR_MARK},{filter_name}")))
+        return found
+
+    def higher_is_better(self, task: str, metric: str) -> bool:
+        return bool(self.results.get("higher_is_better", {}).get(task, {}).get(metric, True))
+
+    def sample_records(self, task: str) -> list[SampleRecord]:
+        """Each sample's :class:`SampleRecord` (``token_counts[0]``), in file order."""
+        records = []
+        for line in self.samples.get(task, []):
+            counts = line.get("token_counts") or [None]
+            records.append(SampleRecord.from_dict(counts[0], where=f"{task} doc {line.get('doc_id')} token_counts[0]"))
+        return records
+
+    def all_sample_records(self) -> list[SampleRecord]:
+        return [record for task in sorted(self.samples) for record in self.sample_records(task)]
+
+    def per_sample_scores(self, task: str, metric: str) -> dict[int, float] | None:
+        """doc_id -> the sample's numeric score for ``metric``; None when the metric has no per-sample number
+        (a corpus metric such as CIDEr logs its (reference, answer) pairs). Samples without the key (a metric
+        split by kind) are left out."""
+        scores = {}
+        for line in self.samples.get(task, []):
+            if metric not in line:
+                continue
+            value = _number(line[metric])
+            if value is None:
+                return None
+            scores[int(line["doc_id"])] = value
+        return scores
+
+    def document_keys(self, task: str) -> dict[int, tuple[str, str]]:
+        """doc_id -> (target, input) of each sample: what pairs two runs' samples as the same document."""
+        return {
+            int(line["doc_id"]): (str(line.get("target")), str(line.get("input")))
+            for line in self.samples.get(task, [])
+        }
+
+    @property
+    def is_unpruned(self) -> bool:
+        return self.record is not None and self.record.prune == "none"
+
+    def label(self) -> str:
+        """A short description of the pruning setting."""
+        if self.record is None:
+            return self.name
+        if self.record.prune == "none":
+            return "unpruned"
+        config = self.record.pruning
+        parts = []
+        if config.get("global_rule"):
+            parts.append(f"global {config['global_rule']}@{config.get('global_layer')}")
+        if config.get("fine_ratio"):
+            parts.append(f"fine {config['fine_rule']} P={config['fine_ratio']:g}")
+        return ", ".join(parts) or "fastav, nothing pruned"
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[RunResults]:
+    """Every lmms-eval run under ``paths`` (results JSON files, or folders searched recursively), by date."""
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            matches = sorted(path.rglob("*_results.json"))
+            if not matches:
+                raise ValueError(f"{str(path)!r} holds no lmms-eval results (*_results.json): did the run fail?")
+            found += matches
+        else:
+            raise ValueError(f"{str(path)!r} is neither a results JSON nor a folder")
+    runs = [RunResults.load(path) for path in dict.fromkeys(p.resolve() for p in found)]
+    return sorted(runs, key=lambda run: (str(run.results.get("date")), run.name))
+
+
+def mean_and_interval(differences: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of paired differences and its two-sided t confidence interval (both ends the mean for n < 2)."""
+    from scipy import stats
+
+    n = len(differences)
+    mean = sum(differences) / n
+    if n < 2:
+        return mean, mean, mean
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half

@@ -1,0 +1,248 @@
+"""``fastav-eval sweep``: a grid of pruning settings, each a normal lmms-eval run in its own folder, resumable.
+
+The grid is the paper's ablations: from a base setting (``--model_args``), each axis is varied alone (the global
+rule at equal budget, the fine rule, the fine ratio, the global layer), plus the unpruned baseline. Every run is
+``lmms-eval --model M --model_args <base + change> --tasks T --output_path <out>/<hash> --log_samples``, where
+``hash`` is the sha256 of everything that sets the run's numbers (model, model args, tasks, limit, generation
+kwargs, seed). ``<out>/<hash>/run.json`` says ``running`` while it runs and ``done`` once lmms-eval wrote its
+results JSON; a finished run is skipped, an interrupted or failed one is started again from scratch.
+
+No scheduler: ``--shard i/n`` takes every n-th run, so n sweeps (one per GPU, ``CUDA_VISIBLE_DEVICES``) share a
+grid; ``--launcher`` runs each lmms-eval under ``accelerate launch`` or ``torchrun`` for multi-GPU runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from fastav_eval.analysis.results import SWEEP_RUN_FILE as RUN_FILE
+from fastav_eval.lmms.model_args import ENGINE_ARGS
+from fastav_eval.pruning.config import FINE_RULES, GLOBAL_RULES
+from fastav_eval.records import canonical_hash
+
+INDEX_FILE = "sweep.json"
+DEFAULT_AXES: dict[str, list[str]] = {
+    "global_rule": list(GLOBAL_RULES),
+    "fine_rule": list(FINE_RULES),
+    "fine_ratio": ["0", "0.1", "0.2", "0.3"],
+}
+"""The paper's Tables 2-4: global rules at equal budget, fine rules, fine ratios (``global_layer`` needs the
+model's depth: give ``--vary global_layer=1,2,...``)."""
+AXES = ("global_rule", "global_layer", "fine_rule", "fine_ratio", "sink_tokens", "video_keep", "audio_keep",
+        "video_keep_chunks", "audio_keep_chunks", "seed")  # fmt: skip
+
+
+def parse_args_string(text: str) -> dict[str, str]:
+    """``a=1,b=x`` -> ``{"a": "1", "b": "x"}`` (lmms-eval's ``--model_args`` syntax); a bare key is an error."""
+    args: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if "=" not in item:
+            raise ValueError(f"--model_args item {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        args[key.strip()] = value.strip()
+    return args
+
+
+def parse_vary(items: Sequence[str]) -> dict[str, list[str]]:
+    """``["fine_ratio=0,0.1", ...]`` -> ``{"fine_ratio": ["0", "0.1"]}``; an unknown axis is named."""
+    axes: dict[str, list[str]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--vary {item!r}; accepted: AXIS=V1,V2,... with AXIS one of {list(AXES)}")
+        axis, values = item.split("=", 1)
+        if axis not in AXES:
+            raise ValueError(f"--vary axis {axis!r}; accepted: {list(AXES)}")
+        axes[axis] = [value for value in values.split(",") if value]
+        if not axes[axis]:
+            raise ValueError(f"--vary {item!r} gives no value")
+    return axes
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One point of the grid.
+
+    Attributes:
+        name: what differs from the base, e.g. ``fine_ratio=0.1`` (``base``, ``unpruned``).
+        model_args: the full ``--model_args`` string of the run.
+        spec: everything that sets the run's numbers; its hash names the run's folder.
+    """
+
+    name: str
+    model_args: str
+    spec: dict[str, Any]
+
+    @property
+    def hash(self) -> str:
+        return canonical_hash(self.spec)[:16]
+
+
+def build_grid(
+    model: str,
+    base_args: str,
+    tasks: str,
+    axes: dict[str, list[str]],
+    limit: int | None = None,
+    gen_kwargs: str = "",
+    seed: str = "0,1234,1234,1234",
+    baseline: bool = True,
+) -> list[SweepRun]:
+    """The base run, each axis value on its own, and (``baseline``) the unpruned run; duplicates appear once."""
+    base = parse_args_string(base_args)
+    if base.get("prune", "fastav") != "fastav":
+        raise ValueError(f"--model_args prune={base['prune']!r}: the sweep's base is a FastAV setting (prune=fastav)")
+    points: list[tuple[str, dict[str, str]]] = [("base", {**base, "prune": "fastav"})]
+    for axis, values in axes.items():
+        for value in values:
+            points.append((f"{axis}={value}", {**base, "prune": "fastav", axis: value}))
+    if baseline:
+        unpruned = {key: value for key, value in base.items() if key not in ENGINE_ARGS}
+        points.append(("unpruned", {**unpruned, "prune": "none"}))
+    runs: dict[str, SweepRun] = {}
+    for name, args in points:
+        model_args = ",".join(f"{key}={value}" for key, value in args.items())
+        others = {key: value for key, value in args.items() if key not in ENGINE_ARGS}
+        spec = {"model": model, "model_args": dict(sorted(others.items())), "pruning": resolved_pruning(model, args),
+                "tasks": tasks, "limit": limit, "gen_kwargs": gen_kwargs, "seed": seed}  # fmt: skip
+        run = SweepRun(name, model_args, spec)
+        runs.setdefault(run.hash, run)  # "fine_ratio=0.2" is the base itself when the base's ratio is 0.2
+    return list(runs.values())
+
+
+def resolved_pruning(model: str, args: dict[str, str]) -> dict[str, Any]:
+    """The engine config ``args`` give ``model`` (its shipped profile read in full), as the run record has it
+    (``global_layer`` None means half the depth): equal settings written differently are one run."""
+    from lmms_eval.utils import simple_parse_args_string
+
+    from fastav_eval.analysis.tasks import model_class
+    from fastav_eval.lmms.model_args import pruning_config
+
+    adapter = model_class(model).adapter_class
+    parsed = simple_parse_args_string(",".join(f"{key}={value}" for key, value in args.items()))
+    engine_args = {key: value for key, value in parsed.items() if key in ENGINE_ARGS}
+    default_profile = adapter.default_profile(parsed.get("pretrained") or adapter.default_pretrained)
+    return pruning_config(str(parsed.get("prune", "fastav")), engine_args, default_profile).to_dict()
+
+
+def lmms_eval_command(run: SweepRun, folder: Path, launcher: Sequence[str], include_paths: Sequence[str],
+                      device: str | None, batch_size: int | None) -> list[str]:  # fmt: skip
+    """The lmms-eval command line of one run."""
+    from fastav_eval.cli import tasks_path
+
+    spec = run.spec
+    command = [*launcher, "-m", "lmms_eval", "--model", spec["model"], "--model_args", run.model_args, "--tasks",
+               spec["tasks"], "--output_path", str(folder), "--log_samples", "--seed", spec["seed"]]  # fmt: skip
+    for path in [str(tasks_path()), *include_paths]:
+        command += ["--include_path", path]
+    if spec["limit"] is not None:
+        command += ["--limit", str(spec["limit"])]
+    if spec["gen_kwargs"]:
+        command += ["--gen_kwargs", spec["gen_kwargs"]]
+    if device:
+        command += ["--device", device]
+    if batch_size:
+        command += ["--batch_size", str(batch_size)]
+    return command
+
+
+def run_state(folder: Path) -> str:
+    """``done`` (finished: skip), ``running`` (interrupted, or running elsewhere), ``failed`` or ``missing``."""
+    marker = folder / RUN_FILE
+    if not marker.is_file():
+        return "missing"
+    try:
+        state = json.loads(marker.read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return "missing"
+    if state == "done" and not any(folder.rglob("*_results.json")):
+        return "missing"
+    return state
+
+
+def _write_marker(folder: Path, run: SweepRun, status: str, **extra: Any) -> None:
+    partial = folder / f"{RUN_FILE}.partial"
+    partial.write_text(json.dumps({"status": status, "name": run.name, "hash": run.hash, "model_args": run.model_args,
+                                   "spec": run.spec, **extra}, indent=2) + "\n")  # fmt: skip
+    partial.replace(folder / RUN_FILE)
+
+
+def execute(command: list[str], log_path: Path) -> int:
+    """Run one lmms-eval command, its output to ``log_path``; returns its exit status."""
+    with log_path.open("w") as log:
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+
+
+@dataclass
+class SweepResult:
+    ran: list[str]
+    skipped: list[str]
+    failed: list[str]
+
+
+def run_sweep(
+    runs: list[SweepRun],
+    out: str | Path,
+    shard: tuple[int, int] = (0, 1),
+    launcher: Sequence[str] | None = None,
+    include_paths: Sequence[str] = (),
+    device: str | None = None,
+    batch_size: int | None = None,
+    dry_run: bool = False,
+    runner: Callable[[list[str], Path], int] = execute,
+    say: Callable[[str], None] = tqdm.write,
+) -> SweepResult:
+    """Run this shard's runs that are not done; ``dry_run`` only says what would run."""
+    out = Path(out)
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {index}/{count}; accepted: i/n with 0 <= i < n")
+    mine = [run for position, run in enumerate(runs) if position % count == index]
+    launcher = list(launcher) if launcher else [sys.executable]
+    result = SweepResult([], [], [])
+    if not dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+        index_path = out / INDEX_FILE
+        listed = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        listed.update({run.hash: {"name": run.name, "model_args": run.model_args} for run in runs})
+        index_path.write_text(json.dumps(listed, indent=2) + "\n")
+    progress = tqdm(mine, desc="sweep", unit="run", disable=dry_run)
+    for run in progress:
+        folder = out / run.hash
+        state = run_state(folder)
+        command = lmms_eval_command(run, folder, launcher, include_paths, device, batch_size)
+        if dry_run:
+            say(f"{'skip (done)' if state == 'done' else 'run'}: {run.name} [{run.hash}]\n  {shlex.join(command)}")
+            (result.skipped if state == "done" else result.ran).append(run.name)
+            continue
+        if state == "done":
+            result.skipped.append(run.name)
+            continue
+        progress.set_postfix_str(run.name)
+        if folder.exists():
+            shutil.rmtree(folder)  # an interrupted or failed run starts again from nothing
+        folder.mkdir(parents=True)
+        _write_marker(folder, run, "running", command=command)
+        started = time.perf_counter()
+        code = runner(command, folder / "lmms_eval.log")
+        seconds = time.perf_counter() - started
+        if code == 0 and any(folder.rglob("*_results.json")):
+            _write_marker(folder, run, "done", command=command, seconds=round(seconds, 1))
+            result.ran.append(run.name)
+            say(f"[sweep] {run.name} [{run.hash}]: done in {seconds:.0f} s")
+        else:
+            _write_marker(folder, run, "failed", command=command, exit_code=code)
+            result.failed.append(run.name)
+            log = folder / "lmms_eval.log"
+            say(f"[sweep] {run.name} [{run.hash}]: FAILED (exit {code}, no results JSON); see {log}")
+    return result
