@@ -137,6 +137,31 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from fastav_eval.analysis.bundle import submit
+
+    out = submit(args.results, args.out, args.baseline or [])
+    print(f"{out}: results, config, profile, report.md, pareto.png, leaderboard.csv, MANIFEST.sha256")
+    print(f"check it: fastav-eval verify {out}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from fastav_eval.analysis.bundle import verify
+
+    result = verify(args.bundle)
+    checked = ", ".join(f"{count} {what}" for what, count in result.checked.items())
+    for note in result.notes:
+        print(f"note: {note}")
+    if not result.ok:
+        for problem in result.problems:
+            print(f"MISMATCH: {problem}", file=sys.stderr)
+        print(f"fastav-eval verify: {len(result.problems)} problem(s) ({checked} checked)", file=sys.stderr)
+        return 1
+    print(f"fastav-eval verify: ok ({checked} checked)")
+    return 0
+
+
 def _build_avsynth(args: argparse.Namespace) -> int:
     from fastav_eval.avsynth.dataset import write_split
 
@@ -284,6 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--metric", help="TASK/METRIC for the plot's y (default: each task's first metric, "
                         "relative to the unpruned run, averaged)")  # fmt: skip
     report.set_defaults(handler=_report)
+
+    bundle = commands.add_parser(
+        "submit", help="pack one run (results, samples, run record, config, profile, report, CSV row) with sha256 sums"
+    )
+    bundle.add_argument("results", help="one run: its lmms-eval output folder or its *_results.json")
+    bundle.add_argument("--out", required=True, help="the bundle folder to write (must be empty or new)")
+    bundle.add_argument("--baseline", action="append", help="a run the bundled report compares against (unpruned)")
+    bundle.set_defaults(handler=_submit)
+
+    check = commands.add_parser(
+        "verify", help="check a bundle: sha256 sums, every metric and each sample's FLOPs recomputed from its samples"
+    )
+    check.add_argument("bundle", help="a folder written by fastav-eval submit")
+    check.set_defaults(handler=_verify)
 
     data = commands.add_parser(
         "prepare-data",

@@ -223,6 +223,7 @@ class RunRecord:
         weights: ``{"name", "files": {relative path: sha256}, "revision"}`` of the model's weights.
         versions: fastav-eval (and its git commit when run from a checkout), torch, transformers, lmms-eval, python.
         device, dtype, attn_implementation: where and how it ran (``device``: type, name, count).
+        language_model: the text decoder's family and size, e.g. ``qwen2 (28 layers, d 3584)``.
         decoder_shape: the text decoder's sizes (:class:`fastav_eval.pruning.DecoderShape` fields), from which
             ``verify`` recomputes each sample's FLOPs.
         tasks: task -> the :func:`means` of its sample records; ``overall``: the means over all samples.
@@ -242,6 +243,7 @@ class RunRecord:
     device: dict[str, Any]
     dtype: str
     attn_implementation: str
+    language_model: str
     decoder_shape: dict[str, int]
     tasks: dict[str, dict[str, float]]
     overall: dict[str, float]

@@ -57,8 +57,8 @@ def test_run_record_checks_its_hash(tmp_path):
     pruning = {"global_rule": "positional", "fine_ratio": 0.2}
     values = dict(model="fastav_tiny", adapter="testbed", model_args="", prune="fastav", pruning=pruning,
                   pruning_hash=canonical_hash(pruning), profile=None, weights={}, versions={}, device={},
-                  dtype="float32", attn_implementation="sdpa", decoder_shape={}, tasks={}, overall={}, seed=0,
-                  date="20261202_000000")  # fmt: skip
+                  dtype="float32", attn_implementation="sdpa", language_model="qwen2", decoder_shape={}, tasks={},
+                  overall={}, seed=0, date="20261202_000000")  # fmt: skip
     path = RunRecord(**values).save(tmp_path / "20261202_000000_fastav.json")
     assert RunRecord.load(path) == RunRecord(**values)
     assert run_record_path(tmp_path / "20261202_000000_results.json") == path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,16 @@ class TaskDocument:
         return Request(list(self.visuals), self.prompt)
 
 
+def quiet_lmms_eval() -> None:
+    """lmms-eval's log (loguru) at WARNING: indexing its tasks otherwise prints hundreds of DEBUG lines."""
+    import sys
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
 def task_objects(tasks: Sequence[str], model: str, include_paths: Sequence[str] = ()) -> dict[str, Any]:
     """Task name -> lmms-eval task object, groups expanded to their subtasks (FastAV-Eval's tasks always included).
 
@@ -34,7 +43,7 @@ def task_objects(tasks: Sequence[str], model: str, include_paths: Sequence[str] 
     from fastav_eval.cli import tasks_path
 
     paths = [str(tasks_path()), *include_paths]
-    logging.getLogger("lmms-eval").setLevel(logging.WARNING)
+    quiet_lmms_eval()
     manager = TaskManager("WARNING", include_path=paths, model_name=model)
     missing = [name for name in tasks if name not in manager.all_tasks]
     if missing:

@@ -324,6 +324,7 @@ class FastAVLMM(lmms):
         for task, record in records:
             by_task.setdefault(task, []).append(record)
         described = self.engine.config.describe()
+        shape, text_config = self.engine.shape, find_text_model(self.adapter.decoder).config
         return RunRecord(
             model=model_id or type(self).__name__,
             adapter=self.adapter.name,
@@ -337,7 +338,8 @@ class FastAVLMM(lmms):
             device={**device_info(self._device), "processes": self.world_size},
             dtype=self._settings["dtype"],
             attn_implementation=self._settings["attn_implementation"],
-            decoder_shape=dataclasses.asdict(self.engine.shape),
+            language_model=f"{text_config.model_type} ({shape.num_layers} layers, d {shape.hidden_size})",
+            decoder_shape=dataclasses.asdict(shape),
             tasks={task: means(items) for task, items in sorted(by_task.items())},
             overall=means(record for _, record in records),
             seed=self.engine.config.seed,
