@@ -119,7 +119,7 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"sweep: {len(runs)} runs ({', '.join(run.name for run in runs)}) -> {args.out}")
     result = run_sweep(
         runs, args.out, shard=shard, launcher=shlex.split(args.launcher) if args.launcher else None,
-        include_paths=args.include_path or [], device=args.device, batch_size=args.batch_size, dry_run=args.dry_run,
+        include_path=args.include_path, device=args.device, batch_size=args.batch_size, dry_run=args.dry_run,
     )  # fmt: skip
     verb = "would run" if args.dry_run else "ran"
     print(f"sweep: {verb} {len(result.ran)}, skipped {len(result.skipped)} finished, {len(result.failed)} failed")
@@ -129,11 +129,14 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from fastav_eval.analysis.report import write_report
+    from fastav_eval.analysis.report import select, write_report
     from fastav_eval.analysis.results import find_runs
 
-    written = write_report(find_runs(args.folders), args.out, args.metric)
-    print(f"{written['report']}\n{written['plot']}")
+    runs = find_runs(args.folders)
+    if args.only:
+        runs = select(runs, args.only.split(","))
+    written = write_report(runs, args.out, args.metric, args.x_axis)
+    print("\n".join(str(path) for path in written.values()))
     return 0
 
 
@@ -287,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-baseline", action="store_true", help="leave out the unpruned run (prune=none)")
     sweep.add_argument("--limit", type=int, help="documents per task (lmms-eval --limit)")
     sweep.add_argument("--gen_kwargs", help="lmms-eval --gen_kwargs for every run")
-    sweep.add_argument("--include_path", action="append", help="more lmms-eval task folders")
+    sweep.add_argument("--include_path", help="lmms-eval --include_path for every run (default: FastAV-Eval's tasks)")
     sweep.add_argument("--device", help="lmms-eval --device for every run (e.g. cuda:1)")
     sweep.add_argument("--batch_size", type=int, help="lmms-eval --batch_size for every run")
     sweep.add_argument(
@@ -308,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="folder for report.md and pareto.png")
     report.add_argument("--metric", help="TASK/METRIC for the plot's y (default: each task's first metric, "
                         "relative to the unpruned run, averaged)")  # fmt: skip
+    report.add_argument("--only", help="the runs to report, by sweep name (base,fine_ratio=0.1,...), in that order")
+    report.add_argument("--x-axis", help="also plot score and FLOPs against this pruning setting (global_layer, ...)")
     report.set_defaults(handler=_report)
 
     bundle = commands.add_parser(

@@ -182,3 +182,34 @@ def plot_pareto(
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
     return _save(figure, path)
+
+
+def plot_against_setting(
+    values: Sequence[float],
+    points: Sequence[tuple[float, float]],
+    reference: tuple[float, float] | None,
+    setting: str,
+    ylabel: str,
+    path: str | Path,
+) -> Path:
+    """Score (left axis) and relative FLOPs (right axis) against one pruning setting (e.g. the global layer);
+    the unpruned run's score as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
+    axes.plot(values, [score for _, score in points], marker="o", color="#4c72b0", label=ylabel)
+    if reference is not None:
+        axes.axhline(reference[1], color="#c44e52", linestyle="--", linewidth=1, label="unpruned")
+    axes.set_xlabel(setting)
+    axes.set_ylabel(ylabel)
+    flops = axes.twinx()
+    flops.plot(values, [cost for cost, _ in points], marker="s", color="#55a868", label="relative FLOPs")
+    flops.set_ylabel("relative prefill FLOPs (%)")
+    lines = axes.get_legend_handles_labels()
+    more = flops.get_legend_handles_labels()
+    axes.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right", fontsize=8)
+    axes.grid(alpha=0.3)
+    return _save(figure, path)

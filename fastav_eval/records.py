@@ -25,6 +25,9 @@ RUN_FORMAT = "fastav-run/1"
 RUN_SUFFIX = "_fastav.json"
 """The run record of ``<date>_results.json`` is ``<date>_fastav.json`` in the same folder."""
 
+SHAPE_FIELDS = ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
+"""``decoder_shape``'s keys: :class:`fastav_eval.pruning.DecoderShape`'s fields (kept here: records import no torch)."""
+
 MEAN_FIELDS: tuple[str, ...] = ("relative_flops", "relative_flops_exact", "prefill_ms", "peak_memory_mb",
                                 "video_tokens", "audio_tokens", "video_kept_mean", "audio_kept_mean")  # fmt: skip
 """The per-sample figures whose means a run reports (per task and pooled)."""
@@ -43,8 +46,12 @@ def _number(where: str, value: Any, optional: bool = False) -> float | None:
     return float(value)
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _count(where: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not _is_count(value):
         raise _fail(where, value, "an int >= 0")
     return value
 
@@ -263,6 +270,20 @@ class RunRecord:
         missing = [name for name in names if name not in data]
         if missing:
             raise ValueError(f"{where} lacks {missing}; a {RUN_FORMAT} record has {names}")
+        for name in ("model", "adapter", "model_args", "prune", "pruning_hash", "dtype", "attn_implementation",
+                     "language_model", "date"):  # fmt: skip
+            if not isinstance(data[name], str):
+                raise _fail(f"{where} {name}", data[name], "a string")
+        for name in ("pruning", "weights", "versions", "device", "tasks", "overall", "decoder_shape"):
+            if not isinstance(data[name], dict):
+                raise _fail(f"{where} {name}", data[name], "an object")
+        if data["profile"] is not None and not isinstance(data["profile"], dict):
+            raise _fail(f"{where} profile", data["profile"], "an object or null")
+        shape = data["decoder_shape"]
+        if sorted(shape) != sorted(SHAPE_FIELDS) or not all(_is_count(shape[key]) and shape[key] > 0 for key in shape):
+            raise _fail(f"{where} decoder_shape", shape, f"an object of ints >= 1 with exactly {list(SHAPE_FIELDS)}")
+        if not _is_count(data["seed"]):
+            raise _fail(f"{where} seed", data["seed"], "an int >= 0")
         record = cls(**{name: data[name] for name in names})
         if canonical_hash(record.pruning) != record.pruning_hash:
             raise ValueError(f"{where} pruning_hash {record.pruning_hash} is not the hash of its pruning config")

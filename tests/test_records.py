@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from fastav_eval.records import SAMPLE_FORMAT, RunRecord, SampleRecord, canonical_hash, means, run_record_path
+from fastav_eval.records import (
+    SAMPLE_FORMAT,
+    SHAPE_FIELDS,
+    RunRecord,
+    SampleRecord,
+    canonical_hash,
+    means,
+    run_record_path,
+)
+
+SHAPE = dict(num_layers=6, hidden_size=128, intermediate_size=384, num_heads=4, num_kv_heads=2, head_dim=32)
 
 SUMMARY = {
     "prompt_tokens": 20,
@@ -57,7 +67,7 @@ def test_run_record_checks_its_hash(tmp_path):
     pruning = {"global_rule": "positional", "fine_ratio": 0.2}
     values = dict(model="fastav_tiny", adapter="testbed", model_args="", prune="fastav", pruning=pruning,
                   pruning_hash=canonical_hash(pruning), profile=None, weights={}, versions={}, device={},
-                  dtype="float32", attn_implementation="sdpa", language_model="qwen2", decoder_shape={}, tasks={},
+                  dtype="float32", attn_implementation="sdpa", language_model="qwen2", decoder_shape=SHAPE, tasks={},
                   overall={}, seed=0, date="20261202_000000")  # fmt: skip
     path = RunRecord(**values).save(tmp_path / "20261202_000000_fastav.json")
     assert RunRecord.load(path) == RunRecord(**values)
@@ -66,3 +76,15 @@ def test_run_record_checks_its_hash(tmp_path):
         RunRecord.from_dict({**RunRecord(**values).to_dict(), "pruning": {**pruning, "fine_ratio": 0.3}})
     with pytest.raises(ValueError, match="lacks"):
         RunRecord.from_dict({"format": "fastav-run/1", "model": "fastav_tiny"})
+    with pytest.raises(ValueError, match="decoder_shape"):
+        RunRecord.from_dict({**RunRecord(**values).to_dict(), "decoder_shape": {"num_layers": 6}})
+    with pytest.raises(ValueError, match="seed"):
+        RunRecord.from_dict({**RunRecord(**values).to_dict(), "seed": "x"})
+
+
+def test_decoder_shape_fields_are_the_flops_shape():
+    from dataclasses import fields
+
+    from fastav_eval.pruning import DecoderShape
+
+    assert tuple(f.name for f in fields(DecoderShape)) == SHAPE_FIELDS

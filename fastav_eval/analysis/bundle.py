@@ -214,16 +214,18 @@ def _plain(value: Any) -> Any:
 def _check_metrics(run: RunResults, result: Verification) -> None:
     from lmms_eval.api.metrics import mean, mean_stderr
 
-    from fastav_eval.analysis.tasks import task_objects
+    from fastav_eval.analysis.tasks import load_tasks, task_objects
 
     model = str(run.results.get("config", {}).get("model") or "")
     include = run.results.get("config", {}).get("resolved_cli_args", {}).get("include_path")
     includes = [p for p in ([include] if isinstance(include, str) else include or []) if Path(p).is_dir()]
+    groups = {name: subtasks for name, subtasks in run.results.get("group_subtasks", {}).items() if subtasks}
+    tasks = [task for task in run.tasks if task not in groups]  # a task run alone is listed with no subtasks
     try:
-        loaded = task_objects(run.tasks, model, includes)
+        loaded, group_configs = load_tasks([*tasks, *(g for g in groups if g in run.tasks)], model, includes)
     except Exception:  # one task that does not load: try each alone, so the others are still checked
-        loaded = {}
-    for task in run.tasks:
+        loaded, group_configs = {}, {}
+    for task in tasks:
         samples = run.samples.get(task)
         if samples is None:
             result.problems.append(f"{task}: no samples file (run lmms-eval with --log_samples)")
@@ -242,7 +244,11 @@ def _check_metrics(run: RunResults, result: Verification) -> None:
             if metric not in aggregations:
                 result.problems.append(f"{task}: the task has no aggregation for {metric}")
                 continue
-            recomputed = float(aggregations[metric](values))
+            try:
+                recomputed = float(_aggregate(aggregations[metric], values, task_object))
+            except Exception as error:  # the task's own code failed on its own samples: that is a finding
+                result.problems.append(f"{task} {metric}: its aggregation fails on the samples ({error!r})")
+                continue
             if not _close(recomputed, reported.value):
                 result.problems.append(f"{task} {metric}: results {reported.value} != {recomputed} from the samples")
             by_mean = aggregations[metric] is mean and reported.stderr is not None and len(values) > 1
@@ -250,6 +256,43 @@ def _check_metrics(run: RunResults, result: Verification) -> None:
                 result.problems.append(f"{task} {metric}_stderr: results {reported.stderr} != {mean_stderr(values)}")
             result.count("metrics")
         _rescore(task_object, task, samples, result)
+    for group, subtasks in groups.items():
+        if group in run.tasks:
+            _check_group(run, group, subtasks, group_configs.get(group), result)
+
+
+def _check_group(
+    run: RunResults, group: str, subtasks: list[str], config: dict[str, Any] | None, result: Verification
+) -> None:
+    """A group's metrics from its subtasks' (checked above), combined as its ``aggregate_metric_list`` says."""
+    from lmms_eval.api.metrics import aggregate_subtask_metrics
+
+    listed = (config or {}).get("aggregate_metric_list") or []
+    if not listed:
+        result.problems.append(f"group {group}: its config (aggregate_metric_list) could not be loaded")
+        return
+    for entry in listed:
+        entry = entry if isinstance(entry, dict) else vars(entry)
+        metric = entry["metric"]
+        reported = run.metrics_of(group).get(metric)
+        having = [task for task in subtasks if metric in run.metrics_of(task)]
+        if reported is None or not having:
+            continue
+        values = [run.metrics_of(task)[metric].value for task in having]
+        sizes = [len(run.samples.get(task, [])) for task in having]
+        recomputed = aggregate_subtask_metrics(values, sizes, bool(entry.get("weight_by_size", False)))
+        if not _close(recomputed, reported.value):
+            result.problems.append(f"group {group} {metric}: results {reported.value} != {recomputed} from {having}")
+        result.count("metrics")
+
+
+def _aggregate(function: Any, values: list[Any], task_object: Any) -> Any:
+    """Call a task's aggregation as lmms-eval does: with ``args`` when its signature asks for them."""
+    import inspect
+
+    if "args" in inspect.signature(function).parameters:
+        return function(values, args=getattr(task_object, "args", None))
+    return function(values)
 
 
 def _rescore(task_object: Any, task: str, samples: list[dict[str, Any]], result: Verification) -> None:

@@ -123,12 +123,12 @@ def calibrate(
 ) -> Calibration:
     """Rollout of the unpruned ``model`` (a FastAV wrapper built with ``prune=none``) over ``documents``.
 
-    The wrapper's engine is uninstalled first (rollout needs the stock decoder); the model is not usable for
-    evaluation afterwards.
+    The wrapper's engine and timer are removed first (rollout needs the stock decoder); the model is not usable
+    for evaluation afterwards.
     """
     if model.prune != "none":
         raise ValueError(f"calibration needs the unpruned model; got prune={model.prune!r} (build it with prune=none)")
-    model.engine.uninstall()
+    model.runner.close()
     decoder = model.adapter.decoder
     text_model = find_text_model(decoder)
     global_layer = resolve_global_layer(global_layer, len(text_model.layers))
@@ -176,7 +176,7 @@ def aggregate(
     return Calibration(
         curves=RolloutCurves(curves, shape.num_layers, global_layer, alpha, count),
         density={name: total / having[name] for name, total in density_totals.items()},
-        modality_share={name: total / count for name, total in share_totals.items()},
+        modality_share={name: total / max(having[name], 1) for name, total in share_totals.items()},
         layouts=[layout for _, _, layout in measured],
         shape=shape,
         documents=[name for name, _, _ in measured],

@@ -76,8 +76,11 @@ def score(run: RunResults, tasks: list[str], baseline: RunResults | None, metric
             values.append(value)
             continue
         reference = baseline.metrics_of(task)[name].value
-        ratio = value / reference if reference else float(value == reference)
-        values.append(100 * (ratio if run.higher_is_better(task, name) else 1 / ratio if ratio else 0.0))
+        if run.higher_is_better(task, name):
+            ratio = value / reference if reference else float(value == reference)
+        else:  # an error rate: the unpruned run's over this run's, a perfect 0 counted as keeping it
+            ratio = reference / value if value else 1.0
+        values.append(100 * ratio)
     return sum(values) / len(values)
 
 
@@ -186,9 +189,29 @@ def markdown(runs: list[RunResults], plot: str | None = None, metric: str | None
     return "\n".join(lines) + "\n"
 
 
-def write_report(runs: list[RunResults], out: str | Path, metric: str | None = None) -> dict[str, Path]:
-    """``<out>/report.md`` and ``<out>/pareto.png``."""
-    from fastav_eval.plots import plot_pareto
+def select(runs: list[RunResults], names: list[str]) -> list[RunResults]:
+    """The runs named ``names`` (sweep names or ``folder/date``), in that order; an unknown name is an error."""
+    by_name = {run.name: run for run in runs}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise ValueError(f"--only {missing}: no such run; accepted: {sorted(by_name)}")
+    return [by_name[name] for name in names]
+
+
+def pruning_value(run: RunResults, field: str) -> float | None:
+    """A numeric setting of the run's resolved pruning config (None for the unpruned run or a missing field)."""
+    if run.record is None or run.is_unpruned:
+        return None
+    value = run.record.pruning.get(field)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def write_report(
+    runs: list[RunResults], out: str | Path, metric: str | None = None, x_axis: str | None = None
+) -> dict[str, Path]:
+    """``<out>/report.md`` and ``<out>/pareto.png`` (and ``<out>/by_<x_axis>.png``: score and FLOPs against a
+    pruning setting such as ``global_layer``, the unpruned run as a reference line)."""
+    from fastav_eval.plots import plot_against_setting, plot_pareto
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,6 +226,19 @@ def write_report(runs: list[RunResults], out: str | Path, metric: str | None = N
     plot = plot_pareto(
         points, labels, pareto_front(points), [run is baseline for run in runs], ylabel, out / "pareto.png"
     )
+    written = {"plot": plot}
+    if x_axis is not None:
+        swept = [(pruning_value(run, x_axis), point) for run, point in zip(runs, points, strict=True)]
+        swept = sorted((x, point) for x, point in swept if x is not None)
+        if not swept:
+            raise ValueError(f"--x-axis {x_axis!r}: no run has a numeric {x_axis} in its pruning config")
+        reference = points[runs.index(baseline)] if baseline is not None else None
+        written["by_setting"] = plot_against_setting(
+            [x for x, _ in swept], [p for _, p in swept], reference, x_axis, ylabel, out / f"by_{x_axis}.png"
+        )
     report = out / "report.md"
-    report.write_text(markdown(runs, plot.name, metric))
-    return {"report": report, "plot": plot}
+    text = markdown(runs, plot.name, metric)
+    if "by_setting" in written:
+        text += f"\n![by {x_axis}]({written['by_setting'].name})\n"
+    report.write_text(text)
+    return {"report": report, **written}

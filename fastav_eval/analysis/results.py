@@ -60,11 +60,14 @@ class RunResults:
         samples = {}
         for samples_path in sorted(path.parent.glob(f"{prefix}_samples_*.jsonl")):
             task = samples_path.name.removeprefix(f"{prefix}_samples_").removesuffix(".jsonl")
-            lines = samples_path.read_text(encoding="utf-8").splitlines()
-            try:
-                samples[task] = [json.loads(line) for line in lines if line.strip()]
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{samples_path.name}: line {error.lineno} is not JSON") from error
+            samples[task] = []
+            for number, line in enumerate(samples_path.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    samples[task].append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{samples_path.name}: line {number} is not JSON ({error.msg})") from error
         record_path = run_record_path(path)
         record = RunRecord.load(record_path) if record_path.is_file() else None
         return cls(path, results, samples, record)
@@ -124,6 +127,9 @@ class RunResults:
         return records
 
     def all_sample_records(self) -> list[SampleRecord]:
+        """Every task's sample records; none for a run without a FastAV run record (another model's run)."""
+        if self.record is None:
+            return []
         return [record for task in sorted(self.samples) for record in self.sample_records(task)]
 
     def per_sample_scores(self, task: str, metric: str) -> dict[int, float] | None:
@@ -134,7 +140,7 @@ class RunResults:
         for line in self.samples.get(task, []):
             if metric not in line:
                 continue
-            value = _number(line[metric])
+            value = float(line[metric]) if isinstance(line[metric], bool) else _number(line[metric])
             if value is None:
                 return None
             scores[int(line["doc_id"])] = value

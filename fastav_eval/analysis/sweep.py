@@ -14,6 +14,7 @@ grid; ``--launcher`` runs each lmms-eval under ``accelerate launch`` or ``torchr
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -135,16 +136,16 @@ def resolved_pruning(model: str, args: dict[str, str]) -> dict[str, Any]:
     return pruning_config(str(parsed.get("prune", "fastav")), engine_args, default_profile).to_dict()
 
 
-def lmms_eval_command(run: SweepRun, folder: Path, launcher: Sequence[str], include_paths: Sequence[str],
+def lmms_eval_command(run: SweepRun, folder: Path, launcher: Sequence[str], include_path: str | None,
                       device: str | None, batch_size: int | None) -> list[str]:  # fmt: skip
-    """The lmms-eval command line of one run."""
+    """The lmms-eval command line of one run (lmms-eval takes one ``--include_path``: FastAV-Eval's tasks unless
+    ``include_path`` is given)."""
     from fastav_eval.cli import tasks_path
 
     spec = run.spec
     command = [*launcher, "-m", "lmms_eval", "--model", spec["model"], "--model_args", run.model_args, "--tasks",
                spec["tasks"], "--output_path", str(folder), "--log_samples", "--seed", spec["seed"]]  # fmt: skip
-    for path in [str(tasks_path()), *include_paths]:
-        command += ["--include_path", path]
+    command += ["--include_path", include_path or str(tasks_path())]
     if spec["limit"] is not None:
         command += ["--limit", str(spec["limit"])]
     if spec["gen_kwargs"]:
@@ -177,6 +178,18 @@ def _write_marker(folder: Path, run: SweepRun, status: str, **extra: Any) -> Non
     partial.replace(folder / RUN_FILE)
 
 
+def _update_index(path: Path, runs: list[SweepRun]) -> None:
+    """Add the grid to ``sweep.json`` (hash -> name, model args), atomically: shards start it together."""
+    try:
+        listed = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:  # another shard is between its write and its rename: start from this grid
+        listed = {}
+    listed.update({run.hash: {"name": run.name, "model_args": run.model_args} for run in runs})
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(listed, indent=2) + "\n")
+    partial.replace(path)
+
+
 def execute(command: list[str], log_path: Path) -> int:
     """Run one lmms-eval command, its output to ``log_path``; returns its exit status."""
     with log_path.open("w") as log:
@@ -195,7 +208,7 @@ def run_sweep(
     out: str | Path,
     shard: tuple[int, int] = (0, 1),
     launcher: Sequence[str] | None = None,
-    include_paths: Sequence[str] = (),
+    include_path: str | None = None,
     device: str | None = None,
     batch_size: int | None = None,
     dry_run: bool = False,
@@ -212,15 +225,12 @@ def run_sweep(
     result = SweepResult([], [], [])
     if not dry_run:
         out.mkdir(parents=True, exist_ok=True)
-        index_path = out / INDEX_FILE
-        listed = json.loads(index_path.read_text()) if index_path.is_file() else {}
-        listed.update({run.hash: {"name": run.name, "model_args": run.model_args} for run in runs})
-        index_path.write_text(json.dumps(listed, indent=2) + "\n")
+        _update_index(out / INDEX_FILE, runs)
     progress = tqdm(mine, desc="sweep", unit="run", disable=dry_run)
     for run in progress:
         folder = out / run.hash
         state = run_state(folder)
-        command = lmms_eval_command(run, folder, launcher, include_paths, device, batch_size)
+        command = lmms_eval_command(run, folder, launcher, include_path, device, batch_size)
         if dry_run:
             say(f"{'skip (done)' if state == 'done' else 'run'}: {run.name} [{run.hash}]\n  {shlex.join(command)}")
             (result.skipped if state == "done" else result.ran).append(run.name)

@@ -33,11 +33,12 @@ def quiet_lmms_eval() -> None:
     logger.add(sys.stderr, level="WARNING")
 
 
-def task_objects(tasks: Sequence[str], model: str, include_paths: Sequence[str] = ()) -> dict[str, Any]:
-    """Task name -> lmms-eval task object, groups expanded to their subtasks (FastAV-Eval's tasks always included).
-
-    ``model`` selects each task's ``lmms_eval_specific_kwargs`` prompts, as ``lmms-eval --model`` does.
-    """
+def load_tasks(
+    tasks: Sequence[str], model: str, include_paths: Sequence[str] = ()
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Task name -> lmms-eval task object (groups expanded to their subtasks), and group name -> its config
+    (``aggregate_metric_list`` says how lmms-eval combines the subtasks). FastAV-Eval's tasks are always included;
+    ``model`` selects each task's ``lmms_eval_specific_kwargs`` prompts, as ``lmms-eval --model`` does."""
     from lmms_eval.tasks import TaskManager, get_task_dict
 
     from fastav_eval.cli import tasks_path
@@ -47,20 +48,26 @@ def task_objects(tasks: Sequence[str], model: str, include_paths: Sequence[str] 
     manager = TaskManager("WARNING", include_path=paths, model_name=model)
     missing = [name for name in tasks if name not in manager.all_tasks]
     if missing:
-        raise ValueError(
-            f"tasks {missing} are not lmms-eval tasks (include paths {paths}); see `lmms-eval --tasks list`"
-        )
+        raise ValueError(f"tasks {missing} are not lmms-eval tasks (include paths {paths}); see lmms-eval --tasks list")
     found: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
 
     def flatten(entries: dict) -> None:
         for key, value in entries.items():
             if isinstance(value, dict):
+                if hasattr(key, "config"):
+                    groups[key.group_name] = dict(key.config)
                 flatten(value)
             else:
                 found[str(key)] = value
 
     flatten(get_task_dict(list(tasks), manager))
-    return found
+    return found, groups
+
+
+def task_objects(tasks: Sequence[str], model: str, include_paths: Sequence[str] = ()) -> dict[str, Any]:
+    """Task name -> lmms-eval task object, groups expanded to their subtasks (:func:`load_tasks`)."""
+    return load_tasks(tasks, model, include_paths)[0]
 
 
 def task_documents(tasks: dict[str, Any], limit: int | None) -> Iterator[TaskDocument]:

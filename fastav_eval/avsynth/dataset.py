@@ -23,7 +23,7 @@ import numpy as np
 
 from fastav_eval.avsynth.questions import KINDS, QUESTIONS, TASKS, describe, make_example
 from fastav_eval.avsynth.scene import Scene, media_sha1, render_audio, render_video
-from fastav_eval.avsynth.world import CLIP_SECONDS, COLOURS, MAX_EVENTS, NUM_FRAMES, NUMBER_WORDS, SHAPES
+from fastav_eval.avsynth.world import CLIP_SECONDS, COLOURS, MAX_EVENTS, NUM_FRAMES, NUMBER_WORDS, SAMPLE_RATE, SHAPES
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SEED = 20261121
@@ -329,6 +329,21 @@ def check_document(document: Mapping[str, Any]) -> Scene:
         return _check(document)
     except _Refusal as refusal:
         raise ValueError(f"document {document.get('id')!r}: {refusal.what}; expected {refusal.expected}") from None
+
+
+def request_visuals(document: Mapping[str, Any]) -> list[dict]:
+    """What a model is given for a document (the tasks' ``doc_to_visual``): ``[video, audio]``, frames
+    ``[8, 32, 32, 3]`` uint8 and a 16 kHz float32 waveform.
+
+    Both are dicts with an explicit ``type`` (a bare ``{"array", "sampling_rate"}`` dict would reach chat models as
+    a video item). The document is checked first (``check_document``: media_sha1, question and answer against its
+    scene) and its rendered media against ``media_sha1``; an edited or stale document is a ValueError naming its id.
+    """
+    frames, waveform = load_media(document, strict=True)
+    return [
+        {"type": "video", "frames": frames, "fps": NUM_FRAMES / CLIP_SECONDS},
+        {"type": "audio", "array": waveform, "sampling_rate": SAMPLE_RATE},
+    ]
 
 
 def load_media(document: Mapping[str, Any], *, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:

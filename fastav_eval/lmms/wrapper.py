@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,6 +26,7 @@ from lmms_eval.models.model_utils import gen_metrics
 from loguru import logger as log  # lmms-eval's own log, shown at INFO
 from tqdm import tqdm
 
+from fastav_eval.evaluation import PrunedRunner
 from fastav_eval.lmms.model_args import (
     ENGINE_ARGS,
     ON_ERROR,
@@ -39,7 +39,7 @@ from fastav_eval.lmms.registry import MODELS
 from fastav_eval.lmms.run_record import find_evaluation
 from fastav_eval.models.base import ModelAdapter, Request, SampleError
 from fastav_eval.provenance import device_info, profile_identity, versions, weights_identity
-from fastav_eval.pruning import find_text_model, install
+from fastav_eval.pruning import find_text_model
 from fastav_eval.pruning.scoring import check_attention_kernel
 from fastav_eval.records import RunRecord, SampleRecord, canonical_hash, means
 
@@ -71,10 +71,14 @@ class FastAVTokenCounts(TokenCounts):
         return {**super().to_dict(), **(self.record.to_dict() if self.record is not None else {})}
 
 
+PER_TASK_FIGURES = ("relative_flops", "prefill_ms", "peak_memory_mb", "video_kept_mean", "audio_kept_mean")
+"""The figures the results JSON's ``throughput`` also averages per task (the run record has all of them)."""
+
+
 def throughput_entry(record: SampleRecord, task: str, elapsed: float, batch: int) -> dict[str, Any]:
-    """One sample's ``_record_metrics`` keywords: its figures pooled and under ``<task>/`` (per-task means)."""
+    """One sample's ``_record_metrics`` keywords: its figures pooled, and the main ones under ``<task>/``."""
     figures = record.figures()
-    extra = {**figures, **{f"{task}/{name}": value for name, value in figures.items()}}
+    extra = {**figures, **{f"{task}/{name}": figures[name] for name in PER_TASK_FIGURES if name in figures}}
     extra.update({"failed": int(not record.ok), "num_requests": 1, f"{task}/failed": int(not record.ok)})
     speed = record.output_tokens * batch / elapsed if elapsed > 0 else 0.0
     return {"total_elapsed_time": elapsed / batch, "total_gen_tokens": record.output_tokens, "avg_speed": speed,
@@ -93,30 +97,6 @@ def rank_device(device: str | None) -> torch.device:
             "(or no device): each rank then takes cuda:<LOCAL_RANK>"
         )
     return torch.device(device)
-
-
-class _PrefillTimer:
-    """Times the first decoder forward of each ``generate`` call (the prefill) with forward hooks."""
-
-    def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
-        self.device, self.durations = device, []
-        self._started = 0.0
-        self._handles = [
-            module.register_forward_pre_hook(lambda *_: self._start()),
-            module.register_forward_hook(lambda *_: self._stop()),
-        ]
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _start(self) -> None:
-        self._sync()
-        self._started = time.perf_counter()
-
-    def _stop(self) -> None:
-        self._sync()
-        self.durations.append(time.perf_counter() - self._started)
 
 
 class FastAVLMM(lmms):
@@ -166,9 +146,9 @@ class FastAVLMM(lmms):
         self._records: list[tuple[str, SampleRecord]] = []  # (task, record) of every counted request of this rank
         self._device = rank_device(device)
         self.adapter = adapter_class(pretrained, str(self._device), DTYPES[dtype], attn_implementation, **model_args)
-        self.engine = install(self.adapter.decoder, config)
+        self.runner = PrunedRunner(self.adapter, config, prune)  # the one evaluation loop (fastav_eval.evaluation)
+        self.engine = self.runner.engine
         self.prune, self.on_error = prune, on_error
-        self._timer = _PrefillTimer(find_text_model(self.adapter.decoder), self._device)
         log.info(
             f"{type(self).__name__} ({adapter_class.name}, {pretrained or 'shipped weights'}) on {self._device}, "
             f"{attn_implementation}, {dtype}: {self.engine.config.describe()}"
@@ -249,26 +229,13 @@ class FastAVLMM(lmms):
         return results
 
     def _answer(self, loaded: list[Any], max_new_tokens: int, until: list[str]) -> list[GenerationResult]:
-        """Prefill and decode one batch of loaded requests; per-sample figures to the samples file and summary."""
-        if self._device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self._device)
-        started = time.perf_counter()
-        inputs = self.adapter.prepare(loaded)
-        self._timer.durations.clear()
-        with self.engine.layout(inputs.layout):
-            answers = self.adapter.generate(inputs, max_new_tokens, until)
-        elapsed = time.perf_counter() - started
-        stats = self.engine.last_stats
-        peak_mb = torch.cuda.max_memory_allocated(self._device) / 2**20 if self._device.type == "cuda" else None
-        batch = len(loaded)
+        """Prefill and decode one batch of loaded requests; each answer with its sample record."""
         results = []
-        for index, answer in enumerate(answers):
-            summary = stats.sample(index, self.engine.shape)
-            prefill_ms = 1000 * self._timer.durations[0] / batch
-            record = SampleRecord.measured(self.prune, summary, answer.num_tokens, prefill_ms, peak_mb)
-            timing = (elapsed, batch)
-            counts = FastAVTokenCounts(record.input_tokens, record.output_tokens, record=record, batch_timing=timing)
-            results.append(GenerationResult(text=answer.text, token_counts=counts))
+        for answered in self.runner.answer(loaded, max_new_tokens, until):
+            record = answered.record
+            counts = FastAVTokenCounts(record.input_tokens, record.output_tokens, record=record,
+                                       batch_timing=(answered.batch_seconds, answered.batch_size))  # fmt: skip
+            results.append(GenerationResult(text=answered.text, token_counts=counts))
         return results
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:

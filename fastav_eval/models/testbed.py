@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from fastav_eval.avsynth.world import FRAME_SIZE, NUM_FRAMES, NUM_SAMPLES, SAMPLE_RATE
-from fastav_eval.models.base import Answer, ModelAdapter, ModelInputs, Request, SampleError, cut_at_stop
+from fastav_eval.models.base import AdapterArg, Answer, ModelAdapter, ModelInputs, Request, SampleError, cut_at_stop
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
 
 PROFILE_FILE = "profile.json"
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+SENSES = {"both": (True, True), "video": (True, False), "audio": (False, True), "none": (False, False)}
+"""``senses``: which of (video, audio) reach the decoder; the others are left out of the sequence (an ablation)."""
 
 
 def _find(visuals: list[Any], kind: str, index: int) -> dict:
@@ -52,6 +54,12 @@ class TestbedAdapter(ModelAdapter):
 
     name = "testbed"
     attn_implementations = ATTN_IMPLEMENTATIONS
+    model_args: ClassVar[dict[str, AdapterArg]] = {
+        "senses": AdapterArg(
+            "both", str, "which senses reach the decoder; the others' tokens are left out (ablation)",
+            choices=tuple(SENSES),
+        ),
+    }  # fmt: skip
 
     def __init__(
         self,
@@ -59,14 +67,20 @@ class TestbedAdapter(ModelAdapter):
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         attn_implementation: str = "sdpa",
+        *,
+        model: TestbedModel | None = None,
         **model_args: Any,
     ) -> None:
+        """``model``: an already loaded testbed (the harness's), used as it is instead of loading ``pretrained``."""
         super().__init__(pretrained, device, dtype, attn_implementation, **model_args)
         if attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation={attn_implementation!r}; accepted: {list(ATTN_IMPLEMENTATIONS)}")
         self.weights = Path(self.pretrained) if self.pretrained else WEIGHTS_DIR
-        self.model = TestbedModel.load(self.weights).to(device=self.device, dtype=dtype)
-        self.model.decoder.config._attn_implementation = attn_implementation
+        if model is None:
+            model = TestbedModel.load(self.weights).to(device=self.device, dtype=dtype)
+            model.decoder.config._attn_implementation = attn_implementation
+        self.model = model
+        self.senses = SENSES[self.options["senses"]]
 
     def weight_sources(self) -> list[str]:
         return [str(self.weights)]
@@ -91,8 +105,12 @@ class TestbedAdapter(ModelAdapter):
     def prepare(self, loaded: list[tuple[np.ndarray, np.ndarray, str]]) -> ModelInputs:
         frames = torch.from_numpy(np.stack([item[0] for item in loaded])).to(self.device)
         waveform = torch.from_numpy(np.stack([item[1] for item in loaded])).to(self.device)
+        use_video, use_audio = self.senses
         with torch.no_grad():
-            batch = self.model.prepare(frames, waveform, [item[2] for item in loaded])
+            batch = self.model.prepare(
+                frames, waveform, [item[2] for item in loaded], use_video=[use_video] * len(loaded),
+                use_audio=[use_audio] * len(loaded),
+            )  # fmt: skip
         return ModelInputs(
             generate_kwargs={"inputs_embeds": batch.inputs_embeds, "attention_mask": batch.attention_mask},
             layout=batch.layout,

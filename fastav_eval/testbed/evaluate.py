@@ -1,24 +1,32 @@
 """Evaluate the testbed on AV-Synth documents under one condition: full tokens, a modality left out, or pruned.
 
-This is the harness behind ``benchmarks/avsynth_quality.py`` (modality ablations cannot go through lmms-eval,
-whose requests always carry both senses). Scoring is the tasks' own (:mod:`fastav_eval.avsynth.scoring`).
+This is the harness behind ``benchmarks/avsynth_quality.py``: many conditions over one loaded model, in one
+process. It answers through the same path as ``lmms-eval --model fastav_tiny`` (the testbed adapter, the
+engine and :class:`~fastav_eval.evaluation.PrunedRunner`, the tasks' ``doc_to_visual`` media), so each answer comes
+with the same :class:`~fastav_eval.records.SampleRecord`; a modality left out is the adapter's ``senses`` option
+(``--model_args senses=audio`` does the same through lmms-eval). Scoring is the tasks' own
+(:mod:`fastav_eval.avsynth.scoring`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from fastav_eval.avsynth.dataset import request_visuals
 from fastav_eval.avsynth.scoring import corpus_bleu4, corpus_cider, score_choice
-from fastav_eval.pruning import PruningConfig, install
-from fastav_eval.testbed.model import TestbedModel, media_tensors
+from fastav_eval.evaluation import PrunedRunner
+from fastav_eval.models.base import Request
+from fastav_eval.models.testbed import TestbedAdapter
+from fastav_eval.pruning import PruningConfig
+from fastav_eval.records import SampleRecord
+from fastav_eval.testbed.model import TestbedModel
 
-CONDITIONS = {"full": (True, True), "no_audio": (True, False), "no_video": (False, True), "no_av": (False, False)}
+CONDITIONS = {"full": "both", "no_audio": "video", "no_video": "audio", "no_av": "none"}
+"""Condition -> the testbed adapter's ``senses``."""
 
 
 @dataclass
@@ -31,19 +39,11 @@ class DocResult:
     response: str
     accuracy: float | None  # None for captions
     invalid: float | None
-    relative_flops: float
+    record: SampleRecord
 
-
-@contextmanager
-def _engine(model: TestbedModel, config: PruningConfig | None) -> Iterator[object]:
-    if config is None:
-        yield None
-        return
-    engine = install(model.decoder, config)
-    try:
-        yield engine
-    finally:
-        engine.uninstall()
+    @property
+    def relative_flops(self) -> float:
+        return float(self.record.relative_flops)
 
 
 @torch.no_grad()
@@ -55,31 +55,24 @@ def run_condition(
     batch_size: int = 48,
     max_new_tokens: int = 40,
 ) -> list[DocResult]:
-    """Answer every document; ``condition`` leaves modalities out, ``pruning`` installs FastAV for the run."""
+    """Answer every document; ``condition`` leaves modalities out, ``pruning`` installs FastAV for the run
+    (None: the unpruned model, through the engine with pruning off)."""
     if condition not in CONDITIONS:
         raise ValueError(f"condition={condition!r}; accepted: {sorted(CONDITIONS)}")
-    use_video, use_audio = CONDITIONS[condition]
+    device = next(model.parameters()).device
+    adapter = TestbedAdapter(device=str(device), model=model, senses=CONDITIONS[condition])
+    runner = PrunedRunner(adapter, pruning or PruningConfig.off(), "none" if pruning is None else "fastav")
     results: list[DocResult] = []
-    with _engine(model, pruning) as engine:
-        label = condition if pruning is None else f"{condition} + {pruning.describe()}"
+    label = condition if pruning is None else f"{condition} + {pruning.describe()}"
+    try:
         for start in tqdm(range(0, len(documents), batch_size), desc=label[:60], unit="batch", leave=False):
             batch = documents[start : start + batch_size]
-            prepared = model.prepare(
-                *media_tensors(batch),
-                [d["question"] for d in batch],
-                use_video=[use_video] * len(batch),
-                use_audio=[use_audio] * len(batch),
-            )
+            loaded = [
+                adapter.load_request(Request(request_visuals(doc), doc["question"]), i) for i, doc in enumerate(batch)
+            ]
             limit = max_new_tokens if any(d["kind"] == "caption" for d in batch) else 4
-            if engine is None:
-                responses = model.generate(prepared, max_new_tokens=limit)
-                flops = [100.0] * len(batch)
-            else:
-                with engine.layout(prepared.layout):
-                    responses = model.generate(prepared, max_new_tokens=limit)
-                flops = engine.last_stats.relative_flops(engine.shape).tolist()
-            for doc, response, relative in zip(batch, responses, flops, strict=True):
-                scores = score_choice(response, doc["answer"], doc["choices"]) if doc["choices"] else {}
+            for doc, answered in zip(batch, runner.answer(loaded, limit, until=[]), strict=True):
+                scores = score_choice(answered.text, doc["answer"], doc["choices"]) if doc["choices"] else {}
                 results.append(
                     DocResult(
                         doc["id"],
@@ -87,12 +80,14 @@ def run_condition(
                         doc["kind"],
                         doc["needs"],
                         doc["answer"],
-                        response,
+                        answered.text,
                         scores.get("accuracy"),
                         scores.get("invalid"),
-                        float(relative),
+                        answered.record,
                     )
                 )
+    finally:
+        runner.close()
     return results
 
 

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from fastav_eval.avsynth.dataset import load_media
+from fastav_eval.avsynth.dataset import request_visuals
 from fastav_eval.avsynth.scoring import corpus_bleu4, corpus_cider, score_choice
-from fastav_eval.avsynth.world import CLIP_SECONDS, NUM_FRAMES, SAMPLE_RATE
 
 
 def doc_to_visual(doc: dict) -> list[dict]:
-    """The clip as ``[video, audio]``: frames ``[8, 32, 32, 3]`` uint8 and a 16 kHz float32 waveform.
-
-    Both are dicts with an explicit ``type`` (a bare ``{"array", "sampling_rate"}`` dict would reach chat models as
-    a video item). The document is checked first (``check_document``: media_sha1, question and answer against its
-    scene) and its rendered media against ``media_sha1``; an edited or stale document is a ValueError naming its id.
-    """
-    frames, waveform = load_media(doc, strict=True)
-    return [
-        {"type": "video", "frames": frames, "fps": NUM_FRAMES / CLIP_SECONDS},
-        {"type": "audio", "array": waveform, "sampling_rate": SAMPLE_RATE},
-    ]
+    """The clip as ``[video, audio]`` dicts, checked against the document (``fastav_eval.avsynth.request_visuals``)."""
+    return request_visuals(doc)
 
 
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:

@@ -88,9 +88,23 @@ def test_unpruned_run_matches_the_stock_model():
     assert got == expected
 
 
+def test_senses_leave_a_modality_out_as_the_stock_model_does():
+    """senses=audio (the harness's no_video ablation) through lmms-eval: the stock model without video tokens."""
+    output = evaluate("prune=none,senses=audio", ["avsynth_qa"], limit=4)
+    docs = build_documents("test", "avsynth_qa", 4)
+    model = TestbedModel.load(WEIGHTS_DIR)
+    with torch.no_grad():
+        prepared = model.prepare(*media_tensors(docs), [d["question"] for d in docs], use_video=[False] * 4)
+    samples = sorted(output["samples"]["avsynth_qa"], key=lambda s: s["doc_id"])
+    assert [s["filtered_resps"][0] for s in samples] == model.generate(prepared, max_new_tokens=4)
+    for sample in samples:
+        assert sample["token_counts"][0]["video_tokens"] == 0 and sample["token_counts"][0]["audio_tokens"] == 144
+
+
 @pytest.mark.parametrize(
     ("model_args", "message"),
     [
+        ({"senses": "smell"}, r"senses='smell'; accepted: \['both', 'video', 'audio', 'none'\]"),
         ({"prune": "fast"}, r"prune='fast'; accepted: \['fastav', 'none'\]"),
         ({"fine_ratio": 1.5}, r"fine_ratio=1\.5; accepted"),
         ({"global_rule": "best"}, r"global_rule='best'; accepted"),

@@ -90,7 +90,8 @@ def run(request, tmp_path_factory) -> dict:
         )
         for task in TASKS
     }
-    return {"results": json.loads(files[0].read_text()), "samples": samples, "documents": documents}
+    return {"results": json.loads(files[0].read_text()), "samples": samples, "documents": documents,
+            "output": output, "data": root / "prepared"}  # fmt: skip
 
 
 def metric(run: dict, task: str, name: str) -> float:
@@ -294,3 +295,33 @@ def test_unprepared_data_fails_through_lmms_eval_with_the_command_in_the_traceba
     messages = [str(error) for error in chain if isinstance(error, FileNotFoundError)]
     assert messages and messages[0].startswith(f"avqa is not prepared: no {tmp_path / 'empty' / 'avqa'}")
     assert "Run `fastav-eval prepare-data avqa <the official avqa download folder>`" in messages[0]
+
+
+def test_a_submitted_run_of_the_paper_tasks_verifies(run, tmp_path, monkeypatch):
+    """verify recomputes every task metric, the pooled hallucination group (weighted by size, as its YAML says)
+    and each answer's scores, with the prepared data in place."""
+    from fastav_eval.analysis.bundle import submit, verify
+
+    monkeypatch.setenv(DATA_ENV, str(run["data"]))
+    result = verify(submit(run["output"], tmp_path / "bundle"))
+    assert result.ok, result.problems
+    assert result.checked["answers re-scored"] == sum(DOCUMENTS.values())
+    group = [p for p in verify_group_problems(run, tmp_path) if "group avhbench_hallucination accuracy" in p]
+    assert group, "an edited group value must be caught"
+
+
+def verify_group_problems(run: dict, tmp_path: Path) -> list[str]:
+    """The problems verify finds once the group's pooled accuracy in the results JSON is edited."""
+    from fastav_eval.analysis.bundle import MANIFEST, verify
+    from fastav_eval.provenance import file_sha256
+
+    bundle = tmp_path / "bundle"
+    (results_path,) = (bundle / "results").glob("*_results.json")
+    results = json.loads(results_path.read_text())
+    for table in ("results", "groups"):
+        if "avhbench_hallucination" in results.get(table, {}):
+            results[table]["avhbench_hallucination"]["accuracy,none"] += 0.125
+    results_path.write_text(json.dumps(results))
+    files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST)
+    (bundle / MANIFEST).write_text("".join(f"{file_sha256(p)}  {p.relative_to(bundle).as_posix()}\n" for p in files))
+    return verify(bundle).problems
