@@ -135,7 +135,7 @@ def _report(args: argparse.Namespace) -> int:
     runs = find_runs(args.folders)
     if args.only:
         runs = select(runs, args.only.split(","))
-    written = write_report(runs, args.out, args.metric, args.x_axis)
+    written = write_report(runs, args.out, args.metric, args.x_axis, args.reference)
     print("\n".join(str(path) for path in written.values()))
     return 0
 
@@ -313,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "relative to the unpruned run, averaged)")  # fmt: skip
     report.add_argument("--only", help="the runs to report, by sweep name (base,fine_ratio=0.1,...), in that order")
     report.add_argument("--x-axis", help="also plot score and FLOPs against this pruning setting (global_layer, ...)")
+    report.add_argument("--reference", help="a run's name: every other run is also paired against it (e.g. base)")
     report.set_defaults(handler=_report)
 
     bundle = commands.add_parser(

@@ -170,10 +170,14 @@ def plot_pareto(
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
-    for (cost, value), label, baseline in zip(points, labels, is_baseline, strict=True):
+    order = sorted(range(len(points)), key=lambda i: points[i][1])  # labels of close points alternate sides
+    for rank, index in enumerate(order):
+        (cost, value), label, baseline = points[index], labels[index], is_baseline[index]
         marker, colour = ("*", "#c44e52") if baseline else ("o", "#4c72b0")
         axes.scatter([cost], [value], marker=marker, s=160 if baseline else 40, color=colour, zorder=3)
-        axes.annotate(label, (cost, value), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        offset = (6, -3) if rank % 2 == 0 or baseline else (-6, -3)
+        axes.annotate(label, (cost, value), textcoords="offset points", xytext=offset, fontsize=7,
+                      ha="left" if offset[0] > 0 else "right")  # fmt: skip
     if front:
         axes.plot([points[i][0] for i in front], [points[i][1] for i in front], color="grey", linewidth=1,
                   linestyle="--", zorder=2, label="Pareto front")  # fmt: skip

@@ -142,12 +142,29 @@ def _paired_rows(runs: list[RunResults], baseline: RunResults, tasks: list[str],
     return rows
 
 
-def markdown(runs: list[RunResults], plot: str | None = None, metric: str | None = None) -> str:
-    """The report's Markdown: results, paired differences, provenance."""
+def _paired_section(title: str, runs: list[RunResults], against: RunResults, tasks: list[str],
+                    primary: dict[str, str]) -> list[str]:  # fmt: skip
+    return [
+        "",
+        f"## {title} ({against.name}), paired on the same documents",
+        "",
+        f"Δ = run − {against.name}, mean over documents, with its 95% t interval over the per-sample differences. "
+        "A corpus metric (no per-sample score) shows the difference of the corpus values only.",
+        "",
+        _row(["run", "setting", "task", "metric", "documents", "Δ", "95% CI"]),
+        "|---|---|---|---|---|---|---|",
+        *_paired_rows(runs, against, tasks, primary),
+    ]
+
+
+def markdown(
+    runs: list[RunResults], plot: str | None = None, metric: str | None = None, reference: RunResults | None = None
+) -> str:
+    """The report's Markdown: results, paired differences from the unpruned run (and from ``reference``),
+    provenance."""
     tasks = shared_tasks(runs)
     baseline = find_baseline(runs)
-    reference = baseline or runs[0]
-    primary = {task: reference.primary_metric(task) for task in tasks}
+    primary = {task: (baseline or runs[0]).primary_metric(task) for task in tasks}
     lines = [f"# FastAV-Eval report ({len(runs)} runs, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", ""]
     lines += [
         "Task metrics are lmms-eval's (± its standard error); costs are means over every sample of the per-sample "
@@ -168,17 +185,10 @@ def markdown(runs: list[RunResults], plot: str | None = None, metric: str | None
             _cell(cost.get("video_kept_mean"), 1), _cell(cost.get("audio_kept_mean"), 1), str(int(cost["failed"])),
         ]))  # fmt: skip
     if baseline is not None:
-        lines += [
-            "",
-            f"## Against the unpruned run ({baseline.name}), paired on the same documents",
-            "",
-            "Δ = run − unpruned, mean over documents, with its 95% t interval over the per-sample differences. "
-            "A corpus metric (no per-sample score) shows the difference of the corpus values only.",
-            "",
-            _row(["run", "setting", "task", "metric", "documents", "Δ", "95% CI"]),
-            "|---|---|---|---|---|---|---|",
-            *_paired_rows(runs, baseline, tasks, primary),
-        ]
+        lines += _paired_section("Against the unpruned run", runs, baseline, tasks, primary)
+    if reference is not None and reference is not baseline:
+        others = [run for run in runs if run is not baseline]
+        lines += _paired_section("Against the reference run", others, reference, tasks, primary)
     header = ["run", "model", "config hash", "profile sha256", "weights", "fastav-eval", "torch", "transformers",
               "lmms-eval", "device", "dtype", "seeds"]  # fmt: skip
     lines += ["", "## Provenance", "", _row(header), "|" + "---|" * len(header), *map(_provenance_row, runs)]
@@ -192,6 +202,9 @@ def markdown(runs: list[RunResults], plot: str | None = None, metric: str | None
 def select(runs: list[RunResults], names: list[str]) -> list[RunResults]:
     """The runs named ``names`` (sweep names or ``folder/date``), in that order; an unknown name is an error."""
     by_name = {run.name: run for run in runs}
+    ambiguous = sorted({run.name for run in runs if sum(other.name == run.name for other in runs) > 1} & set(names))
+    if ambiguous:
+        raise ValueError(f"--only {ambiguous}: several runs have that name (several sweeps?); report one folder")
     missing = [name for name in names if name not in by_name]
     if missing:
         raise ValueError(f"--only {missing}: no such run; accepted: {sorted(by_name)}")
@@ -207,10 +220,15 @@ def pruning_value(run: RunResults, field: str) -> float | None:
 
 
 def write_report(
-    runs: list[RunResults], out: str | Path, metric: str | None = None, x_axis: str | None = None
+    runs: list[RunResults],
+    out: str | Path,
+    metric: str | None = None,
+    x_axis: str | None = None,
+    reference: str | None = None,
 ) -> dict[str, Path]:
     """``<out>/report.md`` and ``<out>/pareto.png`` (and ``<out>/by_<x_axis>.png``: score and FLOPs against a
-    pruning setting such as ``global_layer``, the unpruned run as a reference line)."""
+    pruning setting such as ``global_layer``, the unpruned run as a reference line). ``reference``: a run's name;
+    every other run is also paired against it (e.g. a setting against FastAV's defaults)."""
     from fastav_eval.plots import plot_against_setting, plot_pareto
 
     out = Path(out)
@@ -221,7 +239,7 @@ def write_report(
         (means(run.all_sample_records()).get("relative_flops", 100.0), score(run, tasks, baseline, metric))
         for run in runs
     ]
-    labels = [run.label() for run in runs]
+    labels = [run.name if "/" not in run.name else run.label() for run in runs]  # a sweep's names are short
     ylabel = metric or ("mean primary metric (% of unpruned)" if baseline is not None else "mean primary metric")
     plot = plot_pareto(
         points, labels, pareto_front(points), [run is baseline for run in runs], ylabel, out / "pareto.png"
@@ -232,12 +250,12 @@ def write_report(
         swept = sorted((x, point) for x, point in swept if x is not None)
         if not swept:
             raise ValueError(f"--x-axis {x_axis!r}: no run has a numeric {x_axis} in its pruning config")
-        reference = points[runs.index(baseline)] if baseline is not None else None
+        baseline_point = points[runs.index(baseline)] if baseline is not None else None
         written["by_setting"] = plot_against_setting(
-            [x for x, _ in swept], [p for _, p in swept], reference, x_axis, ylabel, out / f"by_{x_axis}.png"
+            [x for x, _ in swept], [p for _, p in swept], baseline_point, x_axis, ylabel, out / f"by_{x_axis}.png"
         )
     report = out / "report.md"
-    text = markdown(runs, plot.name, metric)
+    text = markdown(runs, plot.name, metric, select(runs, [reference])[0] if reference else None)
     if "by_setting" in written:
         text += f"\n![by {x_axis}]({written['by_setting'].name})\n"
     report.write_text(text)
