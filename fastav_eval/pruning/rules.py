@@ -21,6 +21,10 @@ from fastav_eval.pruning.profile import PruningProfile
 
 Stage = Literal["global", "fine"]
 
+DECISION_ORDERS: tuple[str, ...] = ("rule", "prefix", "evenly_spaced", "most_attended")
+"""Which tokens a keep fraction keeps: the stage's own rule ordering, the first ones, ones spread evenly over the
+modality's current tokens (a frame or time step in every stretch), or the ones the last query attends to most."""
+
 
 @dataclass(frozen=True)
 class PruneContext:
@@ -66,18 +70,29 @@ class PruneDecision:
 
     Attributes:
         keep_fraction: modality -> share of its currently droppable tokens to keep, a float or a ``[B]``
-            tensor (per sample). Which tokens is decided by the stage's rule ordering (prefix order for the
-            positional global rule, scores for the attentive rules). Modalities not named are kept whole.
+            tensor (per sample). Which tokens is decided by ``order``. Modalities not named are kept whole.
         keep_positions: ``[B, K]`` original prompt positions to keep (pad rows with -1). Droppable tokens not
             listed are dropped.
+        order: with ``keep_fraction``, modality -> one of :data:`DECISION_ORDERS`; a modality not named uses
+            ``rule``, the stage's own ordering (prefix order for the positional global rule, scores for the
+            attentive rules).
     """
 
     keep_fraction: Mapping[str, float | torch.Tensor] | None = None
     keep_positions: torch.Tensor | None = None
+    order: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if (self.keep_fraction is None) == (self.keep_positions is None):
             raise ValueError("PruneDecision needs exactly one of keep_fraction, keep_positions")
+        if self.order is not None:
+            if self.keep_fraction is None:
+                raise ValueError("PruneDecision order applies to keep_fraction; keep_positions lists the tokens")
+            for name, order in self.order.items():
+                if name not in AV_MODALITIES:
+                    raise ValueError(f"order key {name!r}; accepted: {list(AV_MODALITIES)}")
+                if order not in DECISION_ORDERS:
+                    raise ValueError(f"order[{name!r}]={order!r}; accepted: {list(DECISION_ORDERS)}")
         if self.keep_fraction is not None:
             for name, fraction in self.keep_fraction.items():
                 if name not in AV_MODALITIES:
@@ -162,21 +177,61 @@ def fine_keep(context: PruneContext, rule: str, ratio: float) -> torch.Tensor:
     return ~eligible | select_top(rule_priority(rule, context), eligible, budget)
 
 
+def evenly_spaced(eligible: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """Keep ``budget[b]`` of each row's eligible tokens, spread evenly: of n tokens in sequence order, the
+    ``floor((i + 0.5) · n / k)``-th for ``i < k`` (the middle of each of k equal stretches).
+
+    Args:
+        eligible: ``[B, L]`` bool.
+        budget: ``[B]`` int, at most each row's eligible count.
+
+    Returns:
+        ``[B, L]`` bool keep mask, a subset of ``eligible``.
+    """
+    keep = torch.zeros_like(eligible)
+    for row in range(eligible.shape[0]):
+        columns = torch.nonzero(eligible[row]).flatten()
+        count, wanted = len(columns), int(budget[row])
+        if wanted <= 0 or count == 0:
+            continue
+        picks = ((torch.arange(wanted, dtype=torch.float64) + 0.5) * count / wanted).floor().long()
+        keep[row, columns[picks.clamp(max=count - 1)]] = True
+    return keep
+
+
+def _order_priority(order: str, rule: str, context: PruneContext) -> torch.Tensor:
+    if order == "rule":
+        return rule_priority(rule, context)
+    if order == "prefix":
+        return rule_priority("positional", context)
+    if context.scores is None:
+        raise RuntimeError(
+            f"order 'most_attended' at the {context.stage} stage (layer {context.layer_idx}) needs last-query scores, "
+            "and none were recorded there: use an attentive rule for that stage, or another order"
+        )
+    return context.scores
+
+
 def apply_decision(decision: PruneDecision, context: PruneContext, rule: str) -> torch.Tensor:
-    """``[B, L_cur]`` bool keep mask from an outside chooser's decision; ``rule`` orders keep fractions."""
+    """``[B, L_cur]`` bool keep mask from an outside chooser's decision; ``decision.order`` (default: ``rule``, the
+    stage's own) says which tokens a keep fraction keeps."""
     eligible = context.eligible
     if decision.keep_positions is not None:
         wanted = decision.keep_positions.to(context.positions.device)
         listed = (context.positions[:, :, None] == wanted[:, None, :]).any(-1)
         return ~eligible | (eligible & listed)
     keep = ~eligible
-    priority = rule_priority(rule, context)
+    orders = decision.order or {}
     for name in AV_MODALITIES:
         of_modality = context.eligible_of(name)
         if decision.keep_fraction is None or name not in decision.keep_fraction:
             keep |= of_modality
             continue
         fraction = torch.as_tensor(decision.keep_fraction[name], dtype=torch.float64, device=eligible.device)
-        budget = torch.round(of_modality.sum(1).double() * fraction).long()
-        keep |= select_top(priority, of_modality, budget.expand(eligible.shape[0]))
+        budget = torch.round(of_modality.sum(1).double() * fraction).long().expand(eligible.shape[0])
+        order = orders.get(name, "rule")
+        if order == "evenly_spaced":
+            keep |= evenly_spaced(of_modality, budget)
+        else:
+            keep |= select_top(_order_priority(order, rule, context), of_modality, budget)
     return keep

@@ -17,6 +17,7 @@ from fastav_eval.pruning import (
     scoring,
 )
 from fastav_eval.pruning.compat import output_cache
+from fastav_eval.pruning.rules import evenly_spaced
 from fastav_eval.pruning.scoring import register_wrapper
 from tests.conftest import VOCAB, tiny_llama, tiny_qwen2, with_cache
 from tests.pruning.oracle import kept_masks, masked_forward
@@ -366,3 +367,51 @@ def test_scored_wrapper_scores_only_the_requested_layer_and_runs_the_real_kernel
     # Before each layer the engine takes the scores of the layer before: only layer K-1 = 2 was asked for them.
     assert recorded == [None, None, None, 2, None, None], "scores are requested at layer K-1 only"
     assert torch.allclose(ours, stock, atol=1e-6)
+
+
+def test_evenly_spaced_keeps_the_middle_of_equal_stretches():
+    eligible = torch.tensor([[True] * 10, [False, True, True, False, True, True, True, False, True, True]])
+    keep = evenly_spaced(eligible, torch.tensor([3, 2]))
+    # row 0: floor((0.5, 1.5, 2.5) * 10 / 3) = 1, 5, 8; row 1 (7 eligible at 1,2,4,5,6,8,9): floor((0.5, 1.5) * 7 / 2)
+    # = 1, 5 -> columns 2 and 8
+    assert torch.nonzero(keep[0]).flatten().tolist() == [1, 5, 8]
+    assert torch.nonzero(keep[1]).flatten().tolist() == [2, 8]
+    assert not evenly_spaced(eligible, torch.tensor([0, 0])).any()
+    assert torch.equal(evenly_spaced(eligible, torch.tensor([10, 7])), eligible)
+
+
+def test_a_decision_chooses_the_order_per_modality():
+    """At the global cut: video evenly spaced, audio the most attended (scores there: an attentive fine stage
+    needs none at layer 2, so the global rule is low_attentive), each keeping a quarter of its tokens."""
+    model = tiny_qwen2()
+    input_ids, layout = prompt()
+    video, audio = (torch.nonzero(layout.modality[0] == code).flatten() for code in (Modality.VIDEO, Modality.AUDIO))
+    attended = {}
+
+    def chooser(context):
+        if context.stage != "global":
+            return None
+        is_audio = context.valid & (context.modality == Modality.AUDIO)
+        top = torch.topk(context.scores[0].masked_fill(~is_audio[0], float("-inf")), len(audio) // 4).indices
+        attended["audio"] = set(context.positions[0, top].tolist())
+        return PruneDecision(keep_fraction={"video": 0.25, "audio": 0.25},
+                             order={"video": "evenly_spaced", "audio": "most_attended"})  # fmt: skip
+
+    config = PruningConfig(global_rule="low_attentive", global_layer=3, fine_ratio=0.0, sink_tokens=0,
+                           chooser=chooser, profile=PruningProfile.prefix(video=1, audio=1))  # fmt: skip
+    engine = install(model, config)
+    with engine.layout(layout):
+        model(input_ids)
+    kept = set(engine.last_stats.kv_positions[3][0].tolist())
+    engine.uninstall()
+    count = len(video) // 4
+    spread = {int(video[int((i + 0.5) * len(video) / count)]) for i in range(count)}
+    assert kept & set(video.tolist()) == spread
+    assert kept & set(audio.tolist()) == attended["audio"]
+
+
+def test_bad_decision_orders_are_named():
+    with pytest.raises(ValueError, match=r"order\['audio'\]='middle'; accepted: \['rule', 'prefix', 'evenly_spaced'"):
+        PruneDecision(keep_fraction={"audio": 0.5}, order={"audio": "middle"})
+    with pytest.raises(ValueError, match="order applies to keep_fraction"):
+        PruneDecision(keep_positions=torch.tensor([[1]]), order={"audio": "prefix"})
