@@ -73,12 +73,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     import logging
 
     from fastav_eval.analysis.calibrate import calibrate, choose_profile, write_outputs
+    from fastav_eval.analysis.sweep import parse_args_string
     from fastav_eval.analysis.tasks import build_model, task_documents, task_objects
     from fastav_eval.lmms.model_args import ENGINE_ARGS
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    given = [item.split("=", 1)[0] for item in args.model_args.split(",") if item]
-    pruning = sorted({"prune", *ENGINE_ARGS} & set(given))
+    pruning = sorted({"prune", *ENGINE_ARGS} & set(parse_args_string(args.model_args)))
     if pruning:
         raise ValueError(
             f"--model_args {pruning}: calibration runs the unpruned model; give the global layer as --global-layer"

@@ -47,7 +47,7 @@ def leaderboard_row(run: RunResults) -> dict[str, str]:
     for task in run.tasks:
         metric = run.primary_metric(task)
         row[f"{task} ({metric})"] = repr(run.metrics_of(task)[metric].value)
-    row["Relative FLOPs (%)"] = repr(means(run.all_sample_records()).get("relative_flops", 100.0))
+    row["Relative FLOPs (%)"] = repr(run.costs.get("relative_flops", 100.0))
     return row
 
 
@@ -98,9 +98,16 @@ def submit(path: str | Path, out: str | Path, baselines: list[str | Path] = ()) 
         writer = csv.DictWriter(handle, fieldnames=list(row))
         writer.writeheader()
         writer.writerow(row)
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != MANIFEST)
-    (out / MANIFEST).write_text("".join(f"{file_sha256(p)}  {p.relative_to(out).as_posix()}\n" for p in files))
+    write_manifest(out)
     return out
+
+
+def write_manifest(bundle: Path) -> Path:
+    """``MANIFEST.sha256`` (``sha256sum`` format) over every other file of the bundle."""
+    files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = bundle / MANIFEST
+    manifest.write_text("".join(f"{file_sha256(p)}  {p.relative_to(bundle).as_posix()}\n" for p in files))
+    return manifest
 
 
 @dataclass

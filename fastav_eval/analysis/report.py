@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fastav_eval.analysis.results import RunResults, mean_and_interval
-from fastav_eval.records import means
 
 
 @dataclass(frozen=True)
@@ -178,7 +177,7 @@ def markdown(
               "peak MB", "video kept/layer", "audio kept/layer", "failed"]  # fmt: skip
     lines += [_row(header), "|" + "---|" * len(header)]
     for run in runs:
-        cost = means(run.all_sample_records())
+        cost = run.costs
         lines.append(_row([
             run.name, run.label(), *(_metric_cell(run, task, primary[task]) for task in tasks),
             _cell(cost.get("relative_flops")), _cell(cost.get("prefill_ms")), _cell(cost.get("peak_memory_mb"), 0),
@@ -235,10 +234,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     tasks = shared_tasks(runs)
     baseline = find_baseline(runs)
-    points = [
-        (means(run.all_sample_records()).get("relative_flops", 100.0), score(run, tasks, baseline, metric))
-        for run in runs
-    ]
+    points = [(run.costs.get("relative_flops", 100.0), score(run, tasks, baseline, metric)) for run in runs]
     labels = [run.name if "/" not in run.name else run.label() for run in runs]  # a sweep's names are short
     ylabel = metric or ("mean primary metric (% of unpruned)" if baseline is not None else "mean primary metric")
     plot = plot_pareto(

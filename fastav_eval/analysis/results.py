@@ -8,6 +8,7 @@ lmms-eval 0.7.3 writes ``<folder>/<date>_results.json`` and, with ``--log_sample
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastav_eval.records import RunRecord, SampleRecord, read_json, run_record_path
+from fastav_eval.records import RunRecord, SampleRecord, means, read_json, run_record_path
 
 STDERR_MARK = "_stderr"
 SWEEP_RUN_FILE = "run.json"
@@ -131,6 +132,11 @@ class RunResults:
         if self.record is None:
             return []
         return [record for task in sorted(self.samples) for record in self.sample_records(task)]
+
+    @functools.cached_property
+    def costs(self) -> dict[str, float]:
+        """:func:`~fastav_eval.records.means` over every sample record (read once: report and CSV both use it)."""
+        return means(self.all_sample_records())
 
     def per_sample_scores(self, task: str, metric: str) -> dict[int, float] | None:
         """doc_id -> the sample's numeric score for ``metric``; None when the metric has no per-sample number

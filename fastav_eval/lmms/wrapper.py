@@ -317,21 +317,15 @@ class FastAVLMM(lmms):
         """One line per run: the means of the per-sample figures in the samples file."""
         if not results:
             return
-        records: list[SampleRecord] = [r.token_counts.record for r in results]  # type: ignore[union-attr]
-        figures = [record.figures() for record in records if record.ok]
-        failed = len(results) - len(figures)
-        if not figures:
+        mean = means(r.token_counts.record for r in results)  # type: ignore[union-attr]
+        if mean["failed"] == len(results):
             log.warning(f"{type(self).__name__}: all {len(results)} requests failed (see the samples file)")
             return
-
-        def mean(key: str) -> float:
-            return sum(float(f[key]) for f in figures) / len(figures)
-
         log.info(
             f"{type(self).__name__} (prune={self.prune}): {len(results)} requests, batch size "
-            f"{self.batch_size_per_gpu}; means per sample: relative FLOPs {mean('relative_flops'):.2f}%, prefill "
-            f"{mean('prefill_ms'):.2f} ms, video tokens kept per layer {mean('video_kept_mean'):.1f}, audio "
-            f"{mean('audio_kept_mean'):.1f}; {failed} failed (per-sample figures: the samples file)"
+            f"{self.batch_size_per_gpu}; means per sample: relative FLOPs {mean['relative_flops']:.2f}%, prefill "
+            f"{mean['prefill_ms']:.2f} ms, video tokens kept per layer {mean['video_kept_mean']:.1f}, audio "
+            f"{mean['audio_kept_mean']:.1f}; {int(mean['failed'])} failed (per-sample figures: the samples file)"
         )
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:

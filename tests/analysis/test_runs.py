@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fastav_eval.analysis import sweep as sweeping
-from fastav_eval.analysis.bundle import MANIFEST, submit, verify
+from fastav_eval.analysis.bundle import MANIFEST, submit, verify, write_manifest
 from fastav_eval.analysis.report import paired_difference, pareto_front, select, write_report
 from fastav_eval.analysis.results import RunResults, find_runs
 from fastav_eval.lmms.model_args import pruning_config
@@ -183,12 +183,6 @@ def _edit_sample(bundle: Path, task: str, doc_id: int, change) -> None:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
-def _reseal(bundle: Path) -> None:
-    """What a careful forger does: the manifest rewritten to match the edited files."""
-    files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST)
-    (bundle / MANIFEST).write_text("".join(f"{_sha256(p)}  {p.relative_to(bundle).as_posix()}\n" for p in files))
-
-
 def test_submit_then_verify_and_verify_catches_edits(tiny_sweep, tmp_path):
     out, runs = tiny_sweep
     bundle = submit(out / runs[0].hash, tmp_path / "bundle", baselines=[out / runs[1].hash])
@@ -222,7 +216,7 @@ def test_submit_then_verify_and_verify_catches_edits(tiny_sweep, tmp_path):
         forged, "avsynth_caption", 1, lambda line: line["token_counts"][0]["kept_per_layer"]["audio"].__setitem__(5, 1)
     )
     _edit_sample(forged, "avsynth_caption", 2, lambda line: line.update(filtered_resps="a red circle ."))
-    _reseal(forged)
+    write_manifest(forged)  # what a careful forger does: the manifest rewritten to match the edited files
     problems = verify(forged).problems
     assert any(p.startswith("avsynth_qa accuracy: results") for p in problems), problems
     assert any(f"avsynth_qa doc {flipped} accuracy: logged 0.0, its answer scores 1.0" in p for p in problems), problems

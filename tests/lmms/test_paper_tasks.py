@@ -312,8 +312,7 @@ def test_a_submitted_run_of_the_paper_tasks_verifies(run, tmp_path, monkeypatch)
 
 def verify_group_problems(run: dict, tmp_path: Path) -> list[str]:
     """The problems verify finds once the group's pooled accuracy in the results JSON is edited."""
-    from fastav_eval.analysis.bundle import MANIFEST, verify
-    from fastav_eval.provenance import file_sha256
+    from fastav_eval.analysis.bundle import verify, write_manifest
 
     bundle = tmp_path / "bundle"
     (results_path,) = (bundle / "results").glob("*_results.json")
@@ -322,6 +321,5 @@ def verify_group_problems(run: dict, tmp_path: Path) -> list[str]:
         if "avhbench_hallucination" in results.get(table, {}):
             results[table]["avhbench_hallucination"]["accuracy,none"] += 0.125
     results_path.write_text(json.dumps(results))
-    files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST)
-    (bundle / MANIFEST).write_text("".join(f"{file_sha256(p)}  {p.relative_to(bundle).as_posix()}\n" for p in files))
+    write_manifest(bundle)
     return verify(bundle).problems
