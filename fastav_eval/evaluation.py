@@ -7,15 +7,32 @@ the RL environments all answer through :class:`PrunedRunner`, so an answer and i
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from fastav_eval.models.base import ModelAdapter
-from fastav_eval.pruning import FastAVDecoder, PruningConfig, find_text_model, install
+from fastav_eval.pruning import FastAVDecoder, PruningConfig, SampleInfo, find_text_model, install
 from fastav_eval.records import SampleRecord
+
+
+def with_token_ids(
+    samples: Sequence[SampleInfo] | None, generate_kwargs: dict[str, Any]
+) -> tuple[SampleInfo, ...] | None:
+    """``samples`` with each row's prompt token ids (padding left out) where ``generate`` is fed ``input_ids``."""
+    if samples is None:
+        return None
+    input_ids, mask = generate_kwargs.get("input_ids"), generate_kwargs.get("attention_mask")
+    if input_ids is None:
+        return tuple(samples)
+    rows = list(input_ids) if mask is None else [ids[m.bool()] for ids, m in zip(input_ids, mask, strict=True)]
+    return tuple(
+        dataclasses.replace(info, token_ids=tuple(int(t) for t in row)) for info, row in zip(samples, rows, strict=True)
+    )
 
 
 class PrefillTimer:
@@ -68,26 +85,42 @@ class PrunedRunner:
         self.engine: FastAVDecoder = install(adapter.decoder, config)
         self._timer = PrefillTimer(find_text_model(adapter.decoder), adapter.device)
 
-    def answer(self, loaded: list[Any], max_new_tokens: int, until: list[str]) -> list[Answered]:
-        """Prefill and decode one batch of loaded requests (``adapter.load_request`` outputs)."""
+    def answer(
+        self,
+        loaded: list[Any],
+        max_new_tokens: int,
+        until: list[str],
+        samples: Sequence[SampleInfo] | None = None,
+    ) -> list[Answered]:
+        """Prefill and decode one batch of loaded requests (``adapter.load_request`` outputs).
+
+        ``samples`` (one per request: its id and question) reach a chooser's context; the prompt's token ids are
+        added where the model is fed ids. A chooser's per-sample decision goes into each record.
+        """
         device = self.adapter.device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
         inputs = self.adapter.prepare(loaded)
         self._timer.durations.clear()
-        with self.engine.layout(inputs.layout):
+        with self.engine.layout(inputs.layout, with_token_ids(samples, inputs.generate_kwargs)):
             answers = self.adapter.generate(inputs, max_new_tokens, until)
         elapsed = time.perf_counter() - started
         stats = self.engine.last_stats
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         batch = len(loaded)
         prefill_ms = 1000 * self._timer.durations[0] / batch
+        chooser = self.engine.config.chooser is not None
         return [
             Answered(
                 answer.text,
                 SampleRecord.measured(
-                    self.prune, stats.sample(i, self.engine.shape), answer.num_tokens, prefill_ms, peak_mb
+                    self.prune,
+                    stats.sample(i, self.engine.shape),
+                    answer.num_tokens,
+                    prefill_ms,
+                    peak_mb,
+                    decision=stats.decisions[i] if chooser else None,
                 ),
                 elapsed,
                 batch,

@@ -8,12 +8,16 @@ between FastAV and the unpruned baseline, and ``video_keep`` / ``audio_keep`` ov
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 from fastav_eval.pruning import GLOBAL_RULES, PrefixKeep, PruningConfig, PruningProfile
+from fastav_eval.pruning.config import LAST_LAYER
 
-PRUNE_MODES = ("fastav", "none")
+PRUNE_MODES = ("fastav", "none", "rule:<name>")
+RULES: dict[str, str] = {"avsynth_senses": "fastav_eval.avsynth.rule:AVSynthSenseRule"}
+"""``prune=rule:<name>``: hand-written per-sample choosers (``module:class``, built with no arguments)."""
 ENGINE_ARGS = ("global_layer", "global_rule", "profile", "video_keep", "audio_keep", "video_keep_chunks",
                "audio_keep_chunks", "fine_ratio", "fine_rule", "sink_tokens", "seed")  # fmt: skip
 WRAPPER_ARGS = ("pretrained", "prune", "attn_implementation", "dtype", "device", "batch_size", "max_batch_size",
@@ -45,15 +49,34 @@ def profile_file(prune: str, engine_args: dict[str, Any], default_profile: Path 
     return Path(engine_args["profile"]) if engine_args.get("profile") is not None else default_profile
 
 
+RULE_ARGS = ("sink_tokens",)
+
+
+def rule_config(name: str, engine_args: dict[str, Any]) -> PruningConfig:
+    """``prune=rule:<name>``: the named chooser decides every sample's cut (layer, keep set, fine ratio); no global
+    rule and no profile. The latest cut it may schedule is the decoder's last layer (``global_layer`` resolves to it).
+    """
+    if name not in RULES:
+        raise ValueError(f"prune=rule:{name}; accepted rules: {sorted(RULES)}")
+    extra = sorted(set(engine_args) - set(RULE_ARGS))
+    if extra:
+        raise ValueError(f"prune=rule:{name} takes only {list(RULE_ARGS)} of the engine args; got {extra}")
+    module_name, class_name = RULES[name].split(":")
+    chooser = getattr(importlib.import_module(module_name), class_name)()
+    return PruningConfig(global_rule=None, global_layer=LAST_LAYER, fine_ratio=0.0, chooser=chooser, **engine_args)
+
+
 def pruning_config(prune: str, engine_args: dict[str, Any], default_profile: Path | None) -> PruningConfig:
     """The engine config that ``prune`` and the engine ``--model_args`` describe.
 
     ``prune=none`` takes no engine args (they would be silently ignored otherwise). With ``prune=fastav`` the
     profile defaults to the one shipped with the model's weights.
     """
-    if prune not in PRUNE_MODES:
-        raise ValueError(f"prune={prune!r}; accepted: {list(PRUNE_MODES)}")
     check_known(engine_args, ENGINE_ARGS)
+    if prune.startswith("rule:"):
+        return rule_config(prune.removeprefix("rule:"), engine_args)
+    if prune not in PRUNE_MODES:
+        raise ValueError(f"prune={prune!r}; accepted: fastav, none, rule:<name> with <name> in {sorted(RULES)}")
     if prune == "none":
         if engine_args:
             raise ValueError(f"prune=none takes no pruning arguments; got {sorted(engine_args)} (use prune=fastav)")

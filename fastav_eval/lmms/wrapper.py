@@ -39,7 +39,7 @@ from fastav_eval.lmms.registry import MODELS
 from fastav_eval.lmms.run_record import find_evaluation
 from fastav_eval.models.base import ModelAdapter, Request, SampleError
 from fastav_eval.provenance import device_info, profile_identity, versions, weights_identity
-from fastav_eval.pruning import find_text_model
+from fastav_eval.pruning import SampleInfo, find_text_model
 from fastav_eval.pruning.scoring import check_attention_kernel
 from fastav_eval.records import RunRecord, SampleRecord, canonical_hash, means
 
@@ -215,7 +215,8 @@ class FastAVLMM(lmms):
             if not isinstance(item, SampleError):
                 groups.setdefault(self.adapter.batch_key(item), []).append(index)
         for indices in groups.values():
-            group = self._answer([loaded[i] for i in indices], max_new_tokens, until)
+            samples = [SampleInfo(f"{requests[i].args[4]}/{requests[i].args[3]}", requests[i].args[0]) for i in indices]
+            group = self._answer([loaded[i] for i in indices], max_new_tokens, until, samples)
             answered.update(zip(indices, group, strict=True))
         results = []
         for index, item in enumerate(loaded):
@@ -228,10 +229,12 @@ class FastAVLMM(lmms):
                 results.append(answered[index])
         return results
 
-    def _answer(self, loaded: list[Any], max_new_tokens: int, until: list[str]) -> list[GenerationResult]:
+    def _answer(
+        self, loaded: list[Any], max_new_tokens: int, until: list[str], samples: list[SampleInfo]
+    ) -> list[GenerationResult]:
         """Prefill and decode one batch of loaded requests; each answer with its sample record."""
         results = []
-        for answered in self.runner.answer(loaded, max_new_tokens, until):
+        for answered in self.runner.answer(loaded, max_new_tokens, until, samples):
             record = answered.record
             counts = FastAVTokenCounts(record.input_tokens, record.output_tokens, record=record,
                                        batch_timing=(answered.batch_seconds, answered.batch_size))  # fmt: skip

@@ -15,7 +15,7 @@ from fastav_eval.pruning.flops import DecoderShape, layer_flops, prefill_flops, 
 from fastav_eval.pruning.layout import Modality, ModalityLayout
 from fastav_eval.pruning.plan import PrefillPlan, PrefillStats, simulate_prefill
 from fastav_eval.pruning.profile import PrefixKeep, PruningProfile
-from fastav_eval.pruning.rules import Chooser, PruneContext, PruneDecision
+from fastav_eval.pruning.rules import Chooser, PruneContext, PruneDecision, SampleInfo
 from fastav_eval.pruning.scoring import last_query_scores
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "PruneDecision",
     "PruningConfig",
     "PruningProfile",
+    "SampleInfo",
     "find_text_model",
     "install",
     "last_query_scores",

@@ -60,7 +60,11 @@ class PruningConfig:
             raise ValueError(f"fine_rule={self.fine_rule!r}; accepted: {list(FINE_RULES)}")
         if not isinstance(self.fine_ratio, int | float) or not 0.0 <= self.fine_ratio < 1.0:
             raise ValueError(f"fine_ratio={self.fine_ratio!r}; accepted: a number in [0, 1)")
-        if self.global_layer is not None and (not isinstance(self.global_layer, int) or self.global_layer < 1):
+        if (
+            self.global_layer is not None
+            and self.global_layer != LAST_LAYER
+            and (not isinstance(self.global_layer, int) or self.global_layer < 1)
+        ):
             raise ValueError(f"global_layer={self.global_layer!r}; accepted: an int in [1, num_layers - 1]")
         if not isinstance(self.sink_tokens, int) or self.sink_tokens < 0:
             raise ValueError(f"sink_tokens={self.sink_tokens!r}; accepted: an int >= 0")
@@ -119,9 +123,16 @@ class PruningConfig:
         return "; ".join(parts) or "no pruning"
 
 
+LAST_LAYER = -1
+"""``global_layer=LAST_LAYER`` resolves to the decoder's last layer: a chooser may then cut a sample anywhere."""
+
+
 def resolve_global_layer(global_layer: int | None, num_layers: int) -> int:
-    """``global_layer`` checked against a ``num_layers``-deep decoder; None means half the depth."""
+    """``global_layer`` checked against a ``num_layers``-deep decoder; None means half the depth, ``LAST_LAYER``
+    the last layer."""
     resolved = num_layers // 2 if global_layer is None else global_layer
+    if resolved == LAST_LAYER:
+        resolved = num_layers - 1
     if not 1 <= resolved < num_layers:
         raise ValueError(
             f"global_layer={resolved}; accepted: an int in [1, {num_layers - 1}] for a "

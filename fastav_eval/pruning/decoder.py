@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +42,7 @@ from fastav_eval.pruning.config import PruningConfig
 from fastav_eval.pruning.flops import DecoderShape
 from fastav_eval.pruning.layout import ModalityLayout
 from fastav_eval.pruning.plan import PrefillPlan, PrefillStats
+from fastav_eval.pruning.rules import SampleInfo
 from fastav_eval.pruning.scoring import SINK_ATTRIBUTE, ScoreSink, register_scored_attention
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class FastAVDecoder:
         self.shape = DecoderShape.from_config(text_config)
         self.last_stats: PrefillStats | None = None
         self._layout: ModalityLayout | None = None
+        self._samples: tuple[SampleInfo, ...] | None = None
         self._pruned_under_layout = False  # a pruned prefill ran inside the current layout block
         self._attention_mask: torch.Tensor | None = None  # the 2-D mask of the forward in progress
         self._caller_keywords: frozenset[str] = frozenset()  # the keywords the forward in progress was called with
@@ -153,14 +155,18 @@ class FastAVDecoder:
         delattr(text_model, ENGINE_ATTRIBUTE)
 
     @contextmanager
-    def layout(self, layout: ModalityLayout) -> Iterator[FastAVDecoder]:
-        """Prune every fresh prefill run inside this block with ``layout`` (``[B, L]``, the prompt)."""
-        previous = self._layout, self._pruned_under_layout
+    def layout(self, layout: ModalityLayout, samples: Sequence[SampleInfo] | None = None) -> Iterator[FastAVDecoder]:
+        """Prune every fresh prefill run inside this block with ``layout`` (``[B, L]``, the prompt); ``samples``
+        (one :class:`SampleInfo` per row) reach the chooser's context."""
+        if samples is not None and len(samples) != layout.batch_size:
+            raise ValueError(f"{len(samples)} samples for a layout of batch {layout.batch_size}; give one per row")
+        previous = self._layout, self._samples, self._pruned_under_layout
         self._layout, self._pruned_under_layout = layout, False
+        self._samples = None if samples is None else tuple(samples)
         try:
             yield self
         finally:
-            self._layout, self._pruned_under_layout = previous
+            self._layout, self._samples, self._pruned_under_layout = previous
 
     # ------------------------------------------------------------------ hooks
     def _before_decoder(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -221,7 +227,7 @@ class FastAVDecoder:
             layout = layout.to(hidden.device)
             mask = self._attention_mask
             layout.check_padding(None if mask is None else mask[:, :length])
-            plan = PrefillPlan(layout, self.config, self.num_layers)
+            plan = PrefillPlan(layout, self.config, self.num_layers, self._samples)
             return _Prefill(plan, cache, bool(kwargs.get("use_cache")))
         state = self._decode_states.get(cache)
         if state is None:
@@ -257,8 +263,8 @@ class FastAVDecoder:
         self, run: _Prefill, layer_idx: int, args: tuple, kwargs: dict[str, Any]
     ) -> tuple[tuple, dict[str, Any]] | None:
         plan = run.plan
-        index = plan.step(layer_idx, self._sink.take())
         hidden = _hidden(args, kwargs)
+        index = plan.step(layer_idx, self._sink.take(), hidden if self.config.chooser is not None else None)
         if index is not None:
             hidden = _gather(hidden, index)
             cos, sin = run.position_embeddings or kwargs["position_embeddings"]

@@ -12,6 +12,7 @@ per-layer attention masks hide exactly like padding.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +22,15 @@ from fastav_eval.pruning.config import PruningConfig
 from fastav_eval.pruning.flops import DecoderShape, relative_flops
 from fastav_eval.pruning.layout import MODALITY_NAMES, ModalityLayout
 from fastav_eval.pruning.profile import PruningProfile
-from fastav_eval.pruning.rules import PruneContext, Stage, apply_decision, fine_keep, global_keep
+from fastav_eval.pruning.rules import (
+    PruneContext,
+    PruneDecision,
+    SampleInfo,
+    Stage,
+    apply_decision,
+    fine_keep,
+    global_keep,
+)
 
 ATTENTIVE_RULES = ("low_attentive", "top_attentive")
 
@@ -37,12 +46,15 @@ class PrefillStats:
             filler slots of a batch; equal to ``tokens_per_layer`` at batch size 1).
         kv_positions: per layer, ``[B, L_i]`` original prompt positions held in that layer's KV cache
             (-1 on padding and filler slots).
+        decisions: per sample, how its cut was chosen (layer, by whom, fine ratio, a chooser's keep fractions,
+            orders and notes); empty for a sample never cut.
     """
 
     tokens_per_layer: torch.Tensor
     modality_per_layer: dict[str, torch.Tensor]
     slots_per_layer: list[int]
     kv_positions: list[torch.Tensor]
+    decisions: list[dict[str, object]] = dataclasses.field(default_factory=list)
 
     @property
     def num_layers(self) -> int:
@@ -68,23 +80,44 @@ class PrefillStats:
 class PrefillPlan:
     """The state of one prefill as tokens are dropped layer by layer.
 
+    Each sample is cut once, at its own layer: the global stage's (``global_layer``) or the ``cut_layer`` an outside
+    chooser's decision gives it. After its cut the fine stage runs at the sample's own ratio.
+
     Args:
         layout: modality labels of the prompt, ``[B, L]``.
         config: a config already passed through :meth:`PruningConfig.resolve`.
         num_layers: decoder depth.
+        samples: per-sample :class:`SampleInfo` handed to the chooser (one per row), or None.
     """
 
-    def __init__(self, layout: ModalityLayout, config: PruningConfig, num_layers: int) -> None:
+    def __init__(
+        self,
+        layout: ModalityLayout,
+        config: PruningConfig,
+        num_layers: int,
+        samples: tuple[SampleInfo, ...] | None = None,
+    ) -> None:
         if config.global_layer is None:
             raise ValueError("PrefillPlan needs a resolved config (call config.resolve(num_layers))")
+        if samples is not None and len(samples) != layout.batch_size:
+            raise ValueError(f"{len(samples)} SampleInfo for a batch of {layout.batch_size}; give one per row")
         self.layout = layout
         self.config = config
         self.num_layers = num_layers
+        self.samples = samples
         batch, length = layout.batch_size, layout.length
         self.positions = torch.arange(length, device=layout.device).expand(batch, length).contiguous()
         self.valid = layout.valid.clone()
         self._protected = layout.protected(config.sink_tokens)
         self._generator = torch.Generator().manual_seed(config.seed)
+        device = layout.device
+        self.cut_layer = torch.full((batch,), -1, dtype=torch.long, device=device)
+        """``[B]`` the layer each sample's cut is (or was) scheduled for; -1 while undecided."""
+        self.fine_ratio = torch.full((batch,), float(config.fine_ratio), dtype=torch.float64, device=device)
+        """``[B]`` each sample's fine ratio after its cut."""
+        self._held: list[tuple[PruneDecision, torch.Tensor]] = []  # chooser decisions waiting for their cut layer
+        self.decisions: list[dict[str, object]] = [{} for _ in range(batch)]
+        """Per sample, what its cut was: the layer, the rule or decision that chose it, and its fine ratio."""
         self._tokens: list[torch.Tensor] = []
         self._modality: dict[str, list[torch.Tensor]] = {name: [] for name in MODALITY_NAMES}
         self._slots: list[int] = []
@@ -92,14 +125,28 @@ class PrefillPlan:
 
     # ------------------------------------------------------------------ schedule
     def stage_at(self, layer_idx: int) -> Stage | None:
-        """The prune stage that runs just before ``layer_idx``, if any."""
+        """The prune stage that runs just before ``layer_idx``, if any: "global" while samples wait for their cut,
+        "fine" after ``global_layer``."""
         config, global_layer = self.config, self.config.global_layer
         assert global_layer is not None
-        if layer_idx == global_layer and (config.global_rule is not None or config.chooser is not None):
-            return "global"
-        if layer_idx > global_layer and (config.fine_ratio > 0 or config.chooser is not None):
+        if layer_idx < 1:
+            return None
+        if layer_idx <= global_layer:
+            if layer_idx == global_layer and config.global_rule is not None:
+                return "global"
+            waiting = bool(((self.cut_layer >= layer_idx) | (self.cut_layer < 0)).any())
+            if config.chooser is not None and waiting:
+                return "global"
+            if bool((self.cut_layer == layer_idx).any()) or self._fine_rows(layer_idx).any():
+                return "global"
+            return None
+        if config.chooser is not None or bool((self.fine_ratio > 0).any()):
             return "fine"
         return None
+
+    def _fine_rows(self, layer_idx: int) -> torch.Tensor:
+        """``[B]`` bool: samples cut before ``layer_idx`` whose fine stage drops tokens there."""
+        return (self.cut_layer >= 1) & (self.cut_layer < layer_idx) & (self.fine_ratio > 0)
 
     def needs_scores(self, layer_idx: int) -> bool:
         """Whether the prune point after ``layer_idx`` reads that layer's last-query scores."""
@@ -108,11 +155,19 @@ class PrefillPlan:
             return False
         if self.config.chooser is not None:
             return True
-        rule = self.config.global_rule if stage == "global" else self.config.fine_rule
-        return rule in ATTENTIVE_RULES
+        fine_here = stage == "fine" or bool(self._fine_rows(layer_idx + 1).any())
+        if fine_here and self.config.fine_rule in ATTENTIVE_RULES:
+            return True
+        return (
+            stage == "global"
+            and layer_idx + 1 == self.config.global_layer
+            and (self.config.global_rule in ATTENTIVE_RULES)
+        )
 
     # ------------------------------------------------------------------ steps
-    def context(self, stage: Stage, layer_idx: int, scores: torch.Tensor | None) -> PruneContext:
+    def context(
+        self, stage: Stage, layer_idx: int, scores: torch.Tensor | None, hidden: torch.Tensor | None = None
+    ) -> PruneContext:
         gather = self.positions
         return PruneContext(
             stage=stage,
@@ -125,14 +180,20 @@ class PrefillPlan:
             protected=self._protected.gather(1, gather) & self.valid,
             scores=None if scores is None else scores.float().masked_fill(~self.valid, 0.0),
             generator=self._generator,
+            undecided=self.cut_layer < 0,
+            hidden=hidden,
+            samples=self.samples,
         )
 
-    def step(self, layer_idx: int, scores: torch.Tensor | None = None) -> torch.Tensor | None:
+    def step(
+        self, layer_idx: int, scores: torch.Tensor | None = None, hidden: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """Run the prune point before ``layer_idx`` (if any); record what the layer will process.
 
         Args:
             layer_idx: the layer about to run.
             scores: ``[B, L_cur]`` last-query scores of layer ``layer_idx - 1`` when :meth:`needs_scores` said so.
+            hidden: ``[B, L_cur, D]`` the hidden states entering the layer, for the chooser (optional).
 
         Returns:
             ``[B, L_new]`` sorted indices into the current sequence to gather hidden states (and cos/sin)
@@ -141,26 +202,78 @@ class PrefillPlan:
         index = None
         stage = self.stage_at(layer_idx)
         if stage is not None:
-            keep = self._choose(stage, layer_idx, scores)
+            keep = self._choose(stage, layer_idx, scores, hidden)
             index = self._compact(keep)
         self._record()
         return index
 
-    def _choose(self, stage: Stage, layer_idx: int, scores: torch.Tensor | None) -> torch.Tensor:
-        context = self.context(stage, layer_idx, scores)
+    def _choose(
+        self, stage: Stage, layer_idx: int, scores: torch.Tensor | None, hidden: torch.Tensor | None
+    ) -> torch.Tensor:
+        context = self.context(stage, layer_idx, scores, hidden)
         config = self.config
-        rule = (config.global_rule or "positional") if stage == "global" else config.fine_rule
-        decision = config.chooser(context) if config.chooser is not None else None
-        if decision is not None:
-            keep = apply_decision(decision, context, rule)
-        elif stage == "global" and config.global_rule is not None:
+        if stage == "fine":
+            decision = config.chooser(context) if config.chooser is not None else None
+            if decision is not None:
+                keep = apply_decision(decision, context, config.fine_rule)
+                if decision.rows is not None:
+                    rows = _rows(decision.rows, keep)
+                    keep = torch.where(rows[:, None], keep, fine_keep(context, config.fine_rule, self.fine_ratio))
+            else:
+                keep = fine_keep(context, config.fine_rule, self.fine_ratio)
+            return (keep & self.valid) | context.protected
+        # Samples cut at an earlier layer run their fine step; the others are kept whole unless cut here.
+        keep = torch.ones_like(self.valid)
+        fine_rows = self._fine_rows(layer_idx)
+        if bool(fine_rows.any()):
+            keep = torch.where(fine_rows[:, None], fine_keep(context, config.fine_rule, self.fine_ratio), keep)
+        if config.chooser is not None and bool(context.undecided.any()):
+            decision = config.chooser(context)
+            if decision is not None:
+                self._schedule(decision, context)
+        rule = config.global_rule or "positional"
+        for decision, rows in self._held:
+            due = rows & (self.cut_layer == layer_idx)
+            if bool(due.any()):
+                keep = torch.where(due[:, None], apply_decision(decision, context, rule), keep)
+        undecided = self.cut_layer < 0
+        if layer_idx == config.global_layer and bool(undecided.any()) and config.global_rule is not None:
             assert isinstance(config.profile, PruningProfile), "resolve() loads the profile"
-            keep = global_keep(context, config.global_rule, config.profile)
-        elif stage == "fine":
-            keep = fine_keep(context, config.fine_rule, config.fine_ratio)
-        else:
-            keep = torch.ones_like(self.valid)
+            keep = torch.where(undecided[:, None], global_keep(context, config.global_rule, config.profile), keep)
+            for row in torch.nonzero(undecided).flatten().tolist():
+                self.decisions[row] = {"cut_layer": layer_idx, "by": f"global_rule {config.global_rule}",
+                                       "fine_ratio": float(self.fine_ratio[row])}  # fmt: skip
+            self.cut_layer = torch.where(undecided, layer_idx, self.cut_layer)
         return (keep & self.valid) | context.protected
+
+    def _schedule(self, decision: PruneDecision, context: PruneContext) -> None:
+        """Hold a global-stage decision for its samples until their cut layers."""
+        global_layer = self.config.global_layer
+        assert global_layer is not None
+        rows = context.undecided.clone()
+        if decision.rows is not None:
+            rows &= _rows(decision.rows, rows)
+        if not bool(rows.any()):
+            return
+        layer = context.layer_idx if decision.cut_layer is None else decision.cut_layer
+        cut = torch.as_tensor(layer, dtype=torch.long, device=rows.device).expand(rows.shape[0])
+        late = rows & ((cut < context.layer_idx) | (cut > global_layer))
+        if bool(late.any()):
+            row = int(torch.nonzero(late)[0])
+            raise ValueError(
+                f"a decision at layer {context.layer_idx} gives sample {row} cut_layer={int(cut[row])}; accepted: "
+                f"{context.layer_idx}..{global_layer} (from the current layer up to global_layer)"
+            )
+        self.cut_layer = torch.where(rows, cut, self.cut_layer)
+        if decision.fine_ratio is not None:
+            ratio = torch.as_tensor(decision.fine_ratio, dtype=torch.float64, device=rows.device)
+            self.fine_ratio = torch.where(rows, ratio.expand(rows.shape[0]), self.fine_ratio)
+        self._held.append((decision, rows))
+        chooser = self.config.chooser
+        name = getattr(chooser, "__name__", type(chooser).__name__)
+        for row in torch.nonzero(rows).flatten().tolist():
+            self.decisions[row] = {"cut_layer": int(cut[row]), "by": name, "decided_at": context.layer_idx,
+                                   "fine_ratio": float(self.fine_ratio[row]), **decision.describe_row(row)}  # fmt: skip
 
     def _compact(self, keep: torch.Tensor) -> torch.Tensor | None:
         """Drop the tokens not in ``keep`` ``[B, L_cur]``; pad short rows with filler slots."""
@@ -190,7 +303,17 @@ class PrefillPlan:
             modality_per_layer={name: torch.stack(counts, 1) for name, counts in self._modality.items()},
             slots_per_layer=list(self._slots),
             kv_positions=list(self._kv_positions),
+            decisions=[dict(entry) for entry in self.decisions],
         )
+
+
+def _rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    rows = torch.as_tensor(rows, device=like.device)
+    if rows.dtype != torch.bool or rows.shape != (like.shape[0],):
+        raise ValueError(
+            f"PruneDecision rows must be a [{like.shape[0]}] bool tensor; got {rows.dtype} {tuple(rows.shape)}"
+        )
+    return rows
 
 
 ScoreFunction = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]

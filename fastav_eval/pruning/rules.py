@@ -4,15 +4,22 @@ At every prune point the engine builds a :class:`PruneContext` over the tokens c
 asks, in order: the outside chooser (if any), then the stage's built-in rule. Each returns a keep mask over
 the current tokens; the engine then forces protected tokens back in.
 
+An outside chooser decides each sample's *cut* once: it is asked before every layer from 1 up to ``global_layer``
+while some sample is undecided (``PruneContext.undecided``) and may return None to wait for a later layer. A
+decision says which tokens the sample keeps, at which layer the cut happens (``cut_layer``, at most
+``global_layer``; default: this layer) and the fine ratio of the sample's later layers. Samples still undecided
+at ``global_layer`` get the built-in global rule. After ``global_layer`` the chooser is asked again at every fine
+step (``stage == "fine"``), where None means the built-in fine rule at each sample's own ratio.
+
 All tensors in a context are ``[B, L_cur]``: one column per token currently in the sequence, in ascending
 original position.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -21,9 +28,35 @@ from fastav_eval.pruning.profile import PruningProfile
 
 Stage = Literal["global", "fine"]
 
-DECISION_ORDERS: tuple[str, ...] = ("rule", "prefix", "evenly_spaced", "most_attended")
+DECISION_ORDERS: tuple[str, ...] = ("rule", "prefix", "evenly_spaced", "evenly_spaced_chunks", "most_attended")
 """Which tokens a keep fraction keeps: the stage's own rule ordering, the first ones, ones spread evenly over the
-modality's current tokens (a frame or time step in every stretch), or the ones the last query attends to most."""
+modality's current tokens, whole chunks (a model's frames or audio time steps) spread evenly over the modality's
+chunks (the fraction then counts chunks), or the ones the last query attends to most."""
+
+ROUNDING_TOLERANCE = 1e-6
+"""A keep budget is ``floor(count · fraction + 0.5 + tolerance)``: round half up, with a margin far above a float32's
+error, so a fraction passed as a float32 tensor keeps as many tokens as the Python float it was made from."""
+
+
+def keep_budget(count: torch.Tensor, fraction: float | torch.Tensor) -> torch.Tensor:
+    """``[B]`` int: how many of ``count`` ``[B]`` items a keep ``fraction`` (a float or ``[B]``) keeps."""
+    fraction = torch.as_tensor(fraction, device=count.device).double()
+    return torch.floor(count.double() * fraction + 0.5 + ROUNDING_TOLERANCE).long().expand(count.shape[0])
+
+
+@dataclass(frozen=True)
+class SampleInfo:
+    """What the caller knows about one sample of the batch, for choosers that read the question.
+
+    Attributes:
+        sample_id: the sample's identity, e.g. ``"avsynth_qa/17"`` (task and document id).
+        question: the prompt text the model answers.
+        token_ids: the prompt's token ids where the model is fed ids (None for ``inputs_embeds`` prompts).
+    """
+
+    sample_id: str | None = None
+    question: str | None = None
+    token_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +73,9 @@ class PruneContext:
         scores: ``[B, L_cur]`` fp32 last-query attention of the layer before ``layer_idx`` (head-averaged),
             or None when no rule in use needs it.
         generator: RNG of the random rules.
+        undecided: ``[B]`` bool, samples whose cut no decision has scheduled yet (all False at fine steps).
+        hidden: ``[B, L_cur, D]`` the hidden states entering ``layer_idx`` (None in a simulated prefill).
+        samples: per-sample :class:`SampleInfo` given with the layout, or None.
     """
 
     stage: Stage
@@ -52,6 +88,9 @@ class PruneContext:
     protected: torch.Tensor
     scores: torch.Tensor | None
     generator: torch.Generator
+    undecided: torch.Tensor
+    hidden: torch.Tensor | None = None
+    samples: tuple[SampleInfo, ...] | None = None
 
     @property
     def eligible(self) -> torch.Tensor:
@@ -66,7 +105,7 @@ class PruneContext:
 
 @dataclass(frozen=True)
 class PruneDecision:
-    """An outside chooser's answer at one prune point. Set exactly one field.
+    """An outside chooser's answer at one prune point: set exactly one of ``keep_fraction``, ``keep_positions``.
 
     Attributes:
         keep_fraction: modality -> share of its currently droppable tokens to keep, a float or a ``[B]``
@@ -76,15 +115,48 @@ class PruneDecision:
         order: with ``keep_fraction``, modality -> one of :data:`DECISION_ORDERS`; a modality not named uses
             ``rule``, the stage's own ordering (prefix order for the positional global rule, scores for the
             attentive rules).
+        cut_layer: global stage only: the first layer that sees the sample's cut, an int or ``[B]`` (per sample),
+            from the current layer up to ``global_layer``; None is the current layer. The keep set is chosen
+            when the cut happens, over the tokens and scores there.
+        fine_ratio: global stage only: the fine ratio of the sample's layers after its cut, a float or ``[B]`` in
+            [0, 1); None keeps the config's.
+        rows: ``[B]`` bool, the samples the decision is for (None: all the context's undecided samples at the
+            global stage, every sample at a fine step).
+        notes: per sample, JSON-ready notes the chooser wants in the sample's recorded decision (e.g. a policy's
+            raw action), or None.
     """
 
     keep_fraction: Mapping[str, float | torch.Tensor] | None = None
     keep_positions: torch.Tensor | None = None
     order: Mapping[str, str] | None = None
+    cut_layer: int | torch.Tensor | None = None
+    fine_ratio: float | torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    notes: Sequence[Mapping[str, Any]] | None = None
+
+    def describe_row(self, row: int) -> dict[str, Any]:
+        """JSON-ready summary of what this decision asks of sample ``row``."""
+        described: dict[str, Any] = {}
+        if self.keep_fraction is not None:
+            described["keep_fraction"] = {name: _row_value(value, row) for name, value in self.keep_fraction.items()}
+            described["order"] = {name: (self.order or {}).get(name, "rule") for name in self.keep_fraction}
+        if self.keep_positions is not None:
+            described["keep_positions"] = int((self.keep_positions[row] >= 0).sum())
+        if self.notes is not None:
+            described.update(self.notes[row])
+        return described
 
     def __post_init__(self) -> None:
         if (self.keep_fraction is None) == (self.keep_positions is None):
             raise ValueError("PruneDecision needs exactly one of keep_fraction, keep_positions")
+        if self.fine_ratio is not None:
+            ratios = torch.as_tensor(self.fine_ratio, dtype=torch.float64)
+            if bool(((ratios < 0) | (ratios >= 1)).any()):
+                raise ValueError(f"fine_ratio={self.fine_ratio!r}; accepted: values in [0, 1)")
+        if self.cut_layer is not None:
+            layers = torch.as_tensor(self.cut_layer)
+            if layers.dtype.is_floating_point or layers.dtype == torch.bool or bool((layers < 1).any()):
+                raise ValueError(f"cut_layer={self.cut_layer!r}; accepted: ints >= 1 (at most global_layer)")
         if self.order is not None:
             if self.keep_fraction is None:
                 raise ValueError("PruneDecision order applies to keep_fraction; keep_positions lists the tokens")
@@ -97,9 +169,14 @@ class PruneDecision:
             for name, fraction in self.keep_fraction.items():
                 if name not in AV_MODALITIES:
                     raise ValueError(f"keep_fraction key {name!r}; accepted: {list(AV_MODALITIES)}")
-                values = torch.as_tensor(fraction, dtype=torch.float32)
+                values = torch.as_tensor(fraction, dtype=torch.float64)
                 if bool(((values < 0) | (values > 1)).any()):
                     raise ValueError(f"keep_fraction[{name!r}]={fraction!r}; accepted: values in [0, 1]")
+
+
+def _row_value(value: float | torch.Tensor, row: int) -> float:
+    values = torch.as_tensor(value, dtype=torch.float64).flatten()
+    return float(values[row] if values.numel() > 1 else values[0])
 
 
 class Chooser(Protocol):
@@ -169,11 +246,13 @@ def global_keep(context: PruneContext, rule: str, profile: PruningProfile) -> to
     return ~eligible | select_top(rule_priority(rule, context), eligible, budget)
 
 
-def fine_keep(context: PruneContext, rule: str, ratio: float) -> torch.Tensor:
-    """``[B, L_cur]`` bool keep mask of a fine step: drop ``floor(ratio * n_droppable)`` tokens per sample."""
+def fine_keep(context: PruneContext, rule: str, ratio: float | torch.Tensor) -> torch.Tensor:
+    """``[B, L_cur]`` bool keep mask of a fine step: drop ``floor(ratio * n_droppable)`` tokens per sample
+    (``ratio`` a float or ``[B]``)."""
     eligible = context.eligible
     count = eligible.sum(1)
-    budget = count - torch.floor(count.double() * ratio).long()
+    ratio = torch.as_tensor(ratio, device=count.device).double()
+    budget = count - torch.floor(count.double() * ratio + ROUNDING_TOLERANCE).long()
     return ~eligible | select_top(rule_priority(rule, context), eligible, budget)
 
 
@@ -197,6 +276,35 @@ def evenly_spaced(eligible: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
         picks = ((torch.arange(wanted, dtype=torch.float64) + 0.5) * count / wanted).floor().long()
         keep[row, columns[picks.clamp(max=count - 1)]] = True
     return keep
+
+
+def evenly_spaced_chunks(eligible: torch.Tensor, chunk: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """Keep ``budget[b]`` whole chunks of each row's eligible tokens, spread evenly over its distinct chunks the way
+    :func:`evenly_spaced` spreads tokens.
+
+    Args:
+        eligible: ``[B, L]`` bool.
+        chunk: ``[B, L]`` int chunk labels.
+        budget: ``[B]`` int, chunks to keep.
+
+    Returns:
+        ``[B, L]`` bool keep mask, a subset of ``eligible``.
+    """
+    keep = torch.zeros_like(eligible)
+    for row in range(eligible.shape[0]):
+        chunks = torch.unique(chunk[row][eligible[row]])  # sorted, and chunks grow along a sample
+        count, wanted = len(chunks), int(budget[row])
+        if wanted <= 0 or count == 0:
+            continue
+        picks = ((torch.arange(wanted, dtype=torch.float64) + 0.5) * count / wanted).floor().long()
+        keep[row] = eligible[row] & torch.isin(chunk[row], chunks[picks.clamp(max=count - 1)])
+    return keep
+
+
+def chunk_count(eligible: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+    """``[B]`` int: distinct chunks among each row's eligible tokens."""
+    return torch.tensor([len(torch.unique(chunk[row][eligible[row]])) for row in range(eligible.shape[0])],
+                        dtype=torch.long, device=eligible.device)  # fmt: skip
 
 
 def _order_priority(order: str, rule: str, context: PruneContext) -> torch.Tensor:
@@ -227,9 +335,14 @@ def apply_decision(decision: PruneDecision, context: PruneContext, rule: str) ->
         if decision.keep_fraction is None or name not in decision.keep_fraction:
             keep |= of_modality
             continue
-        fraction = torch.as_tensor(decision.keep_fraction[name], dtype=torch.float64, device=eligible.device)
-        budget = torch.round(of_modality.sum(1).double() * fraction).long().expand(eligible.shape[0])
+        fraction = decision.keep_fraction[name]
         order = orders.get(name, "rule")
+        if order == "evenly_spaced_chunks":
+            keep |= evenly_spaced_chunks(
+                of_modality, context.chunk, keep_budget(chunk_count(of_modality, context.chunk), fraction)
+            )
+            continue
+        budget = keep_budget(of_modality.sum(1), fraction)
         if order == "evenly_spaced":
             keep |= evenly_spaced(of_modality, budget)
         else:

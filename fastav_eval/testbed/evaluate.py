@@ -21,7 +21,7 @@ from fastav_eval.avsynth.scoring import corpus_bleu4, corpus_cider, score_choice
 from fastav_eval.evaluation import PrunedRunner
 from fastav_eval.models.base import Request
 from fastav_eval.models.testbed import TestbedAdapter
-from fastav_eval.pruning import PruningConfig
+from fastav_eval.pruning import PruningConfig, SampleInfo
 from fastav_eval.records import SampleRecord
 from fastav_eval.testbed.model import TestbedModel
 
@@ -71,7 +71,8 @@ def run_condition(
                 adapter.load_request(Request(request_visuals(doc), doc["question"]), i) for i, doc in enumerate(batch)
             ]
             limit = max_new_tokens if any(d["kind"] == "caption" for d in batch) else 4
-            for doc, answered in zip(batch, runner.answer(loaded, limit, until=[]), strict=True):
+            samples = [SampleInfo(f"{doc['task']}/{doc['id']}", doc["question"]) for doc in batch]
+            for doc, answered in zip(batch, runner.answer(loaded, limit, [], samples), strict=True):
                 scores = score_choice(answered.text, doc["answer"], doc["choices"]) if doc["choices"] else {}
                 results.append(
                     DocResult(

@@ -203,12 +203,14 @@ class TestbedModel(nn.Module):
             answer_ids = [*tok.encode(answers[i]), tok.eos_id] if answers is not None else []
             parts = [embed(torch.tensor(prefix_ids, device=device))]
             segment = [("text", len(prefix_ids))]
-            if use_video[i]:
+            if use_video[i]:  # one chunk per frame, one per audio time step (frame- and time-major tokens)
                 parts.append(video[i])
-                segment.append(("video", video.shape[1]))
+                per_frame = video.shape[1] // NUM_FRAMES
+                segment.extend(("video", per_frame, frame) for frame in range(NUM_FRAMES))
             if use_audio[i]:
                 parts.append(audio[i])
-                segment.append(("audio", audio.shape[1]))
+                per_step = self.config.mel_bins // 16
+                segment.extend(("audio", per_step, step) for step in range(audio.shape[1] // per_step))
             parts.append(embed(torch.tensor(question_ids + answer_ids[:-1], device=device)))
             segment.append(("text", len(question_ids) + max(len(answer_ids) - 1, 0)))
             sequences.append(torch.cat(parts))

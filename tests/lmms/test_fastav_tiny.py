@@ -16,6 +16,8 @@ from fastav_eval.cli import tasks_path
 from fastav_eval.lmms.fastav_tiny import FastAVTiny
 from fastav_eval.lmms.model_args import pruning_config
 from fastav_eval.models.testbed import TestbedAdapter
+from fastav_eval.pruning import PruningConfig
+from fastav_eval.pruning.config import LAST_LAYER
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
 from fastav_eval.testbed.evaluate import run_condition, summarise
 from fastav_eval.testbed.model import media_tensors
@@ -105,7 +107,9 @@ def test_senses_leave_a_modality_out_as_the_stock_model_does():
     ("model_args", "message"),
     [
         ({"senses": "smell"}, r"senses='smell'; accepted: \['both', 'video', 'audio', 'none'\]"),
-        ({"prune": "fast"}, r"prune='fast'; accepted: \['fastav', 'none'\]"),
+        ({"prune": "fast"}, r"prune='fast'; accepted: fastav, none, rule:<name> with <name> in \['avsynth_senses'\]"),
+        ({"prune": "rule:best"}, r"prune=rule:best; accepted rules: \['avsynth_senses'\]"),
+        ({"prune": "rule:avsynth_senses", "fine_ratio": 0.2}, r"takes only \['sink_tokens'\] of the engine args"),
         ({"fine_ratio": 1.5}, r"fine_ratio=1\.5; accepted"),
         ({"global_rule": "best"}, r"global_rule='best'; accepted"),
         ({"audio_keep": "ten"}, r"audio_keep='ten'; accepted"),
@@ -171,3 +175,31 @@ def test_cli_main_job_writes_results_with_flops(tmp_path):
     assert set(results["results"]) >= {"avsynth_match", "avsynth_halluc", "avsynth_qa", "avsynth_caption"}
     assert results["throughput"]["avg_relative_flops"] < 100
     assert len(list(tmp_path.rglob("*_samples_avsynth_*.jsonl"))) == 4
+
+
+def test_the_hand_written_rule_runs_through_lmms_eval_with_its_decisions_in_the_samples():
+    """prune=rule:avsynth_senses: the answers and kept counts are the harness's (the same chooser, no lmms-eval), and
+    every sample's decision (its question's kind, cut layer, kept set) is in the samples file."""
+    from fastav_eval.avsynth.rule import SETTINGS, AVSynthSenseRule
+
+    limit = 6
+    output = evaluate("prune=rule:avsynth_senses,batch_size=3", ["avsynth_qa", "avsynth_halluc"], limit=limit)
+    config = PruningConfig(global_rule=None, global_layer=LAST_LAYER, fine_ratio=0.0, chooser=AVSynthSenseRule())
+    for task in ("avsynth_qa", "avsynth_halluc"):
+        harness = run_condition(TestbedModel.load(WEIGHTS_DIR), build_documents("test", task, limit), pruning=config)
+        samples = sorted(output["samples"][task], key=lambda sample: sample["doc_id"])
+        assert output["results"][task]["accuracy,none"] == pytest.approx(summarise(harness)[task]["accuracy"])
+        for sample, oracle in zip(samples, harness, strict=True):
+            counts = sample["token_counts"][0]
+            decision = counts["decision"]
+            assert counts["prune"] == "rule:avsynth_senses"
+            assert decision["kind"] == oracle.kind and decision["by"] == "rule:avsynth_senses"
+            setting = SETTINGS[oracle.kind]
+            assert decision["cut_layer"] == setting.cut_layer
+            kept = counts["kept_per_layer"]
+            # Whole frames of 16 tokens, plus the first video token when no kept frame holds it: it is the 4th
+            # token of the prompt, one of the engine's sink_tokens=4, which are never dropped.
+            assert kept["video"][setting.cut_layer] - 16 * setting.video_frames in (0, 1)
+            assert kept["audio"][setting.cut_layer] == 4 * setting.audio_steps  # whole time steps of 4
+            assert kept["video"][-1] == kept["video"][setting.cut_layer]  # no fine stage after the cut
+            assert kept == oracle.record.kept_per_layer

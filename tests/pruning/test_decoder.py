@@ -246,8 +246,8 @@ def test_chooser_supplies_keep_fractions_and_positions():
 
     def chooser(context):
         seen.append((context.stage, context.layer_idx, context.scores is not None))
-        if context.stage == "global":
-            return PruneDecision(keep_fraction={"video": 0.5, "audio": torch.tensor([0.25])})
+        if context.stage == "global":  # asked at layer 1, it schedules the cut for layer 3
+            return PruneDecision(keep_fraction={"video": 0.5, "audio": torch.tensor([0.25])}, cut_layer=3)
         if context.layer_idx == 5:
             keep = context.positions[context.valid & (context.modality == Modality.VIDEO)][:2]
             return PruneDecision(keep_positions=keep[None])
@@ -260,7 +260,7 @@ def test_chooser_supplies_keep_fractions_and_positions():
         model(input_ids)
     stats = engine.last_stats
     engine.uninstall()
-    assert seen == [("global", 3, True), ("fine", 4, True), ("fine", 5, True)]
+    assert seen == [("global", 1, True), ("fine", 4, True), ("fine", 5, True)]
     assert stats.modality_per_layer["video"][0].tolist() == [16, 16, 16, 8, 8, 2]
     assert stats.modality_per_layer["audio"][0].tolist() == [24, 24, 24, 6, 6, 0]
 
@@ -389,7 +389,7 @@ def test_a_decision_chooses_the_order_per_modality():
     attended = {}
 
     def chooser(context):
-        if context.stage != "global":
+        if context.stage != "global" or context.layer_idx < 3:  # None: ask again at the next layer
             return None
         is_audio = context.valid & (context.modality == Modality.AUDIO)
         top = torch.topk(context.scores[0].masked_fill(~is_audio[0], float("-inf")), len(audio) // 4).indices
@@ -415,3 +415,105 @@ def test_bad_decision_orders_are_named():
         PruneDecision(keep_fraction={"audio": 0.5}, order={"audio": "middle"})
     with pytest.raises(ValueError, match="order applies to keep_fraction"):
         PruneDecision(keep_positions=torch.tensor([[1]]), order={"audio": "prefix"})
+
+
+def test_per_sample_cut_layers_and_fine_ratios_equal_masking():
+    """A batch of two cut at layers 1 and 4 with fine ratios 0 and 0.5: each row's logits equal the masked oracle's
+    over the kept sets its stats report, and the counts follow each row's own schedule."""
+    model = tiny_qwen2()
+    samples = [SEGMENTS, SEGMENTS]
+    prompts = [prompt(segments, seed=seed) for seed, segments in enumerate(samples, start=5)]
+    input_ids = torch.cat([ids for ids, _ in prompts])
+    layout = ModalityLayout.from_segments(samples)
+    calls = []
+
+    def chooser(context):
+        calls.append((context.layer_idx, context.undecided.tolist()))
+        return PruneDecision(keep_fraction={"video": 0.5, "audio": 0.25}, order={"video": "evenly_spaced"},
+                             cut_layer=torch.tensor([1, 4]), fine_ratio=torch.tensor([0.0, 0.5]))  # fmt: skip
+
+    config = PruningConfig(global_rule=None, global_layer=5, fine_ratio=0.2, sink_tokens=0, chooser=chooser)
+    engine = install(model, config)
+    with engine.layout(layout):
+        logits = model(input_ids).logits[:, -1]
+    stats = engine.last_stats
+    engine.uninstall()
+    assert calls == [(1, [True, True])]  # decided once, for both rows
+    video, audio = stats.modality_per_layer["video"].tolist(), stats.modality_per_layer["audio"].tolist()
+    assert video[0] == [16, 8, 8, 8, 8, 8] and audio[0] == [24, 6, 6, 6, 6, 6]  # cut at 1, no fine steps
+    assert video[1][:5] == [16, 16, 16, 16, 8] and audio[1][:5] == [24, 24, 24, 24, 6]  # cut at 4
+    assert video[1][5] + audio[1][5] == 7  # then its fine step drops half of the 14 (pooled over modalities)
+    oracle, _ = masked_forward(model, input_ids, kept_masks(stats.kv_positions, layout.length))
+    assert torch.allclose(logits, oracle[:, -1], atol=1e-5)
+
+
+def test_a_chooser_can_wait_and_undecided_samples_get_the_global_rule():
+    model = tiny_qwen2()
+    input_ids = torch.cat([prompt(seed=seed)[0] for seed in (7, 8)])
+    layout = ModalityLayout.from_segments([SEGMENTS, SEGMENTS])
+    asked = []
+
+    def chooser(context):
+        asked.append((context.layer_idx, context.undecided.tolist()))
+        if context.layer_idx == 2:  # decides row 0 only, to be cut now
+            return PruneDecision(keep_fraction={"audio": 0.0}, rows=torch.tensor([True, False]))
+        return None
+
+    config = PruningConfig(global_layer=3, profile=PruningProfile.prefix(audio=4), fine_ratio=0.0, sink_tokens=0,
+                           chooser=chooser)  # fmt: skip
+    engine = install(model, config)
+    with engine.layout(layout):
+        model(input_ids)
+    audio = engine.last_stats.modality_per_layer["audio"].tolist()
+    engine.uninstall()
+    # Then asked at the fine steps after global_layer, where no sample is undecided.
+    assert asked == [(1, [True, True]), (2, [True, True]), (3, [False, True]), (4, [False, False]), (5, [False, False])]
+    assert audio == [[24, 24, 0, 0, 0, 0], [24, 24, 24, 4, 4, 4]]  # row 1: the profile's prefix at layer 3
+
+
+def test_bad_cut_layers_and_ratios_are_named():
+    model = tiny_qwen2()
+    input_ids, layout = prompt()
+
+    def chooser(context):
+        return PruneDecision(keep_fraction={"audio": 0.5}, cut_layer=5)
+
+    engine = install(model, PruningConfig(global_rule=None, global_layer=3, sink_tokens=0, chooser=chooser))
+    with engine.layout(layout), pytest.raises(ValueError, match=r"cut_layer=5; accepted: 1\.\.3"):
+        model(input_ids)
+    engine.uninstall()
+    with pytest.raises(ValueError, match=r"fine_ratio=1.0; accepted: values in \[0, 1\)"):
+        PruneDecision(keep_fraction={"audio": 0.5}, fine_ratio=1.0)
+    with pytest.raises(ValueError, match=r"cut_layer=0; accepted: ints >= 1"):
+        PruneDecision(keep_fraction={"audio": 0.5}, cut_layer=0)
+
+
+def test_float32_and_python_fractions_keep_the_same_count():
+    """0.15 of 10 tokens: 1.5 in exact arithmetic, 1.5000000596 as a float32; both keep 2 (round half up)."""
+    from fastav_eval.pruning.rules import keep_budget
+
+    counts = torch.tensor([10, 30, 7])
+    for fraction in (0.15, 0.35, 0.05, 0.5, 0.25):
+        as_float32 = keep_budget(counts, torch.tensor(fraction, dtype=torch.float32))
+        assert torch.equal(as_float32, keep_budget(counts, fraction)), fraction
+    assert keep_budget(torch.tensor([10]), 0.15).tolist() == [2]
+    assert keep_budget(torch.tensor([10]), 0.25).tolist() == [3]  # 2.5 rounds up
+
+
+def test_evenly_spaced_chunks_keep_whole_chunks():
+    """Video as 4 frames of 4 tokens: half the chunks, evenly spaced, are frames 1 and 3 (the middle of each half)."""
+    model = tiny_qwen2()
+    frames = [("video", 4, frame) for frame in range(4)]
+    segments = [("text", 3), *frames, ("audio", 24), ("text", 5)]
+    input_ids, layout = prompt(segments)
+
+    def chooser(context):
+        return PruneDecision(keep_fraction={"video": 0.5}, order={"video": "evenly_spaced_chunks"})
+
+    engine = install(model, PruningConfig(global_rule=None, global_layer=3, fine_ratio=0.0, sink_tokens=0,
+                                          chooser=chooser))  # fmt: skip
+    with engine.layout(layout):
+        model(input_ids)
+    kept = set(engine.last_stats.kv_positions[1][0].tolist())
+    engine.uninstall()
+    assert kept & set(range(3, 19)) == set(range(7, 11)) | set(range(15, 19))
