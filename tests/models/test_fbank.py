@@ -11,7 +11,8 @@ round-off (a float32 FFT's error floor is ~110 dB below the frame's energy), whe
 pocketfft/MKL, kaldi-native-fbank's Ooura) disagree by O(1) in log; the comparisons keep channels within
 ``DYNAMIC_RANGE_DB`` of their frame's maximum (all of the noise, ~20-30 % of the pure tones and the chirp). Against
 torchaudio 2.9.1 (torch 2.9.1) the match was in fact bit-exact on every channel (the same operations in the same
-order); the test asserts only a median below 1e-5 beyond ``ATOL``, so another FFT or BLAS build does not break it.
+order); the test asserts only a median below 1e-5 over the kept channels beyond ``ATOL``, so another FFT or BLAS
+build does not break it.
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ def test_matches_torchaudio(reference):
         assert ours.shape == expected.shape and ours.dtype == np.float32, name
         keep = _within_range(expected)
         np.testing.assert_allclose(ours[keep], expected[keep], rtol=0, atol=ATOL, err_msg=name)
-        # Same operations in the same order: everything but round-off-level channels agrees to float rounding.
-        assert np.median(np.abs(ours - expected)) < 1e-5, name
+        # Same operations in the same order: the channels above round-off level agree to float rounding. (Over all
+        # channels the median is round-off itself: 4e-4 on the chirp on an AMD EPYC's FFT, 0 on the machine that
+        # made the reference.)
+        assert np.median(np.abs(ours[keep] - expected[keep])) < 1e-5, name
 
 
 @pytest.mark.parametrize("bins", [80, 120])

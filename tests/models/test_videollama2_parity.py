@@ -75,7 +75,14 @@ def test_audio_clips_and_fbank_are_the_official_ones():
     assert clip_bounds(info["audio_num_samples_16k"]) == expected
     official_track = REFERENCE["waveform_s16"].numpy().astype(np.float32) / 32768.0  # what the ffmpeg CLI gave
     fbank = beats_fbank(torch.from_numpy(video_audio_waveform(official_track)))
-    assert torch.equal(fbank, REFERENCE["fbank"].float())  # clips, padding, ×2¹⁵, fbank, bf16: exact
+    # Clips, padding, ×2¹⁵, fbank, bf16: exact on the machine that made the reference. Another CPU's float32 FFT
+    # (an AMD EPYC here) moves a few values across a bf16 rounding boundary, on 0.2% of them: by one bf16 step, or
+    # near 0 (where a step is finer than the float32 round-off of a log energy) by at most 4e-3.
+    official = REFERENCE["fbank"].float()
+    larger = torch.maximum(official.abs(), fbank.abs()).clamp_min(2**-126)
+    bf16_step = torch.exp2(torch.floor(torch.log2(larger)) - 7)  # the spacing of bf16 values around each one
+    apart = (fbank - official).abs()
+    assert bool((apart <= torch.clamp(bf16_step, min=4e-3)).all()) and float((apart > 0).float().mean()) < 0.01
     ours = soundtrack(FIXTURE / "clip.mp4")  # PyAV's FFmpeg, another release than the CLI's
     assert ours.shape == official_track.shape
     assert np.abs(ours - official_track).max() <= 1 / 32768 + 1e-9  # at most one int16 step apart
