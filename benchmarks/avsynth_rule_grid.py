@@ -19,7 +19,6 @@ import torch
 from fastav_eval.avsynth import TASKS, build_documents
 from fastav_eval.avsynth.rule import SETTINGS, AVSynthSenseRule, KindSetting
 from fastav_eval.pruning import PruningConfig
-from fastav_eval.pruning.config import LAST_LAYER
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
 from fastav_eval.testbed.evaluate import run_condition, summarise
 
@@ -42,7 +41,7 @@ def main() -> None:
         for middle in (False, True) if frames == 2 else (False,):
             setting = KindSetting(frames, steps, cut, middle)
             chooser = AVSynthSenseRule(dict.fromkeys(SETTINGS, setting))
-            config = PruningConfig(global_rule=None, global_layer=LAST_LAYER, fine_ratio=0.0, chooser=chooser)
+            config = PruningConfig.chosen_by(chooser)
             name = f"{frames}{' middle' if middle else ''} frames, {steps} steps, cut {cut}"
             summaries[name] = summarise(run_condition(model, documents, pruning=config))
     for key in sorted(k for k in summaries["full"] if "/" in k):

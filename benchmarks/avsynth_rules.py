@@ -25,7 +25,6 @@ from fastav_eval.avsynth import TASKS, build_documents
 from fastav_eval.avsynth.dataset import DEFAULT_SEED
 from fastav_eval.avsynth.rule import AVSynthSenseRule
 from fastav_eval.pruning import PruningConfig, PruningProfile
-from fastav_eval.pruning.config import LAST_LAYER
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
 from fastav_eval.testbed.evaluate import DocResult, run_condition, summarise
 
@@ -55,9 +54,7 @@ def main() -> None:
         "full tokens": None,
         "FastAV defaults": PruningConfig(profile=shipped, fine_ratio=0.2),
         "random, FastAV's budget": PruningConfig(global_rule="random", profile=shipped, fine_rule="random"),
-        "rule:avsynth_senses": PruningConfig(
-            global_rule=None, global_layer=LAST_LAYER, fine_ratio=0.0, chooser=AVSynthSenseRule()
-        ),
+        "rule:avsynth_senses": PruningConfig.chosen_by(AVSynthSenseRule()),
     }
     results = {name: run_condition(model, documents, "full", config) for name, config in settings.items()}
     summaries = {name: summarise(items) for name, items in results.items()}

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from fastav_eval.avsynth.questions import QUESTIONS
-from fastav_eval.pruning.layout import Modality
-from fastav_eval.pruning.rules import PruneContext, PruneDecision
+from fastav_eval.pruning.rules import PruneContext, PruneDecision, spread_picks
 
 
 @dataclass(frozen=True)
@@ -54,10 +53,11 @@ frames) within about 2 points of full tokens on 240 val documents per task (docs
 
 
 def _template(question: str) -> re.Pattern[str]:
+    """The question's wording with its slots as words, at the end of the prompt."""
     pattern = re.escape(question)
     for slot in ("colour", "shape", "other"):
         pattern = pattern.replace(re.escape("{" + slot + "}"), r"\w+")
-    return re.compile(pattern)
+    return re.compile(pattern + r"\s*$")
 
 
 TEMPLATES: dict[str, re.Pattern[str]] = {
@@ -70,7 +70,7 @@ def question_kind(question: str) -> str:
     """The AV-Synth kind whose template ``question`` (the prompt's question) ends with; a ValueError names the
     question otherwise. Fixed wordings are tried first ("what colour is the sound ?" is not a shape question)."""
     for kind, template in TEMPLATES.items():
-        if template.search(question) and re.search(template.pattern + r"\s*$", question):
+        if template.search(question):
             return kind
     raise ValueError(
         f"question {question!r} matches no AV-Synth template; the avsynth_senses rule knows {sorted(TEMPLATES)}"
@@ -78,15 +78,12 @@ def question_kind(question: str) -> str:
 
 
 def _spread(chunks: torch.Tensor, wanted: int, middle: bool) -> torch.Tensor:
-    count = len(chunks)
-    wanted = min(wanted, count)
-    if wanted <= 0:
-        return chunks[:0]
+    """``wanted`` of the sorted chunk labels ``chunks``: the central ones, or spread evenly."""
     if middle:
-        start = (count - wanted) // 2
+        wanted = min(max(wanted, 0), len(chunks))
+        start = (len(chunks) - wanted) // 2
         return chunks[start : start + wanted]
-    picks = ((torch.arange(wanted, dtype=torch.float64) + 0.5) * count / wanted).floor().long()
-    return chunks[picks]
+    return chunks[spread_picks(len(chunks), min(wanted, len(chunks))).to(chunks.device)]
 
 
 class AVSynthSenseRule:
@@ -104,15 +101,16 @@ class AVSynthSenseRule:
             raise ValueError("the avsynth_senses rule reads each sample's question; none was given with the layout")
         batch = context.valid.shape[0]
         kinds = [question_kind(str(info.question)) for info in context.samples]
+        video, audio = context.eligible_of("video"), context.eligible_of("audio")
         keep_rows, cut_layers = [], []
         for row, kind in enumerate(kinds):
             setting = self.settings[kind]
             kept = []
-            for code, wanted, middle in (
-                (Modality.VIDEO, setting.video_frames, setting.middle),
-                (Modality.AUDIO, setting.audio_steps, False),
+            for of_modality, wanted, middle in (
+                (video, setting.video_frames, setting.middle),
+                (audio, setting.audio_steps, False),
             ):
-                eligible = context.eligible[row] & (context.modality[row] == code)
+                eligible = of_modality[row]
                 chunks = torch.unique(context.chunk[row][eligible])
                 chosen = _spread(chunks, wanted, middle)
                 kept.append(context.positions[row][eligible & torch.isin(context.chunk[row], chosen)])

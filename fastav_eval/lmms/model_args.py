@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from fastav_eval.pruning import GLOBAL_RULES, PrefixKeep, PruningConfig, PruningProfile
-from fastav_eval.pruning.config import LAST_LAYER
 
 PRUNE_MODES = ("fastav", "none", "rule:<name>")
 RULES: dict[str, str] = {"avsynth_senses": "fastav_eval.avsynth.rule:AVSynthSenseRule"}
@@ -63,7 +62,7 @@ def rule_config(name: str, engine_args: dict[str, Any]) -> PruningConfig:
         raise ValueError(f"prune=rule:{name} takes only {list(RULE_ARGS)} of the engine args; got {extra}")
     module_name, class_name = RULES[name].split(":")
     chooser = getattr(importlib.import_module(module_name), class_name)()
-    return PruningConfig(global_rule=None, global_layer=LAST_LAYER, fine_ratio=0.0, chooser=chooser, **engine_args)
+    return PruningConfig.chosen_by(chooser, **engine_args)
 
 
 def pruning_config(prune: str, engine_args: dict[str, Any], default_profile: Path | None) -> PruningConfig:

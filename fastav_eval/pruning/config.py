@@ -74,6 +74,12 @@ class PruningConfig:
             raise ValueError(f"profile={self.profile!r}; accepted: a PruningProfile, a JSON path, or None")
 
     @classmethod
+    def chosen_by(cls, chooser: Chooser | Callable, **fields: Any) -> PruningConfig:
+        """Every sample's cut decided by ``chooser`` alone: no global rule and no profile, cuts allowed up to the last
+        layer (``LAST_LAYER``), no fine stage unless a decision sets one; ``fields`` override any of these."""
+        return cls(**{"global_rule": None, "global_layer": LAST_LAYER, "fine_ratio": 0.0, **fields}, chooser=chooser)
+
+    @classmethod
     def off(cls) -> PruningConfig:
         """No pruning: the engine's forward then computes exactly what the stock decoder does."""
         return cls(global_rule=None, fine_ratio=0.0)

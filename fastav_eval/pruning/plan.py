@@ -134,10 +134,9 @@ class PrefillPlan:
         if layer_idx <= global_layer:
             if layer_idx == global_layer and config.global_rule is not None:
                 return "global"
+            # Only a chooser schedules cuts before global_layer (the global rule cuts at it, once it is reached).
             waiting = bool(((self.cut_layer >= layer_idx) | (self.cut_layer < 0)).any())
-            if config.chooser is not None and waiting:
-                return "global"
-            if bool((self.cut_layer == layer_idx).any()) or self._fine_rows(layer_idx).any():
+            if (config.chooser is not None and waiting) or bool(self._fine_rows(layer_idx).any()):
                 return "global"
             return None
         if config.chooser is not None or bool((self.fine_ratio > 0).any()):

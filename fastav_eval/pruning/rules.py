@@ -256,9 +256,17 @@ def fine_keep(context: PruneContext, rule: str, ratio: float | torch.Tensor) -> 
     return ~eligible | select_top(rule_priority(rule, context), eligible, budget)
 
 
+def spread_picks(count: int, wanted: int) -> torch.Tensor:
+    """Indices of ``wanted`` of ``count`` items spread evenly: ``floor((i + 0.5) · count / wanted)`` for ``i < wanted``
+    (the middle of each of ``wanted`` equal stretches), at most ``count - 1``; empty when either is 0."""
+    if wanted <= 0 or count <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    picks = ((torch.arange(wanted, dtype=torch.float64) + 0.5) * count / wanted).floor().long()
+    return picks.clamp(max=count - 1)
+
+
 def evenly_spaced(eligible: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    """Keep ``budget[b]`` of each row's eligible tokens, spread evenly: of n tokens in sequence order, the
-    ``floor((i + 0.5) · n / k)``-th for ``i < k`` (the middle of each of k equal stretches).
+    """Keep ``budget[b]`` of each row's eligible tokens, spread evenly in sequence order (:func:`spread_picks`).
 
     Args:
         eligible: ``[B, L]`` bool.
@@ -270,41 +278,30 @@ def evenly_spaced(eligible: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
     keep = torch.zeros_like(eligible)
     for row in range(eligible.shape[0]):
         columns = torch.nonzero(eligible[row]).flatten()
-        count, wanted = len(columns), int(budget[row])
-        if wanted <= 0 or count == 0:
-            continue
-        picks = ((torch.arange(wanted, dtype=torch.float64) + 0.5) * count / wanted).floor().long()
-        keep[row, columns[picks.clamp(max=count - 1)]] = True
+        keep[row, columns[spread_picks(len(columns), int(budget[row])).to(columns.device)]] = True
     return keep
 
 
-def evenly_spaced_chunks(eligible: torch.Tensor, chunk: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    """Keep ``budget[b]`` whole chunks of each row's eligible tokens, spread evenly over its distinct chunks the way
-    :func:`evenly_spaced` spreads tokens.
+def evenly_spaced_chunks(eligible: torch.Tensor, chunk: torch.Tensor, fraction: float | torch.Tensor) -> torch.Tensor:
+    """Keep ``fraction`` (a float or ``[B]``; :func:`keep_budget` of each row's distinct chunks) of each row's chunks
+    of eligible tokens, whole, spread evenly over them (:func:`spread_picks`).
 
     Args:
         eligible: ``[B, L]`` bool.
         chunk: ``[B, L]`` int chunk labels.
-        budget: ``[B]`` int, chunks to keep.
+        fraction: share of the chunks to keep.
 
     Returns:
         ``[B, L]`` bool keep mask, a subset of ``eligible``.
     """
     keep = torch.zeros_like(eligible)
-    for row in range(eligible.shape[0]):
-        chunks = torch.unique(chunk[row][eligible[row]])  # sorted, and chunks grow along a sample
-        count, wanted = len(chunks), int(budget[row])
-        if wanted <= 0 or count == 0:
-            continue
-        picks = ((torch.arange(wanted, dtype=torch.float64) + 0.5) * count / wanted).floor().long()
-        keep[row] = eligible[row] & torch.isin(chunk[row], chunks[picks.clamp(max=count - 1)])
+    rows = [torch.unique(chunk[row][eligible[row]]) for row in range(eligible.shape[0])]  # sorted chunk labels
+    counts = torch.tensor([len(chunks) for chunks in rows], dtype=torch.long, device=eligible.device)
+    budget = keep_budget(counts, fraction)
+    for row, chunks in enumerate(rows):
+        chosen = chunks[spread_picks(len(chunks), int(budget[row])).to(chunks.device)]
+        keep[row] = eligible[row] & torch.isin(chunk[row], chosen)
     return keep
-
-
-def chunk_count(eligible: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-    """``[B]`` int: distinct chunks among each row's eligible tokens."""
-    return torch.tensor([len(torch.unique(chunk[row][eligible[row]])) for row in range(eligible.shape[0])],
-                        dtype=torch.long, device=eligible.device)  # fmt: skip
 
 
 def _order_priority(order: str, rule: str, context: PruneContext) -> torch.Tensor:
@@ -338,9 +335,7 @@ def apply_decision(decision: PruneDecision, context: PruneContext, rule: str) ->
         fraction = decision.keep_fraction[name]
         order = orders.get(name, "rule")
         if order == "evenly_spaced_chunks":
-            keep |= evenly_spaced_chunks(
-                of_modality, context.chunk, keep_budget(chunk_count(of_modality, context.chunk), fraction)
-            )
+            keep |= evenly_spaced_chunks(of_modality, context.chunk, fraction)
             continue
         budget = keep_budget(of_modality.sum(1), fraction)
         if order == "evenly_spaced":
