@@ -128,6 +128,29 @@ class PrunedRunner:
             for i, answer in enumerate(answers)
         ]
 
+    def score_references(
+        self, loaded: list[Any], references: list[str], samples: Sequence[SampleInfo] | None = None
+    ) -> list[tuple[float, SampleRecord]]:
+        """Per request: the mean log-probability per token of its reference answer over the (pruned) prompt
+        (:meth:`~fastav_eval.models.base.ModelAdapter.reference_logprob`) and the prefill's record."""
+        inputs = self.adapter.prepare(loaded)
+        self._timer.durations.clear()
+        with self.engine.layout(inputs.layout, with_token_ids(samples, inputs.generate_kwargs)):
+            logprob = self.adapter.reference_logprob(inputs, references)
+        stats = self.engine.last_stats
+        prefill_ms = 1000 * self._timer.durations[0] / len(loaded)
+        chooser = self.engine.config.chooser is not None
+        return [
+            (
+                float(logprob[i]),
+                SampleRecord.measured(
+                    self.prune, stats.sample(i, self.engine.shape), 0, prefill_ms, None,
+                    decision=stats.decisions[i] if chooser else None,
+                ),
+            )
+            for i in range(len(loaded))
+        ]  # fmt: skip
+
     def close(self) -> None:
         """Uninstall the engine and the timer: the adapter's decoder is the stock model again."""
         self._timer.remove()

@@ -204,3 +204,11 @@ class ModelAdapter(ABC):
     @abstractmethod
     def generate(self, inputs: ModelInputs, max_new_tokens: int, until: list[str]) -> list[Answer]:
         """Greedy answers for the batch, each cut at the first of the ``until`` stop strings."""
+
+    def reference_logprob(self, inputs: ModelInputs, references: list[str]) -> torch.Tensor:
+        """``[B]`` mean log-probability per token of each reference answer (its end token included), teacher-forced
+        over the cache of the prompt's prefill, so an installed engine scores the pruned prompt. Optional: an
+        adapter that does not implement it cannot give the RL environments' ``reward="loglik"``."""
+        raise NotImplementedError(
+            f"the {self.name} adapter does not score reference answers; use reward='score' with it"
+        )

@@ -28,6 +28,7 @@ from fastav_eval.pruning.rules import (
     SampleInfo,
     Stage,
     apply_decision,
+    as_decisions,
     fine_keep,
     global_keep,
 )
@@ -212,14 +213,12 @@ class PrefillPlan:
         context = self.context(stage, layer_idx, scores, hidden)
         config = self.config
         if stage == "fine":
-            decision = config.chooser(context) if config.chooser is not None else None
-            if decision is not None:
-                keep = apply_decision(decision, context, config.fine_rule)
-                if decision.rows is not None:
-                    rows = _rows(decision.rows, keep)
-                    keep = torch.where(rows[:, None], keep, fine_keep(context, config.fine_rule, self.fine_ratio))
-            else:
-                keep = fine_keep(context, config.fine_rule, self.fine_ratio)
+            keep = fine_keep(context, config.fine_rule, self.fine_ratio)
+            for decision in as_decisions(config.chooser(context) if config.chooser is not None else None):
+                chosen = apply_decision(decision, context, config.fine_rule)
+                keep = (
+                    chosen if decision.rows is None else torch.where(_rows(decision.rows, keep)[:, None], chosen, keep)
+                )
             return (keep & self.valid) | context.protected
         # Samples cut at an earlier layer run their fine step; the others are kept whole unless cut here.
         keep = torch.ones_like(self.valid)
@@ -227,8 +226,7 @@ class PrefillPlan:
         if bool(fine_rows.any()):
             keep = torch.where(fine_rows[:, None], fine_keep(context, config.fine_rule, self.fine_ratio), keep)
         if config.chooser is not None and bool(context.undecided.any()):
-            decision = config.chooser(context)
-            if decision is not None:
+            for decision in as_decisions(config.chooser(context)):
                 self._schedule(decision, context)
         rule = config.global_rule or "positional"
         for decision, rows in self._held:
@@ -252,6 +250,12 @@ class PrefillPlan:
         rows = context.undecided.clone()
         if decision.rows is not None:
             rows &= _rows(decision.rows, rows)
+        twice = rows & (self.cut_layer >= 0)  # decided by an earlier decision of the same call
+        if bool(twice.any()):
+            raise ValueError(
+                f"two decisions of one chooser call at layer {context.layer_idx} both decide sample "
+                f"{int(torch.nonzero(twice)[0])}; give each decision of a list disjoint rows"
+            )
         if not bool(rows.any()):
             return
         layer = context.layer_idx if decision.cut_layer is None else decision.cut_layer

@@ -180,9 +180,23 @@ def _row_value(value: float | torch.Tensor, row: int) -> float:
 
 
 class Chooser(Protocol):
-    """An outside chooser: return a decision, or None to let the built-in rule decide."""
+    """An outside chooser: return a decision, a sequence of decisions for disjoint ``rows`` (samples treated
+    differently, e.g. with different orders), or None to let the built-in rule decide."""
 
-    def __call__(self, context: PruneContext) -> PruneDecision | None: ...
+    def __call__(self, context: PruneContext) -> PruneDecision | Sequence[PruneDecision] | None: ...
+
+
+def as_decisions(answer: PruneDecision | Sequence[PruneDecision] | None) -> tuple[PruneDecision, ...]:
+    """A chooser's answer as a tuple of decisions (empty for None); anything else is refused."""
+    if answer is None:
+        return ()
+    answers = (answer,) if isinstance(answer, PruneDecision) else tuple(answer)
+    for item in answers:
+        if not isinstance(item, PruneDecision):
+            raise TypeError(
+                f"a chooser returned {type(item).__name__}; accepted: PruneDecision, a sequence of them, None"
+            )
+    return answers
 
 
 # ---------------------------------------------------------------------------------------------- selection

@@ -27,3 +27,23 @@ def test_caption_metrics_rank_exact_above_partial_above_wrong():
     assert corpus_cider(exact) > corpus_cider(partial) > corpus_cider(wrong)
     assert corpus_bleu4(exact) == pytest.approx(1.0)
     assert corpus_bleu4(partial) < 1.0
+
+
+def test_sample_cider_equals_pycocoevalcaps_per_sample_scores():
+    """The environments' per-sample CIDEr-D, fitted on the corpus's references, is the score pycocoevalcap gives
+    each sample when it scores the corpus."""
+    from pycocoevalcap.cider.cider import Cider
+
+    from fastav_eval.avsynth import build_documents
+    from fastav_eval.avsynth.scoring import SampleCider, _pycoco_inputs
+
+    documents = build_documents("val", "avsynth_caption", 30)
+    pairs = []
+    for i, doc in enumerate(documents):
+        words = doc["answer"].split()
+        pairs.append((doc["answer"], " ".join(words[i % 3 :] if i % 4 else words[::-1])))
+    _, per_sample = Cider().compute_score(*_pycoco_inputs(pairs))
+    scorer = SampleCider([reference for reference, _ in pairs])
+    mine = [scorer(prediction, reference) for reference, prediction in pairs]
+    assert max(abs(a - b) for a, b in zip(mine, per_sample, strict=True)) < 1e-9
+    assert scorer(pairs[0][0], pairs[0][0]) > scorer(pairs[1][1], pairs[0][0])

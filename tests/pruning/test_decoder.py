@@ -517,3 +517,57 @@ def test_evenly_spaced_chunks_keep_whole_chunks():
     kept = set(engine.last_stats.kv_positions[1][0].tolist())
     engine.uninstall()
     assert kept & set(range(3, 19)) == set(range(7, 11)) | set(range(15, 19))
+
+
+def test_a_list_of_decisions_for_disjoint_rows_equals_each_decision_alone():
+    """Row 0 keeps the most-attended audio quarter, row 1 an evenly spaced quarter, in one call (two decisions):
+    each row keeps what its decision alone keeps it, and its logits equal the masked oracle's."""
+    model = tiny_qwen2()
+    input_ids = torch.cat([prompt(seed=seed)[0] for seed in (7, 8)])
+    layout = ModalityLayout.from_segments([SEGMENTS, SEGMENTS])
+
+    def decisions(rows):
+        return [
+            PruneDecision(keep_fraction={"audio": 0.25}, order={"audio": order}, rows=torch.tensor(mask), cut_layer=2)
+            for order, mask in (("most_attended", [True, False]), ("evenly_spaced", [False, True]))
+            if any(m and r for m, r in zip(mask, rows, strict=True))
+        ]
+
+    def run(ids, rows_layout, chooser):
+        engine = install(model, PruningConfig.chosen_by(chooser, sink_tokens=0))
+        with engine.layout(rows_layout):
+            logits = model(ids).logits[:, -1]
+        stats = engine.last_stats
+        engine.uninstall()
+        return logits, stats
+
+    both, stats = run(input_ids, layout, lambda context: decisions([True, True]) if context.layer_idx == 1 else None)
+    single = ModalityLayout.from_segments([SEGMENTS])
+    for row, rows in ((0, [True, False]), (1, [False, True])):
+        alone = [decision for decision in decisions(rows)]
+        only = [PruneDecision(keep_fraction=d.keep_fraction, order=d.order, cut_layer=2) for d in alone]
+        _, own = run(
+            input_ids[row : row + 1], single, lambda context, only=only: only if context.layer_idx == 1 else None
+        )
+        assert stats.kv_positions[2][row].tolist() == own.kv_positions[2][0].tolist()
+    oracle, _ = masked_forward(model, input_ids, kept_masks(stats.kv_positions, layout.length))
+    assert torch.allclose(both, oracle[:, -1], atol=1e-5)
+    assert stats.decisions[0]["order"] == {"audio": "most_attended"}
+    assert stats.decisions[1]["order"] == {"audio": "evenly_spaced"}
+
+
+def test_overlapping_decisions_of_one_call_are_refused():
+    model = tiny_qwen2()
+    input_ids, layout = prompt()
+    twice = [PruneDecision(keep_fraction={"audio": 0.5}), PruneDecision(keep_fraction={"audio": 0.25})]
+    engine = install(model, PruningConfig.chosen_by(lambda context: twice))
+    with (
+        pytest.raises(ValueError, match="both decide sample 0; give each decision of a list disjoint rows"),
+        engine.layout(layout),
+    ):
+        model(input_ids)
+    engine.uninstall()
+    engine = install(model, PruningConfig.chosen_by(lambda context: ["keep all"]))
+    with pytest.raises(TypeError, match="a chooser returned str"), engine.layout(layout):
+        model(input_ids)
+    engine.uninstall()

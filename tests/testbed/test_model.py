@@ -132,3 +132,28 @@ def test_perception_targets_name_each_visible_colour_shape_pair():
     assert shapes == [1.0, 1.0, 0.0]  # circle, square, triangle
     assert {PAIRS[i] for i, on in enumerate(pairs) if on} == {("red", "square"), ("blue", "circle")}
     assert heard[0].tolist() == [0.0, 1.0, 0.0, 0.0] and count.tolist() == [2]
+
+
+def test_reference_logprob_equals_the_teacher_forced_loss():
+    """The adapter's reference log-probability (prefill, then the answer over the cache) is minus the per-sample
+    cross-entropy of the model's own training loss (the answer inside one sequence)."""
+    import numpy as np
+    import torch
+
+    from fastav_eval.avsynth import build_documents
+    from fastav_eval.avsynth.dataset import load_media
+    from fastav_eval.models.testbed import TestbedAdapter
+    from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
+
+    model = TestbedModel.load(WEIGHTS_DIR)
+    adapter = TestbedAdapter(model=model)
+    documents = build_documents("val", "avsynth_qa", 2) + build_documents("val", "avsynth_caption", 1)
+    loaded = [(*load_media(doc), doc["question"]) for doc in documents]
+    logprob = adapter.reference_logprob(adapter.prepare(loaded), [doc["answer"] for doc in documents])
+    frames = torch.from_numpy(np.stack([item[0] for item in loaded]))
+    waveform = torch.from_numpy(np.stack([item[1] for item in loaded]))
+    for i, doc in enumerate(documents):
+        with torch.no_grad():
+            prepared = model.prepare(frames[i : i + 1], waveform[i : i + 1], [doc["question"]], [doc["answer"]])
+            loss = model.loss(prepared)
+        assert float(logprob[i]) == pytest.approx(-float(loss), abs=1e-4)

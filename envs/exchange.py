@@ -1,0 +1,316 @@
+"""``fastav/TokenExchange-v0``: refine FastAV's selection of one sample by swaps (AVEX-Prune's exchange idea).
+
+An episode starts from the tokens FastAV's global rule keeps at ``global_layer`` K. Each step either stops or swaps
+a bucket of the lowest-scored kept tokens of one modality out for as many of the highest-scored dropped tokens of
+the same or the other modality (scores: layer K-1's last-query attention, the "confidence"). The kept count stays
+FastAV's, and so does the fine stage after K (FastAV's own budget). The reward is the change in answer quality
+(``loglik``: the reference answer's per-token probability; ``score``: accuracy, or CIDEr-D for captions) minus a
+cost per step and λ·ΔFLOPs. The episode ends on stop, or is truncated after ``max_swaps`` steps.
+
+The observation and the swap mechanics live in :class:`ExchangeCoding` / :class:`ExchangeState`, shared with the
+learned chooser that deploys a trained policy, which needs no reference answer: a policy acts on what the context
+at K shows (scores, the current keep set), never on rewards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+from fastav_eval.envs.coding import OBSERVATION_BOUND, OBSERVATION_SIZE, RetentionCoding
+from fastav_eval.envs.samples import (
+    Outcome,
+    SampleRunner,
+    ScriptedChooser,
+    build_adapter,
+    pick_document,
+    set_threads,
+    training_documents,
+)
+from gymnasium import spaces
+
+from fastav_eval.avsynth import TASKS
+from fastav_eval.avsynth.dataset import DEFAULT_SEED
+from fastav_eval.pruning import PruneContext, PruneDecision, PruningConfig, PruningProfile, find_text_model
+from fastav_eval.pruning.layout import AV_MODALITIES, Modality
+from fastav_eval.pruning.rules import global_keep
+
+SWAPS: tuple[tuple[str, str] | None, ...] = (
+    None,
+    ("video", "video"),
+    ("video", "audio"),
+    ("audio", "video"),
+    ("audio", "audio"),
+)
+"""Action -> (modality taken out, modality brought in); action 0 stops."""
+STATE_SIZE = 3 * len(AV_MODALITIES) + 1
+
+
+@dataclass
+class ExchangeState:
+    """One sample's keep set at K while swaps are made.
+
+    Attributes:
+        positions: ``[L]`` prompt positions of the eligible tokens.
+        modality: ``[L]`` their modality codes.
+        scores: ``[L]`` their last-query scores at layer K-1.
+        kept: ``[L]`` bool, which of them are kept now.
+        base_observation: the sample's :class:`RetentionCoding` observation at K.
+        swaps: swap steps taken.
+    """
+
+    positions: np.ndarray
+    modality: np.ndarray
+    scores: np.ndarray
+    kept: np.ndarray
+    base_observation: np.ndarray
+    swaps: int = 0
+    history: list[int] = field(default_factory=list)
+
+    def swap(self, action: int, bucket: int) -> int:
+        """Apply swap ``action`` (1..4) to the keep set; returns how many tokens went each way (0: no change)."""
+        out_name, in_name = SWAPS[action]  # type: ignore[misc]
+        out_code, in_code = int(Modality[out_name.upper()]), int(Modality[in_name.upper()])
+        out_pool = np.flatnonzero(self.kept & (self.modality == out_code))
+        in_pool = np.flatnonzero(~self.kept & (self.modality == in_code))
+        count = min(bucket, len(out_pool), len(in_pool))
+        if count:
+            leaving = out_pool[np.argsort(self.scores[out_pool], kind="stable")[:count]]
+            entering = in_pool[np.argsort(-self.scores[in_pool], kind="stable")[:count]]
+            self.kept[leaving], self.kept[entering] = False, True
+        self.swaps += 1
+        self.history.append(int(action))
+        return count
+
+    def key(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.positions[self.kept])
+
+
+@dataclass(frozen=True)
+class ExchangeCoding:
+    """Observation and swap coding at global layer ``global_layer`` of one decoder.
+
+    Observation ``[OBSERVATION_SIZE + STATE_SIZE]``: the :class:`RetentionCoding` observation of the context at K,
+    then per modality the kept share of its tokens, the mean score of its kept tokens against all of its tokens',
+    and the log-ratio of its best dropped score to its worst kept score; last, the swaps taken / ``max_swaps``.
+    """
+
+    global_layer: int
+    hidden_size: int
+    bucket_tokens: int = 8
+    max_swaps: int = 8
+    projection_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("bucket_tokens", "max_swaps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}; accepted: >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExchangeCoding:
+        return cls(**data)
+
+    def action_space(self) -> spaces.Discrete:
+        return spaces.Discrete(len(SWAPS))
+
+    def observation_space(self) -> spaces.Box:
+        size = OBSERVATION_SIZE + STATE_SIZE
+        return spaces.Box(-OBSERVATION_BOUND, OBSERVATION_BOUND, shape=(size,), dtype=np.float32)
+
+    def check_action(self, action: Any) -> int:
+        values = np.asarray(action)
+        if values.shape not in ((), (1,)) or not (
+            np.issubdtype(values.dtype, np.integer)
+            or (np.issubdtype(values.dtype, np.floating) and float(values.flat[0]).is_integer())
+        ):
+            raise ValueError(f"action={action!r}; accepted: one integer in 0..{len(SWAPS) - 1} (0 stops, 1..4 swap)")
+        value = int(values.flat[0])
+        if not 0 <= value < len(SWAPS):
+            raise ValueError(
+                f"action={value}; accepted: 0..{len(SWAPS) - 1} (0 stops; 1..4 swap out/in: {list(SWAPS[1:])})"
+            )
+        return value
+
+    def start(self, context: PruneContext, profile: PruningProfile) -> list[ExchangeState]:
+        """Per sample of ``context`` (at K, nothing dropped yet): FastAV's keep set as the starting state."""
+        base = RetentionCoding(self.global_layer, self.hidden_size, self.projection_seed).observe(context)
+        fastav = global_keep(context, "positional", profile)
+        states = []
+        for row in range(context.valid.shape[0]):
+            eligible = context.eligible[row]
+            scores = context.scores[row] if context.scores is not None else torch.zeros_like(context.positions[row])
+            states.append(
+                ExchangeState(
+                    positions=context.positions[row][eligible].cpu().numpy(),
+                    modality=context.modality[row][eligible].cpu().numpy(),
+                    scores=scores[eligible].double().cpu().numpy(),
+                    kept=fastav[row][eligible].cpu().numpy().copy(),
+                    base_observation=base[row],
+                )
+            )
+        return states
+
+    def observe(self, state: ExchangeState) -> np.ndarray:
+        features = [state.base_observation]
+        extra = []
+        for name in AV_MODALITIES:
+            of_modality = state.modality == int(Modality[name.upper()])
+            kept, dropped = of_modality & state.kept, of_modality & ~state.kept
+            extra.append(kept.sum() / max(1, of_modality.sum()))
+            mean_all = state.scores[of_modality].mean() if of_modality.any() else 0.0
+            mean_kept = state.scores[kept].mean() if kept.any() else 0.0
+            extra.append(np.log((mean_kept + 1e-9) / (mean_all + 1e-9)) if of_modality.any() else 0.0)
+            if kept.any() and dropped.any():
+                extra.append(np.log((state.scores[dropped].max() + 1e-9) / (state.scores[kept].min() + 1e-9)))
+            else:
+                extra.append(0.0)
+        extra.append(state.swaps / self.max_swaps)
+        features.append(np.asarray(extra, dtype=np.float64))
+        observation = np.concatenate(features).clip(-OBSERVATION_BOUND, OBSERVATION_BOUND)
+        return observation.astype(np.float32)
+
+    def decision(self, states: Sequence[ExchangeState], device: torch.device) -> PruneDecision:
+        """Keep every sample's current keep set (cut at the current layer, K; the config's fine ratio after)."""
+        width = max(1, max(int(state.kept.sum()) for state in states))
+        positions = torch.full((len(states), width), -1, dtype=torch.long)
+        for row, state in enumerate(states):
+            kept = torch.from_numpy(state.positions[state.kept].astype(np.int64))
+            positions[row, : len(kept)] = kept
+        notes = [{"swaps": [list(SWAPS[a]) for a in state.history if SWAPS[a]], "swap_steps": state.swaps}
+                 for state in states]  # fmt: skip
+        return PruneDecision(keep_positions=positions.to(device), notes=notes)
+
+
+class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
+    """Swaps that refine FastAV's selection of one sample.
+
+    Args:
+        model, model_args, tasks, split, per_task, data_seed, threads: as :class:`TokenRetentionEnv`.
+        flops_weight: λ on the change of relative FLOPs (/100).
+        reward: ``loglik`` (default) or ``score``.
+        step_cost: subtracted from every swap step's reward.
+        bucket_tokens: tokens moved each way per swap.
+        max_swaps: swap steps before the episode is truncated.
+        profile: FastAV's profile (default: the model's shipped one); its global layer is K.
+        fine_ratio: FastAV's fine ratio after K.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's own attribute)
+
+    def __init__(
+        self,
+        model: str = "fastav_tiny",
+        model_args: str | dict[str, Any] | None = None,
+        tasks: Sequence[str] | str = tuple(sorted(TASKS)),
+        split: str = "val",
+        per_task: int = 240,
+        data_seed: int = DEFAULT_SEED,
+        flops_weight: float = 0.5,
+        reward: str = "loglik",
+        step_cost: float = 0.002,
+        bucket_tokens: int = 8,
+        max_swaps: int = 8,
+        profile: str | Path | None = None,
+        fine_ratio: float = 0.2,
+        threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(flops_weight, bool) or not isinstance(flops_weight, int | float) or flops_weight < 0:
+            raise ValueError(f"flops_weight={flops_weight!r}; accepted: a number >= 0")
+        set_threads(threads)
+        self.documents = training_documents(tasks, split, per_task, data_seed)
+        adapter = build_adapter(model, model_args)
+        self.model_name = model
+        profile_path = profile if profile is not None else adapter.default_profile(adapter.pretrained)
+        if profile_path is None:
+            raise ValueError(
+                f"model {model!r} ships no FastAV profile; pass profile=<path> (TokenExchange starts from it)"
+            )
+        self.profile = PruningProfile.load(profile_path)
+        text_model = find_text_model(adapter.decoder)
+        self._chooser = ScriptedChooser()
+        config = PruningConfig(
+            profile=self.profile, global_layer=self.profile.global_layer, fine_ratio=fine_ratio, chooser=self._chooser
+        )
+        self.samples = SampleRunner(adapter, config, self._chooser, self.documents, reward)
+        self.global_layer = int(self.samples.runner.engine.config.global_layer)  # type: ignore[arg-type]
+        self.coding = ExchangeCoding(self.global_layer, int(text_model.config.hidden_size), bucket_tokens, max_swaps)
+        self.flops_weight, self.step_cost = float(flops_weight), float(step_cost)
+        self.action_space = self.coding.action_space()
+        self.observation_space = self.coding.observation_space()
+        self._first: dict[int, tuple[ExchangeState, Outcome]] = {}
+        self._outcomes: dict[tuple[int, tuple[int, ...]], Outcome] = {}
+        self._state: ExchangeState | None = None
+        self._index: int | None = None
+        self._current: Outcome | None = None
+
+    def first_pass(self, index: int) -> tuple[ExchangeState, Outcome]:
+        """FastAV's pass of document ``index``: its starting state and outcome (computed once)."""
+        if index not in self._first:
+            seen: list[ExchangeState] = []
+
+            def watch(context: PruneContext) -> None:
+                if context.stage == "global" and context.layer_idx == self.global_layer:
+                    seen.append(self.coding.start(context, self.profile)[0])
+
+            outcome = self.samples.run(index, watch=watch)
+            self._first[index] = (seen[0], outcome)
+        state, outcome = self._first[index]
+        return ExchangeState(state.positions, state.modality, state.scores, state.kept.copy(),
+                             state.base_observation), outcome  # fmt: skip
+
+    def outcome(self, index: int, state: ExchangeState) -> Outcome:
+        """Document ``index`` with ``state``'s keep set at K (computed once per keep set)."""
+        key = (index, state.key())
+        if key not in self._outcomes:
+
+            def decide(context: PruneContext) -> PruneDecision | None:
+                if context.stage == "global" and context.layer_idx == self.global_layer:
+                    return self.coding.decision([state], context.positions.device)
+                return None
+
+            self._outcomes[key] = self.samples.run(index, decide)
+        return self._outcomes[key]
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Draw a document (``options={"index": i}`` picks one) and start from FastAV's selection."""
+        super().reset(seed=seed)
+        index = self._index = pick_document(self.np_random, len(self.documents), options)
+        self._state, self._current = self.first_pass(index)
+        doc = self.documents[index]
+        info = {"sample_id": f"{doc['task']}/{doc['id']}", "kind": doc["kind"], "quality": self._current.quality}
+        return self.coding.observe(self._state), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._state is None or self._index is None or self._current is None:
+            raise RuntimeError("step() before reset(), or after the episode ended")
+        value = self.coding.check_action(action)
+        state, before = self._state, self._current
+        if value == 0:
+            self._state = None
+            return self.coding.observe(state), 0.0, True, False, {"quality": before.quality, "swapped": 0}
+        swapped = state.swap(value, self.coding.bucket_tokens)
+        after = self.outcome(self._index, state) if swapped else before
+        reward = (after.quality - before.quality) - self.step_cost
+        reward -= self.flops_weight * (after.relative_flops - before.relative_flops) / 100.0
+        self._current = after
+        truncated = state.swaps >= self.coding.max_swaps
+        if truncated:
+            self._state = None
+        info = {"quality": after.quality, "relative_flops": after.relative_flops, "swapped": swapped,
+                "swaps": state.swaps}  # fmt: skip
+        return self.coding.observe(state), float(reward), False, truncated, info
+
+    def close(self) -> None:
+        self.samples.close()
+        super().close()

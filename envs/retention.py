@@ -1,0 +1,157 @@
+"""``fastav/TokenRetention-v0``: one sample per episode; the policy picks how much of each modality to keep, in which
+order, where to cut and the fine ratio after the cut; the reward is the pruned answer's quality minus λ·FLOPs.
+
+An episode is one step (a contextual bandit). ``reset`` draws a document and returns its observation, read at
+layer 1 of an unpruned pass (:class:`~fastav_eval.envs.coding.RetentionCoding`); ``step(action)`` runs the pruned
+pass and ends the episode. The unpruned pass (observation, full-token quality) is cached per document, and so is
+each (document, action) outcome: pruning is deterministic, so a repeated pair gives the same answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium
+import numpy as np
+from fastav_eval.envs.coding import RetentionCoding
+from fastav_eval.envs.samples import (
+    Outcome,
+    SampleRunner,
+    ScriptedChooser,
+    build_adapter,
+    pick_document,
+    set_threads,
+    training_documents,
+)
+
+from fastav_eval.avsynth import TASKS
+from fastav_eval.avsynth.dataset import DEFAULT_SEED
+from fastav_eval.pruning import PruneContext, PruningConfig, PruningProfile, find_text_model
+
+
+def default_global_layer(adapter: Any, num_layers: int) -> int:
+    """The latest cut a policy may choose: the model's calibrated global layer where it ships a profile, else half
+    the depth (FastAV's K)."""
+    profile = adapter.default_profile(adapter.pretrained)
+    if profile is not None:
+        loaded = PruningProfile.load(profile)
+        if loaded.global_layer is not None:
+            return int(loaded.global_layer)
+    return num_layers // 2
+
+
+class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
+    """Per-sample token retention.
+
+    Args:
+        model: an lmms-eval model name of this package (``fastav_tiny``, ``fastav_videollama2``, ...).
+        model_args: its ``--model_args`` (string or dict): ``pretrained``, ``device``, ``dtype``,
+            ``attn_implementation`` and the adapter's own keys; no pruning keys.
+        tasks: AV-Synth tasks to draw documents from.
+        split: ``train`` or ``val`` (never ``test``).
+        per_task: documents per task.
+        data_seed: the AV-Synth generator seed of the split.
+        flops_weight: λ; the reward is ``quality - baseline - λ · relative FLOPs / 100``.
+        reward: ``score`` or ``loglik`` (:data:`~fastav_eval.envs.samples.REWARDS`).
+        relative_to_full: subtract the document's full-token quality (a per-sample baseline: same optimum,
+            lower variance).
+        global_layer: the latest cut layer (default: the model's calibrated one, 3 for fastav_tiny).
+        threads: torch threads of this process (None: unchanged).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's own attribute)
+
+    def __init__(
+        self,
+        model: str = "fastav_tiny",
+        model_args: str | dict[str, Any] | None = None,
+        tasks: Sequence[str] | str = tuple(sorted(TASKS)),
+        split: str = "val",
+        per_task: int = 240,
+        data_seed: int = DEFAULT_SEED,
+        flops_weight: float = 0.5,
+        reward: str = "score",
+        relative_to_full: bool = True,
+        global_layer: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(flops_weight, bool) or not isinstance(flops_weight, int | float) or flops_weight < 0:
+            raise ValueError(f"flops_weight={flops_weight!r}; accepted: a number >= 0")
+        set_threads(threads)
+        self.documents = training_documents(tasks, split, per_task, data_seed)
+        self.flops_weight, self.relative_to_full = float(flops_weight), relative_to_full
+        adapter = build_adapter(model, model_args)
+        self.model_name = model
+        text_model = find_text_model(adapter.decoder)
+        num_layers = len(text_model.layers)
+        layer = default_global_layer(adapter, num_layers) if global_layer is None else global_layer
+        if not 1 <= layer < num_layers:
+            raise ValueError(f"global_layer={layer}; accepted: 1..{num_layers - 1} for this {num_layers}-layer decoder")
+        self.coding = RetentionCoding(layer, int(text_model.config.hidden_size))
+        self.action_space = self.coding.action_space()
+        self.observation_space = self.coding.observation_space()
+        self._chooser = ScriptedChooser()
+        config = PruningConfig.chosen_by(self._chooser, global_layer=layer)
+        self.samples = SampleRunner(adapter, config, self._chooser, self.documents, reward)
+        self._first: dict[int, tuple[np.ndarray, Outcome]] = {}
+        self._outcomes: dict[tuple[int, tuple[int, ...]], Outcome] = {}
+        self._index: int | None = None
+
+    # ------------------------------------------------------------------ cached passes
+    def first_pass(self, index: int) -> tuple[np.ndarray, Outcome]:
+        """Document ``index``'s observation and its unpruned outcome (computed once)."""
+        if index not in self._first:
+            seen: list[np.ndarray] = []
+
+            def watch(context: PruneContext) -> None:
+                if context.layer_idx == 1 and context.stage == "global":
+                    seen.append(self.coding.observe(context)[0])
+
+            outcome = self.samples.run(index, watch=watch)
+            self._first[index] = (seen[0], outcome)
+        return self._first[index]
+
+    def outcome(self, index: int, action: np.ndarray) -> Outcome:
+        """Document ``index`` pruned as ``action`` asks (computed once per pair)."""
+        action = self.coding.check_action(action)
+        key = (index, tuple(int(a) for a in action))
+        if key not in self._outcomes:
+            self._outcomes[key] = self.samples.run(
+                index,
+                lambda context: self.coding.decisions(action[None], context) if context.stage == "global" else None,
+            )
+        return self._outcomes[key]
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Draw a document (``options={"index": i}`` picks one)."""
+        super().reset(seed=seed)
+        index = self._index = pick_document(self.np_random, len(self.documents), options)
+        observation, _ = self.first_pass(index)
+        doc = self.documents[index]
+        return observation.copy(), {"sample_id": f"{doc['task']}/{doc['id']}", "kind": doc["kind"]}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._index is None:
+            raise RuntimeError("step() before reset(): an episode is one sample, drawn by reset()")
+        action = self.coding.check_action(action)  # a malformed action leaves the episode as it was
+        index, self._index = self._index, None
+        observation, full = self.first_pass(index)
+        outcome = self.outcome(index, action)
+        baseline = full.quality if self.relative_to_full else 0.0
+        reward = outcome.quality - baseline - self.flops_weight * outcome.relative_flops / 100.0
+        doc = self.documents[index]
+        info = {
+            "sample_id": f"{doc['task']}/{doc['id']}", "kind": doc["kind"], "quality": outcome.quality,
+            "full_quality": full.quality, "relative_flops": outcome.relative_flops, "kept": outcome.kept,
+            "action": self.coding.describe(action),
+        }  # fmt: skip
+        return observation.copy(), float(reward), True, False, info
+
+    def close(self) -> None:
+        self.samples.close()
+        super().close()

@@ -1,0 +1,212 @@
+"""What both environments share: the model (built from an lmms-eval-style model name and model args), the
+training documents (never the test split), the cached per-sample work, and how an answer's quality is measured.
+
+Every pruned pass goes through :class:`~fastav_eval.evaluation.PrunedRunner`, the evaluation loop of the lmms-eval
+wrappers, one sample at a time, under a chooser whose decision the environment sets before each pass
+(:class:`ScriptedChooser`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastav_eval.avsynth import TASKS, build_documents
+from fastav_eval.avsynth.dataset import DEFAULT_SEED, request_visuals
+from fastav_eval.avsynth.scoring import SampleCider, score_choice
+from fastav_eval.evaluation import PrunedRunner
+from fastav_eval.models.base import ModelAdapter, Request
+from fastav_eval.pruning import PruneContext, PruneDecision, PruningConfig, SampleInfo
+
+TRAINING_SPLITS = ("train", "val")
+REWARDS = ("score", "loglik")
+"""``score``: the task's own score of the generated answer (accuracy for choices, per-sample CIDEr-D / 10, capped at
+1, for captions); ``loglik``: the reference answer's per-token probability, ``exp(mean log p)``, over the pruned
+prompt. Both lie in [0, 1]."""
+MODEL_KEYS = ("pretrained", "device", "dtype", "attn_implementation")
+CHOICE_TOKENS, CAPTION_TOKENS = 4, 40
+"""``max_new_tokens`` of a choice answer and of a caption (what the AV-Synth task YAMLs ask for)."""
+
+
+def parse_model_args(model_args: str | dict[str, Any] | None) -> dict[str, Any]:
+    """``"k=v,k=v"`` (lmms-eval's ``--model_args`` syntax) or a dict -> a dict with typed values."""
+    if model_args is None or model_args == "":
+        return {}
+    if isinstance(model_args, dict):
+        return dict(model_args)
+    from lmms_eval.utils import simple_parse_args_string
+
+    return simple_parse_args_string(model_args)
+
+
+def build_adapter(model: str, model_args: str | dict[str, Any] | None = None) -> ModelAdapter:
+    """The adapter behind the lmms-eval model ``model`` (``fastav_tiny``, ...), loaded with ``model_args``: the
+    adapter's own keys and ``pretrained``, ``device``, ``dtype``, ``attn_implementation``. Pruning keys are refused:
+    the environment decides the pruning."""
+    from fastav_eval.lmms.registry import MODELS
+    from fastav_eval.lmms.wrapper import DTYPES
+
+    if model not in MODELS:
+        raise ValueError(f"model={model!r}; accepted: {sorted(MODELS)}")
+    module_name, class_name = MODELS[model].rsplit(".", 1)
+    adapter_class: type[ModelAdapter] = getattr(importlib.import_module(module_name), class_name).adapter_class
+    args = parse_model_args(model_args)
+    unknown = sorted(set(args) - set(MODEL_KEYS) - set(adapter_class.model_args))
+    if unknown:
+        raise ValueError(
+            f"model_args {unknown} are not accepted here (the environment chooses the pruning); accepted: "
+            f"{sorted({*MODEL_KEYS, *adapter_class.model_args})}"
+        )
+    dtype = args.pop("dtype", adapter_class.default_dtype)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}; accepted: {list(DTYPES)}")
+    return adapter_class(
+        args.pop("pretrained", None) or adapter_class.default_pretrained,
+        args.pop("device", "cpu"),
+        DTYPES[dtype],
+        args.pop("attn_implementation", "sdpa"),
+        **args,
+    )
+
+
+def training_documents(
+    tasks: Sequence[str] | str, split: str, per_task: int, seed: int = DEFAULT_SEED
+) -> list[dict[str, Any]]:
+    """AV-Synth documents of ``tasks`` from ``split`` (``train`` or ``val``: a policy never sees the test split)."""
+    if split not in TRAINING_SPLITS:
+        raise ValueError(
+            f"split={split!r}; accepted: {list(TRAINING_SPLITS)} (the test split is kept for evaluating the policy)"
+        )
+    names = [tasks] if isinstance(tasks, str) else list(tasks)
+    unknown = sorted(set(names) - set(TASKS))
+    if unknown or not names:
+        raise ValueError(f"tasks={names!r}; accepted: a non-empty list of {sorted(TASKS)}")
+    if per_task < 1:
+        raise ValueError(f"per_task={per_task}; accepted: >= 1")
+    return [doc for task in sorted(set(names)) for doc in build_documents(split, task, per_task, seed)]
+
+
+class ScriptedChooser:
+    """The environments' chooser: ``decide(context)`` set by the environment before each pass (None: wait, and let
+    the config's own rule decide); ``watch(context)`` sees every context it is asked with (to observe)."""
+
+    __name__ = "env"
+
+    def __init__(self) -> None:
+        self.decide: Callable[[PruneContext], PruneDecision | list[PruneDecision] | None] | None = None
+        self.watch: Callable[[PruneContext], None] | None = None
+
+    def __call__(self, context: PruneContext) -> PruneDecision | list[PruneDecision] | None:
+        if self.watch is not None:
+            self.watch(context)
+        return None if self.decide is None else self.decide(context)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One pruned (or unpruned) pass of one sample: its quality in [0, 1], relative FLOPs (%) and decision."""
+
+    quality: float
+    relative_flops: float
+    answer: str | None
+    decision: dict[str, Any] | None
+    kept: dict[str, int]
+
+
+class SampleRunner:
+    """Runs single samples through one model under a chooser-driven config, with the media loaded once per sample.
+
+    Args:
+        adapter: the model.
+        config: the engine config; its ``chooser`` must be ``chooser``.
+        chooser: the :class:`ScriptedChooser` in ``config``.
+        documents: the samples (AV-Synth documents).
+        reward: one of :data:`REWARDS`.
+    """
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        config: PruningConfig,
+        chooser: ScriptedChooser,
+        documents: list[dict[str, Any]],
+        reward: str,
+    ) -> None:
+        if reward not in REWARDS:
+            raise ValueError(f"reward={reward!r}; accepted: {list(REWARDS)}")
+        if config.chooser is not chooser:
+            raise ValueError("SampleRunner's config must use its own ScriptedChooser")
+        self.adapter, self.chooser, self.documents, self.reward = adapter, chooser, documents, reward
+        self.runner = PrunedRunner(adapter, config, "env")
+        captions = [doc["answer"] for doc in documents if not doc["choices"]]
+        self._cider = SampleCider(captions) if captions else None
+        self._loaded: dict[int, Any] = {}
+
+    @property
+    def num_layers(self) -> int:
+        return self.runner.engine.num_layers
+
+    def _load(self, index: int) -> Any:
+        if index not in self._loaded:
+            doc = self.documents[index]
+            self._loaded[index] = self.adapter.load_request(Request(request_visuals(doc), doc["question"]), 0)
+        return self._loaded[index]
+
+    def run(
+        self,
+        index: int,
+        decide: Callable[[PruneContext], PruneDecision | list[PruneDecision] | None] | None = None,
+        watch: Callable[[PruneContext], None] | None = None,
+    ) -> Outcome:
+        """One pass of document ``index`` with the chooser deciding by ``decide`` (None: the config's own rules)
+        and showing ``watch`` every context."""
+        self.chooser.decide, self.chooser.watch = decide, watch
+        try:
+            return self._run(index)
+        finally:
+            self.chooser.decide = self.chooser.watch = None
+
+    def _run(self, index: int) -> Outcome:
+        doc = self.documents[index]
+        samples = [SampleInfo(f"{doc['task']}/{doc['id']}", doc["question"])]
+        loaded = [self._load(index)]
+        if self.reward == "loglik":
+            logprob, record = self.runner.score_references(loaded, [doc["answer"]], samples)[0]
+            quality, answer = float(np.exp(logprob)), None
+        else:
+            limit = CHOICE_TOKENS if doc["choices"] else CAPTION_TOKENS
+            answered = self.runner.answer(loaded, limit, [], samples)[0]
+            record, answer = answered.record, answered.text
+            if doc["choices"]:
+                quality = score_choice(answer, doc["answer"], doc["choices"])["accuracy"]
+            else:
+                assert self._cider is not None
+                quality = min(self._cider(answer, doc["answer"]) / 10.0, 1.0)
+        kept = {name: int(counts[-1]) for name, counts in record.kept_per_layer.items()}
+        return Outcome(float(quality), float(record.relative_flops), answer, record.decision, kept)
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def pick_document(np_random: np.random.Generator, count: int, options: dict[str, Any] | None) -> int:
+    """The document an episode is about: ``options["index"]`` if given, else drawn with the env's RNG."""
+    index = (options or {}).get("index")
+    if index is None:
+        return int(np_random.integers(count))
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+        raise ValueError(f"options['index']={index!r}; accepted: an int in 0..{count - 1}")
+    return index
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch intra-op threads of this process (None: leave them); one per worker suits ``SubprocVecEnv``."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads={threads}; accepted: >= 1 or None")
+        torch.set_num_threads(threads)
