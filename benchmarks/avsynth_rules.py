@@ -1,9 +1,11 @@
 """Per-sample pruning against FastAV on AV-Synth: the unpruned model, FastAV's defaults, random drops at FastAV's
-budget, and the hand-written per-question rule (``prune=rule:avsynth_senses``), side by side in one run.
+budget, the hand-written per-question rule (``prune=rule:avsynth_senses``) and any learned policies
+(``policy=<folder>``), side by side in one run.
 
     python benchmarks/avsynth_rules.py                              # the 960 shipped test documents
     python benchmarks/avsynth_rules.py --split val                  # the val split (240 documents per task)
     python benchmarks/avsynth_rules.py --split test --seed 7        # a test split regenerated from another seed
+    python benchmarks/avsynth_rules.py --policy fastav_tiny_retention --policy runs/tiny_exchange --plot pareto.png
 
 Answers go through the same path as ``lmms-eval --model fastav_tiny`` (testbed adapter, engine, PrunedRunner), so
 the figures are those an lmms-eval run gives. Prints the task table (mean relative FLOPs over the four tasks,
@@ -24,6 +26,7 @@ import torch
 from fastav_eval.avsynth import TASKS, build_documents
 from fastav_eval.avsynth.dataset import DEFAULT_SEED
 from fastav_eval.avsynth.rule import AVSynthSenseRule
+from fastav_eval.policies.chooser import LearnedChooser
 from fastav_eval.pruning import PruningConfig, PruningProfile
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
 from fastav_eval.testbed.evaluate import DocResult, run_condition, summarise
@@ -36,6 +39,32 @@ def kept_after_cut(results: list[DocResult], modality: str) -> float:
     return float(np.mean([r.record.kept_per_layer[modality][-1] for r in results]))
 
 
+def pareto_plot(summaries: dict[str, dict[str, dict[str, float]]], path: str, title: str) -> None:
+    """One panel per task: its quality (accuracy, CIDEr-D) against the mean relative FLOPs over the four tasks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [*CHOICE_TASKS, "avsynth_caption"]
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4))
+    for axis, task in zip(axes, tasks, strict=True):
+        for name, summary in summaries.items():
+            flops = np.mean([summary[t]["relative_flops"] for t in TASKS])
+            quality = summary[task]["cider"] if task == "avsynth_caption" else 100 * summary[task]["accuracy"]
+            axis.scatter(flops, quality, s=40)
+            axis.annotate(name, (flops, quality), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axis.set_title(task, fontsize=9)
+        axis.set_xlabel("mean relative FLOPs (%)")
+        axis.set_ylabel("CIDEr-D" if task == "avsynth_caption" else "accuracy (%)")
+        axis.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    print(f"\nPareto plot: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=str(WEIGHTS_DIR))
@@ -44,6 +73,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="AV-Synth generator seed of the split")
     parser.add_argument("--json", help="write every figure to this JSON file")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--policy", action="append", default=[], help="a saved policy (folder or shipped name)")
+    parser.add_argument("--plot", help="write the Pareto plot (mean FLOPs against each task's quality) here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -56,6 +87,9 @@ def main() -> None:
         "random, FastAV's budget": PruningConfig(global_rule="random", profile=shipped, fine_rule="random"),
         "rule:avsynth_senses": PruningConfig.chosen_by(AVSynthSenseRule()),
     }
+    for where in args.policy:
+        chooser = LearnedChooser(where)
+        settings[chooser.__name__] = chooser.config()
     results = {name: run_condition(model, documents, "full", config) for name, config in settings.items()}
     summaries = {name: summarise(items) for name, items in results.items()}
 
@@ -84,6 +118,13 @@ def main() -> None:
             cells.append(f"{quality} / {video:.0f} v, {audio:.0f} a{cut} ({row['relative_flops']:.0f}%)")
         print(f"| {kind} | " + " | ".join(cells) + " |")
 
+    swapped = {name: [r.record.decision.get("swap_steps") for r in items if r.record.decision] for name, items in
+               results.items()}  # fmt: skip
+    for name, steps in swapped.items():
+        if steps and all(s is not None for s in steps):
+            print(f"\n{name}: {np.mean(steps):.2f} swap steps per sample (max {max(steps)})")
+    if args.plot:
+        pareto_plot(summaries, args.plot, f"AV-Synth {args.split} (seed {args.seed})")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "summaries": summaries}, indent=1))
 

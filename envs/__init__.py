@@ -11,6 +11,7 @@ Gymnasium 1.x no longer loads plugins from a ``gymnasium.envs`` entry point, so 
 from __future__ import annotations
 
 import gymnasium
+
 from fastav_eval.envs.coding import RetentionCoding
 from fastav_eval.envs.exchange import ExchangeCoding, TokenExchangeEnv
 from fastav_eval.envs.retention import TokenRetentionEnv

@@ -22,20 +22,20 @@ from typing import Any
 import gymnasium
 import numpy as np
 import torch
-from fastav_eval.envs.coding import OBSERVATION_BOUND, OBSERVATION_SIZE, RetentionCoding
-from fastav_eval.envs.samples import (
-    Outcome,
-    SampleRunner,
-    ScriptedChooser,
-    build_adapter,
-    pick_document,
-    set_threads,
-    training_documents,
-)
 from gymnasium import spaces
 
 from fastav_eval.avsynth import TASKS
 from fastav_eval.avsynth.dataset import DEFAULT_SEED
+from fastav_eval.envs.coding import OBSERVATION_BOUND, OBSERVATION_SIZE, RetentionCoding
+from fastav_eval.envs.samples import (
+    DocumentPicker,
+    Outcome,
+    SampleRunner,
+    ScriptedChooser,
+    build_adapter,
+    set_threads,
+    training_documents,
+)
 from fastav_eval.pruning import PruneContext, PruneDecision, PruningConfig, PruningProfile, find_text_model
 from fastav_eval.pruning.layout import AV_MODALITIES, Modality
 from fastav_eval.pruning.rules import global_keep
@@ -193,7 +193,7 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
     """Swaps that refine FastAV's selection of one sample.
 
     Args:
-        model, model_args, tasks, split, per_task, data_seed, threads: as :class:`TokenRetentionEnv`.
+        model, model_args, tasks, split, per_task, data_seed, order, threads: as :class:`TokenRetentionEnv`.
         flops_weight: λ on the change of relative FLOPs (/100).
         reward: ``loglik`` (default) or ``score``.
         step_cost: subtracted from every swap step's reward.
@@ -220,6 +220,7 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         max_swaps: int = 8,
         profile: str | Path | None = None,
         fine_ratio: float = 0.2,
+        order: str = "random",
         threads: int | None = None,
     ) -> None:
         super().__init__()
@@ -227,6 +228,7 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
             raise ValueError(f"flops_weight={flops_weight!r}; accepted: a number >= 0")
         set_threads(threads)
         self.documents = training_documents(tasks, split, per_task, data_seed)
+        self._picker = DocumentPicker(len(self.documents), order)
         adapter = build_adapter(model, model_args)
         self.model_name = model
         profile_path = profile if profile is not None else adapter.default_profile(adapter.pretrained)
@@ -285,7 +287,7 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Draw a document (``options={"index": i}`` picks one) and start from FastAV's selection."""
         super().reset(seed=seed)
-        index = self._index = pick_document(self.np_random, len(self.documents), options)
+        index = self._index = self._picker.pick(self.np_random, options)
         self._state, self._current = self.first_pass(index)
         doc = self.documents[index]
         info = {"sample_id": f"{doc['task']}/{doc['id']}", "kind": doc["kind"], "quality": self._current.quality}

@@ -14,19 +14,19 @@ from typing import Any
 
 import gymnasium
 import numpy as np
+
+from fastav_eval.avsynth import TASKS
+from fastav_eval.avsynth.dataset import DEFAULT_SEED
 from fastav_eval.envs.coding import RetentionCoding
 from fastav_eval.envs.samples import (
+    DocumentPicker,
     Outcome,
     SampleRunner,
     ScriptedChooser,
     build_adapter,
-    pick_document,
     set_threads,
     training_documents,
 )
-
-from fastav_eval.avsynth import TASKS
-from fastav_eval.avsynth.dataset import DEFAULT_SEED
 from fastav_eval.pruning import PruneContext, PruningConfig, PruningProfile, find_text_model
 
 
@@ -57,6 +57,7 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         relative_to_full: subtract the document's full-token quality (a per-sample baseline: same optimum,
             lower variance).
         global_layer: the latest cut layer (default: the model's calibrated one, 3 for fastav_tiny).
+        order: ``random`` (default) or ``cycle``: each document in turn (an evaluation pass over all of them).
         threads: torch threads of this process (None: unchanged).
     """
 
@@ -74,6 +75,7 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         reward: str = "score",
         relative_to_full: bool = True,
         global_layer: int | None = None,
+        order: str = "random",
         threads: int | None = None,
     ) -> None:
         super().__init__()
@@ -81,6 +83,7 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             raise ValueError(f"flops_weight={flops_weight!r}; accepted: a number >= 0")
         set_threads(threads)
         self.documents = training_documents(tasks, split, per_task, data_seed)
+        self._picker = DocumentPicker(len(self.documents), order)
         self.flops_weight, self.relative_to_full = float(flops_weight), relative_to_full
         adapter = build_adapter(model, model_args)
         self.model_name = model
@@ -130,7 +133,7 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Draw a document (``options={"index": i}`` picks one)."""
         super().reset(seed=seed)
-        index = self._index = pick_document(self.np_random, len(self.documents), options)
+        index = self._index = self._picker.pick(self.np_random, options)
         observation, _ = self.first_pass(index)
         doc = self.documents[index]
         return observation.copy(), {"sample_id": f"{doc['task']}/{doc['id']}", "kind": doc["kind"]}

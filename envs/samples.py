@@ -194,14 +194,29 @@ class SampleRunner:
         self.runner.close()
 
 
-def pick_document(np_random: np.random.Generator, count: int, options: dict[str, Any] | None) -> int:
-    """The document an episode is about: ``options["index"]`` if given, else drawn with the env's RNG."""
-    index = (options or {}).get("index")
-    if index is None:
-        return int(np_random.integers(count))
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
-        raise ValueError(f"options['index']={index!r}; accepted: an int in 0..{count - 1}")
-    return index
+ORDERS = ("random", "cycle")
+"""Which document each episode is about: drawn with the env's RNG, or each in turn (an evaluation's full pass)."""
+
+
+class DocumentPicker:
+    """Picks each episode's document among ``count``, in ``order`` (:data:`ORDERS`)."""
+
+    def __init__(self, count: int, order: str) -> None:
+        if order not in ORDERS:
+            raise ValueError(f"order={order!r}; accepted: {list(ORDERS)}")
+        self.count, self.order, self._next = count, order, 0
+
+    def pick(self, np_random: np.random.Generator, options: dict[str, Any] | None) -> int:
+        """``options["index"]`` if given, else the next in this picker's order."""
+        index = (options or {}).get("index")
+        if index is None:
+            if self.order == "random":
+                return int(np_random.integers(self.count))
+            index, self._next = self._next, (self._next + 1) % self.count
+            return index
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.count:
+            raise ValueError(f"options['index']={index!r}; accepted: an int in 0..{self.count - 1}")
+        return index
 
 
 def set_threads(threads: int | None) -> None:

@@ -44,6 +44,16 @@ def _train_testbed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_policy(args: argparse.Namespace) -> int:
+    import logging
+
+    from fastav_eval.policies.train import settings_from, train
+
+    logging.basicConfig(level=logging.INFO, format="[train-policy] %(message)s")
+    print(train(settings_from(args)))
+    return 0
+
+
 def tasks_path() -> Path:
     """The folder holding FastAV-Eval's lmms-eval task YAMLs: the repository's ``tasks/``, installed as the
     package ``fastav_eval.tasks`` (the source folder itself in an editable install, or when running from a clone)."""
@@ -244,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(handler=_train_testbed)
+
+    from fastav_eval.policies.train import add_arguments
+
+    policy = commands.add_parser(
+        "train-policy", help="train a pruning policy (PPO / A2C) in fastav/TokenRetention-v0 or TokenExchange-v0"
+    )
+    add_arguments(policy)
+    policy.set_defaults(handler=_train_policy)
 
     calibrate = commands.add_parser(
         "calibrate",

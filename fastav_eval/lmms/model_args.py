@@ -18,7 +18,9 @@ PRUNE_MODES = ("fastav", "none", "rule:<name>")
 RULES: dict[str, str] = {"avsynth_senses": "fastav_eval.avsynth.rule:AVSynthSenseRule"}
 """``prune=rule:<name>``: hand-written per-sample choosers (``module:class``, built with no arguments)."""
 ENGINE_ARGS = ("global_layer", "global_rule", "profile", "video_keep", "audio_keep", "video_keep_chunks",
-               "audio_keep_chunks", "fine_ratio", "fine_rule", "sink_tokens", "seed")  # fmt: skip
+               "audio_keep_chunks", "fine_ratio", "fine_rule", "sink_tokens", "seed", "policy")  # fmt: skip
+POLICY_LOADER = "fastav_eval.policies.chooser:policy_config"
+"""``policy=<path or shipped name>``: a saved learned policy decides each sample (``fastav-eval train-policy``)."""
 WRAPPER_ARGS = ("pretrained", "prune", "attn_implementation", "dtype", "device", "batch_size", "max_batch_size",
                 "on_error")  # fmt: skip
 ON_ERROR = ("raise", "record")
@@ -65,6 +67,19 @@ def rule_config(name: str, engine_args: dict[str, Any]) -> PruningConfig:
     return PruningConfig.chosen_by(chooser, **engine_args)
 
 
+def learned_config(prune: str, engine_args: dict[str, Any]) -> PruningConfig:
+    """``policy=<path>``: the saved policy's own config (it was trained under it), so no other engine arg."""
+    if prune not in ("fastav", "policy"):
+        raise ValueError(f"policy= is given with prune={prune!r}; a policy decides the pruning: leave prune out")
+    extra = sorted(set(engine_args) - {"policy"})
+    if extra:
+        raise ValueError(
+            f"policy= takes no other pruning arguments (the policy was trained under its own); got {extra}"
+        )
+    module_name, function = POLICY_LOADER.split(":")
+    return getattr(importlib.import_module(module_name), function)(engine_args["policy"])
+
+
 def pruning_config(prune: str, engine_args: dict[str, Any], default_profile: Path | None) -> PruningConfig:
     """The engine config that ``prune`` and the engine ``--model_args`` describe.
 
@@ -72,10 +87,15 @@ def pruning_config(prune: str, engine_args: dict[str, Any], default_profile: Pat
     profile defaults to the one shipped with the model's weights.
     """
     check_known(engine_args, ENGINE_ARGS)
+    if "policy" in engine_args:
+        return learned_config(prune, engine_args)
     if prune.startswith("rule:"):
         return rule_config(prune.removeprefix("rule:"), engine_args)
     if prune not in PRUNE_MODES:
-        raise ValueError(f"prune={prune!r}; accepted: fastav, none, rule:<name> with <name> in {sorted(RULES)}")
+        raise ValueError(
+            f"prune={prune!r}; accepted: fastav, none, rule:<name> with <name> in {sorted(RULES)}; "
+            "for a learned policy give policy=<path>"
+        )
     if prune == "none":
         if engine_args:
             raise ValueError(f"prune=none takes no pruning arguments; got {sorted(engine_args)} (use prune=fastav)")

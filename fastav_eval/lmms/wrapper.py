@@ -138,6 +138,7 @@ class FastAVLMM(lmms):
         pretrained = pretrained or adapter_class.default_pretrained
         default_profile = adapter_class.default_profile(pretrained)
         config = pruning_config(prune, engine_args, default_profile)  # before loading
+        prune = "policy" if "policy" in engine_args else prune
         self._profile_file = profile_file(prune, engine_args, default_profile)
         self._settings = {"dtype": dtype, "attn_implementation": attn_implementation}
         given = {"pretrained": pretrained, "prune": prune, "attn_implementation": attn_implementation, "dtype": dtype,

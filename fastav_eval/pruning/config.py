@@ -103,9 +103,12 @@ class PruningConfig:
         return dataclasses.replace(self, global_layer=global_layer, profile=profile)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings (the profile in full, a chooser by name): what a run record stores and hashes."""
+        """JSON-ready settings (the profile in full; a chooser by its ``describe()`` where it has one, e.g. a learned
+        policy's path and hash, else by name): what a run record stores and hashes."""
         profile = self.profile.to_dict() if isinstance(self.profile, PruningProfile) else self.profile
         chooser = None if self.chooser is None else getattr(self.chooser, "__name__", type(self.chooser).__name__)
+        if callable(getattr(self.chooser, "describe", None)):
+            chooser = self.chooser.describe()  # type: ignore[union-attr]
         return {
             "global_rule": self.global_rule,
             "global_layer": self.global_layer,

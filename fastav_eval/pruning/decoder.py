@@ -102,6 +102,9 @@ class FastAVDecoder:
         if any(kind != "full_attention" for kind in getattr(text_config, "layer_types", None) or []):
             raise ValueError("sliding-window attention layers are not supported (config.layer_types)")
         self.interface = check_decoder_interface(text_model)
+        check = getattr(config.chooser, "check_decoder", None)
+        if callable(check):  # a chooser made for one decoder (a learned policy) refuses any other
+            check(text_config)
         self.text_model = text_model
         self.num_layers = len(text_model.layers)
         self.config = config.resolve(self.num_layers)

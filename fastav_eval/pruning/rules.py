@@ -181,7 +181,11 @@ def _row_value(value: float | torch.Tensor, row: int) -> float:
 
 class Chooser(Protocol):
     """An outside chooser: return a decision, a sequence of decisions for disjoint ``rows`` (samples treated
-    differently, e.g. with different orders), or None to let the built-in rule decide."""
+    differently, e.g. with different orders), or None to let the built-in rule decide.
+
+    Optional methods: ``check_decoder(text_config)``, called when the engine is installed, raises if the chooser
+    was made for another decoder; ``describe()`` gives the JSON a run record stores for it (default: its name).
+    """
 
     def __call__(self, context: PruneContext) -> PruneDecision | Sequence[PruneDecision] | None: ...
 

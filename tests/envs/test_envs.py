@@ -6,15 +6,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import fastav_eval.envs  # noqa: F401 (registers the environments)
 import numpy as np
 import pytest
 import torch
-from fastav_eval.envs import TokenExchangeEnv, TokenRetentionEnv
-from fastav_eval.envs.exchange import SWAPS
 from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 
+import fastav_eval.envs  # noqa: F401 (registers the environments)
 from fastav_eval.avsynth import build_documents
+from fastav_eval.envs import TokenExchangeEnv, TokenRetentionEnv
+from fastav_eval.envs.exchange import SWAPS
 from fastav_eval.pruning import PruningConfig, PruningProfile
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
 from fastav_eval.testbed.evaluate import run_condition

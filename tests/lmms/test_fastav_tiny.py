@@ -203,3 +203,51 @@ def test_the_hand_written_rule_runs_through_lmms_eval_with_its_decisions_in_the_
             assert kept["audio"][setting.cut_layer] == 4 * setting.audio_steps  # whole time steps of 4
             assert kept["video"][-1] == kept["video"][setting.cut_layer]  # no fine stage after the cut
             assert kept == oracle.record.kept_per_layer
+
+
+def test_the_shipped_policy_runs_through_the_lmms_eval_cli_with_its_decisions_and_hash(tmp_path):
+    """policy=fastav_tiny_retention: results written, each sample's decision (the policy's action) and FLOPs in the
+    samples file, the policy's path and hash in the run record; the same answers as the harness with that policy."""
+    from fastav_eval.policies.chooser import LearnedChooser
+    from fastav_eval.policies.saved import policy_hash, resolve_policy
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "lmms_eval", "--model", "fastav_tiny",
+               "--model_args", "policy=fastav_tiny_retention,batch_size=3", "--tasks", "avsynth_qa",
+               "--include_path", str(tasks_path()), "--limit", "6", "--output_path", str(tmp_path),
+               "--log_samples"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    files = list(tmp_path.rglob("*_results.json"))
+    assert files, run.stdout[-3000:] + run.stderr[-3000:]
+    lines = [line for path in tmp_path.rglob("*_samples_avsynth_qa.jsonl") for line in path.read_text().splitlines()]
+    samples = [json.loads(line) for line in lines if line.strip()]
+    assert len(samples) == 6
+    chooser = LearnedChooser("fastav_tiny_retention")
+    harness = run_condition(TestbedModel.load(WEIGHTS_DIR), build_documents("test", "avsynth_qa", 6), "full",
+                            chooser.config(), batch_size=3)  # fmt: skip
+    for sample, oracle in zip(sorted(samples, key=lambda s: s["doc_id"]), harness, strict=True):
+        counts = sample["token_counts"][0]
+        assert counts["prune"] == "policy"
+        assert counts["decision"]["by"] == "policy:fastav_tiny_retention"
+        assert counts["decision"]["action"] == oracle.record.decision["action"]
+        assert counts["relative_flops"] == pytest.approx(oracle.relative_flops)
+    record = json.loads(next(tmp_path.rglob("*_fastav.json")).read_text())
+    described = record["pruning"]["chooser"]
+    assert described["sha256"] == policy_hash(resolve_policy("fastav_tiny_retention"))
+    assert (
+        described["path"].endswith("fastav_tiny_retention") and "policy=fastav_tiny_retention" in record["model_args"]
+    )
+
+
+def test_every_wrapper_takes_policy_and_refuses_one_trained_for_another_model():
+    """fastav_videollama2 (its tiny checkpoint) with the testbed's policy: refused when the engine is installed."""
+    from fastav_eval.lmms.fastav_videollama2 import FastAVVideoLLaMA2
+    from tests.models.videollama2_fixtures import FIXTURE, VISION_TOWER
+
+    with pytest.raises(ValueError, match=r"trained on fastav_tiny .*this decoder is"):
+        FastAVVideoLLaMA2(pretrained=str(FIXTURE), vision_tower=str(VISION_TOWER), dtype="float32", device="cpu",
+                          policy="fastav_tiny_retention")  # fmt: skip
+    with pytest.raises(ValueError, match=r"policy= takes no other pruning arguments .*\['fine_ratio'\]"):
+        pruning_config("fastav", {"policy": "fastav_tiny_retention", "fine_ratio": 0.2}, None)
+    with pytest.raises(ValueError, match="a policy decides the pruning"):
+        pruning_config("none", {"policy": "fastav_tiny_retention"}, None)
