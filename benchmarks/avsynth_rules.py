@@ -118,6 +118,21 @@ def main() -> None:
             cells.append(f"{quality} / {video:.0f} v, {audio:.0f} a{cut} ({row['relative_flops']:.0f}%)")
         print(f"| {kind} | " + " | ".join(cells) + " |")
 
+    for name, items in results.items():
+        actions = [
+            (r.kind, r.record.decision["action"]) for r in items if r.record.decision and "action" in r.record.decision
+        ]
+        if not actions:
+            continue
+        print(f"\n{name}: the most frequent action per question kind (its share of the kind's documents)")
+        print("| kind | video keep | audio keep | video order | audio order | cut layer | fine ratio | share |")
+        print("|---|---|---|---|---|---|---|---|")
+        for kind in sorted({kind for kind, _ in actions}):
+            chosen = [json.dumps(action, sort_keys=True) for k, action in actions if k == kind]
+            top = max(set(chosen), key=chosen.count)
+            a = json.loads(top)
+            print(f"| {kind} | {a['video_keep']} | {a['audio_keep']} | {a['video_order']} | {a['audio_order']} | "
+                  f"{a['cut_layer']} | {a['fine_ratio']} | {chosen.count(top) / len(chosen):.0%} |")  # fmt: skip
     swapped = {name: [r.record.decision.get("swap_steps") for r in items if r.record.decision] for name, items in
                results.items()}  # fmt: skip
     for name, steps in swapped.items():

@@ -195,7 +195,7 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
     Args:
         model, model_args, tasks, split, per_task, data_seed, order, threads: as :class:`TokenRetentionEnv`.
         flops_weight: λ on the change of relative FLOPs (/100).
-        reward: ``loglik`` (default) or ``score``.
+        reward: ``mixed`` (default: the reference answer's likelihood, CIDEr-D for captions), ``loglik``, ``score``.
         step_cost: subtracted from every swap step's reward.
         bucket_tokens: tokens moved each way per swap.
         max_swaps: swap steps before the episode is truncated.
@@ -214,7 +214,7 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         per_task: int = 240,
         data_seed: int = DEFAULT_SEED,
         flops_weight: float = 0.5,
-        reward: str = "loglik",
+        reward: str = "mixed",
         step_cost: float = 0.002,
         bucket_tokens: int = 8,
         max_swaps: int = 8,

@@ -53,7 +53,7 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         per_task: documents per task.
         data_seed: the AV-Synth generator seed of the split.
         flops_weight: λ; the reward is ``quality - baseline - λ · relative FLOPs / 100``.
-        reward: ``score`` or ``loglik`` (:data:`~fastav_eval.envs.samples.REWARDS`).
+        reward: ``mixed`` (default), ``loglik`` or ``score`` (:data:`~fastav_eval.envs.samples.REWARDS`).
         relative_to_full: subtract the document's full-token quality (a per-sample baseline: same optimum,
             lower variance).
         global_layer: the latest cut layer (default: the model's calibrated one, 3 for fastav_tiny).
@@ -72,7 +72,7 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         per_task: int = 240,
         data_seed: int = DEFAULT_SEED,
         flops_weight: float = 0.5,
-        reward: str = "score",
+        reward: str = "mixed",
         relative_to_full: bool = True,
         global_layer: int | None = None,
         order: str = "random",

@@ -24,10 +24,11 @@ from fastav_eval.models.base import ModelAdapter, Request
 from fastav_eval.pruning import PruneContext, PruneDecision, PruningConfig, SampleInfo
 
 TRAINING_SPLITS = ("train", "val")
-REWARDS = ("score", "loglik")
+REWARDS = ("score", "loglik", "mixed")
 """``score``: the task's own score of the generated answer (accuracy for choices, per-sample CIDEr-D / 10, capped at
 1, for captions); ``loglik``: the reference answer's per-token probability, ``exp(mean log p)``, over the pruned
-prompt. Both lie in [0, 1]."""
+prompt; ``mixed``: ``loglik`` for choice answers, ``score`` (CIDEr-D) for captions, whose per-token probability
+barely moves with what is kept. All lie in [0, 1]."""
 MODEL_KEYS = ("pretrained", "device", "dtype", "attn_implementation")
 CHOICE_TOKENS, CAPTION_TOKENS = 4, 40
 """``max_new_tokens`` of a choice answer and of a caption (what the AV-Synth task YAMLs ask for)."""
@@ -175,7 +176,7 @@ class SampleRunner:
         doc = self.documents[index]
         samples = [SampleInfo(f"{doc['task']}/{doc['id']}", doc["question"])]
         loaded = [self._load(index)]
-        if self.reward == "loglik":
+        if self.reward == "loglik" or (self.reward == "mixed" and doc["choices"]):
             logprob, record = self.runner.score_references(loaded, [doc["answer"]], samples)[0]
             quality, answer = float(np.exp(logprob)), None
         else:

@@ -50,8 +50,8 @@ class TrainSettings:
     tasks: tuple[str, ...] = tuple(sorted(TASKS))
     train_per_task: int = 240
     val_per_task: int = 60
-    flops_weight: float = 1.0
-    reward: str = "loglik"
+    flops_weight: float = 0.5
+    reward: str = "mixed"
     timesteps: int = 20_000
     n_envs: int = 2
     n_steps: int = 256
@@ -270,7 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-per-task", type=int, default=defaults.train_per_task)
     parser.add_argument("--val-per-task", type=int, default=defaults.val_per_task)
     parser.add_argument("--flops-weight", type=float, default=defaults.flops_weight, help="λ")
-    parser.add_argument("--reward", default=defaults.reward, choices=["score", "loglik"])
+    parser.add_argument("--reward", default=defaults.reward, choices=["score", "loglik", "mixed"])
     parser.add_argument("--timesteps", type=int, default=defaults.timesteps)
     parser.add_argument("--n-envs", type=int, default=defaults.n_envs, help="SubprocVecEnv workers (1: in process)")
     parser.add_argument("--n-steps", type=int, default=defaults.n_steps, help="rollout steps per env per update")

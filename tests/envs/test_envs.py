@@ -78,11 +78,15 @@ def test_retention_outcomes_match_the_harness(retention: TokenRetentionEnv) -> N
     """The unpruned pass is the unpruned model's answer; an action's pass keeps what the action asks for."""
     model = TestbedModel.load(WEIGHTS_DIR)
     documents = retention.documents[:2]
+    assert all(doc["task"] == "avsynth_caption" for doc in documents)  # reward "mixed" generates captions
     full = run_condition(model, documents, "full", None)
     for index, result in enumerate(full):
         _, outcome = retention.first_pass(index)
         assert outcome.answer == result.response
         assert outcome.relative_flops == pytest.approx(100.0)
+    # A choice answer's quality under "mixed" is the reference's per-token probability: nothing is generated.
+    _, choice = retention.first_pass(2)
+    assert retention.documents[2]["choices"] and choice.answer is None and 0.0 < choice.quality <= 1.0
     # 1 of 8 frames, 9 of 36 audio steps, cut at layer 1, no fine stage: whole chunks, evenly spaced.
     outcome = retention.outcome(0, np.array([1, 2, 0, 0, 0, 0]))
     sink = 1  # the prefix is 3 tokens and sink_tokens=4: the first video token always stays
