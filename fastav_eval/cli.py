@@ -44,6 +44,14 @@ def _train_testbed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_installed(args: argparse.Namespace) -> int:
+    raise ValueError(
+        "fastav_eval.policies cannot be imported: this fastav_eval is a source tree on sys.path, not the installed "
+        "package (policies/ is installed as fastav_eval.policies); run `bash install.sh` and call it from outside the "
+        "source folder"
+    )
+
+
 def _train_policy(args: argparse.Namespace) -> int:
     import logging
 
@@ -255,13 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(handler=_train_testbed)
 
-    from fastav_eval.policies.train import add_arguments
-
     policy = commands.add_parser(
         "train-policy", help="train a pruning policy (PPO / A2C) in fastav/TokenRetention-v0 or TokenExchange-v0"
     )
-    add_arguments(policy)
-    policy.set_defaults(handler=_train_policy)
+    try:
+        from fastav_eval.policies.train import add_arguments
+    except ModuleNotFoundError:  # a source tree on sys.path, not installed: policies/ is not fastav_eval.policies
+        policy.set_defaults(handler=_not_installed)
+    else:
+        add_arguments(policy)
+        policy.set_defaults(handler=_train_policy)
 
     calibrate = commands.add_parser(
         "calibrate",
