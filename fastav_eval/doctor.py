@@ -140,6 +140,22 @@ def _import_check(name: str, load: Callable[[], object]) -> tuple[str, bool, str
     return f"import {name}", True, "ok"
 
 
+def hub_kernels_note() -> str:
+    """Whether transformers could swap hub kernels into a model here, and what FastAV-Eval's loaders do about it."""
+    import os
+
+    try:
+        kernels = f"kernels {importlib.metadata.version('kernels')} is installed"
+    except importlib.metadata.PackageNotFoundError:
+        kernels = "kernels is not installed"
+    environment = os.environ.get("USE_HUB_KERNELS")
+    setting = f"USE_HUB_KERNELS={environment}" if environment is not None else "USE_HUB_KERNELS is unset"
+    return (
+        f"hub kernels: {kernels}, {setting}; FastAV-Eval's loaders pass use_kernels=false to from_pretrained "
+        "unless a run gives use_kernels=true (transformers 5.25 turns them on when it is not given)"
+    )
+
+
 def run(strict: bool = False, out: Callable[[str], None] = print) -> int:
     """Print the report; return the exit status (0: every check passed)."""
     import platform
@@ -185,5 +201,6 @@ def run(strict: bool = False, out: Callable[[str], None] = print) -> int:
             "processor here (install the torchvision that matches your torch where you evaluate real checkpoints); "
             "fastav_tiny and fastav_videollama2 need none"
         )
+    out(f"  [note] {hub_kernels_note()}")
     out("doctor: ok" if failures == 0 else f"doctor: {failures} problem(s); FastAV may give wrong answers here")
     return 0 if failures == 0 else 1

@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +236,8 @@ class RunRecord:
         tasks: task -> the :func:`means` of its sample records; ``overall``: the means over all samples.
         seed: the engine's seed (random rules); lmms-eval's seeds are in its results JSON.
         date: lmms-eval's ``date`` of the run (the results file's prefix).
+        use_kernels: whether transformers' hub kernels were swapped in at load (the ``use_kernels`` model arg);
+            a record written before the field existed ran without them (transformers < 5.25 kept them off).
     """
 
     model: str
@@ -256,6 +258,7 @@ class RunRecord:
     overall: dict[str, float]
     seed: int
     date: str
+    use_kernels: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": RUN_FORMAT, **asdict(self)}
@@ -267,7 +270,8 @@ class RunRecord:
         if data.get("format") != RUN_FORMAT:
             raise _fail(f"{where} format", data.get("format"), repr(RUN_FORMAT))
         names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in data]
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        missing = [name for name in names if name not in data and name not in optional]
         if missing:
             raise ValueError(f"{where} lacks {missing}; a {RUN_FORMAT} record has {names}")
         for name in ("model", "adapter", "model_args", "prune", "pruning_hash", "dtype", "attn_implementation",
@@ -284,7 +288,9 @@ class RunRecord:
             raise _fail(f"{where} decoder_shape", shape, f"an object of ints >= 1 with exactly {list(SHAPE_FIELDS)}")
         if not _is_count(data["seed"]):
             raise _fail(f"{where} seed", data["seed"], "an int >= 0")
-        record = cls(**{name: data[name] for name in names})
+        if not isinstance(data.get("use_kernels", False), bool):
+            raise _fail(f"{where} use_kernels", data["use_kernels"], "true or false")
+        record = cls(**{name: data[name] for name in names if name in data})
         if canonical_hash(record.pruning) != record.pruning_hash:
             raise ValueError(f"{where} pruning_hash {record.pruning_hash} is not the hash of its pruning config")
         return record

@@ -21,6 +21,7 @@ def test_doctor_passes_and_reports_versions_against_the_tested_ranges():
     assert f"transformers  {transformers.__version__}" in report
     assert "[ok] sdpa: engine off == stock model: tokens equal" in report
     assert "[ok] eager: FastAV prunes the prefill and decodes over its caches" in report
+    assert "[note] hub kernels: " in report and "pass use_kernels=false" in report
     assert report.endswith("doctor: ok")
     checks = {check.package: check for check in version_checks()}
     assert checks["transformers"].in_range and checks["lmms-eval"].in_range and checks["filelock"].in_range

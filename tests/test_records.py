@@ -80,6 +80,13 @@ def test_run_record_checks_its_hash(tmp_path):
         RunRecord.from_dict({**RunRecord(**values).to_dict(), "decoder_shape": {"num_layers": 6}})
     with pytest.raises(ValueError, match="seed"):
         RunRecord.from_dict({**RunRecord(**values).to_dict(), "seed": "x"})
+    # use_kernels: stored; a record from before the field existed ran without hub kernels; a non-bool is named
+    with_kernels = RunRecord(**values, use_kernels=True)
+    assert RunRecord.from_dict(with_kernels.to_dict()).use_kernels is True
+    older = {key: value for key, value in RunRecord(**values).to_dict().items() if key != "use_kernels"}
+    assert RunRecord.from_dict(older).use_kernels is False
+    with pytest.raises(ValueError, match="use_kernels"):
+        RunRecord.from_dict({**older, "use_kernels": "no"})
 
 
 def test_decoder_shape_fields_are_the_flops_shape():

@@ -139,6 +139,17 @@ class StopOnStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+USE_KERNELS = AdapterArg(
+    False,
+    bool,
+    "transformers' hub kernels (RMSNorm, rotary, ...) swapped in by from_pretrained; transformers 5.25 turns them on "
+    "by default, so every loader passes this value itself: off (the default) keeps a run offline and the pruned and "
+    "unpruned runs on the same kernels",
+)
+"""``use_kernels``: every adapter declares it (``{**ModelAdapter.model_args, ...}``) and passes it to each
+``from_pretrained`` of a model; the run record stores it."""
+
+
 class ModelAdapter(ABC):
     """Base class of the model adapters (one per model family).
 
@@ -154,7 +165,7 @@ class ModelAdapter(ABC):
     default_pretrained: ClassVar[str | None] = None
     default_dtype: ClassVar[str] = "float32"
     attn_implementations: ClassVar[tuple[str, ...]] = ("sdpa", "eager", "flash_attention_2")
-    model_args: ClassVar[dict[str, AdapterArg]] = {}
+    model_args: ClassVar[dict[str, AdapterArg]] = {"use_kernels": USE_KERNELS}
 
     def __init__(
         self, pretrained: str | None, device: str, dtype: torch.dtype, attn_implementation: str, **model_args: Any
@@ -179,6 +190,11 @@ class ModelAdapter(ABC):
     def default_profile(cls, pretrained: str | None) -> Path | None:
         """The global-stage profile calibrated for these weights, if the adapter ships or finds one."""
         return None
+
+    @property
+    def use_kernels(self) -> bool:
+        """What every ``from_pretrained`` of this adapter's models is given as ``use_kernels``."""
+        return bool(self.options["use_kernels"])
 
     def weight_sources(self) -> list[str]:
         """The folders or hub ids the weights came from (the run record hashes their files)."""

@@ -115,6 +115,7 @@ class Qwen25OmniAdapter(ModelAdapter):
     default_pretrained = "Qwen/Qwen2.5-Omni-7B"
     attn_implementations = ("sdpa", "eager", "flash_attention_2")
     model_args: ClassVar[dict[str, AdapterArg]] = {
+        **ModelAdapter.model_args,
         "fps": AdapterArg(2.0, float, "video frames sampled per second (fewer when max_frames caps them)"),
         "max_frames": AdapterArg(64, int, "the most frames sampled from one video (an even number)"),
         "max_pixels": AdapterArg(360 * 420, int, "the most pixels per frame after resizing (28-px patches)"),
@@ -147,15 +148,20 @@ class Qwen25OmniAdapter(ModelAdapter):
             raise ValueError(
                 f"min_pixels={options['min_pixels']}, max_pixels={options['max_pixels']}; accepted: 0 < min <= max"
             )
-        self.model = self.load_thinker(str(self.pretrained), dtype, attn_implementation, self.device).eval()
+        self.model = self.load_thinker(
+            str(self.pretrained), dtype, attn_implementation, self.device, use_kernels=self.use_kernels
+        ).eval()
         self.processor = self.load_processor(str(self.pretrained))
         self._check_token_ids()
 
     # ------------------------------------------------------------------ loading
     @staticmethod
-    def load_thinker(pretrained: str, dtype: torch.dtype, attn_implementation: str, device: torch.device) -> nn.Module:
+    def load_thinker(
+        pretrained: str, dtype: torch.dtype, attn_implementation: str, device: torch.device, use_kernels: bool = False
+    ) -> nn.Module:
         """The thinker alone, from a full Qwen2.5-Omni checkpoint (its ``thinker.*`` weights) or a thinker one,
-        loaded straight onto ``device`` (the talker's and token2wav's weights are never read into memory)."""
+        loaded straight onto ``device`` (the talker's and token2wav's weights are never read into memory).
+        ``use_kernels`` is always passed: transformers 5.25 would otherwise turn hub kernels on."""
         from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
         config = AutoConfig.from_pretrained(pretrained)
@@ -167,8 +173,9 @@ class Qwen25OmniAdapter(ModelAdapter):
                 "Qwen/Qwen2.5-Omni-7B, Qwen/Qwen2.5-Omni-3B) or qwen2_5_omni_thinker"
             )
         return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-            pretrained, config=config, dtype=dtype, attn_implementation=attn_implementation, device_map=str(device)
-        )
+            pretrained, config=config, dtype=dtype, attn_implementation=attn_implementation, device_map=str(device),
+            use_kernels=use_kernels,
+        )  # fmt: skip
 
     @staticmethod
     def load_processor(pretrained: str) -> Any:

@@ -57,6 +57,7 @@ class TestbedAdapter(ModelAdapter):
     name = "testbed"
     attn_implementations = ATTN_IMPLEMENTATIONS
     model_args: ClassVar[dict[str, AdapterArg]] = {
+        **ModelAdapter.model_args,
         "senses": AdapterArg(
             "both", str, "which senses reach the decoder; the others' tokens are left out (ablation)",
             choices=tuple(SENSES),
@@ -77,6 +78,11 @@ class TestbedAdapter(ModelAdapter):
         super().__init__(pretrained, device, dtype, attn_implementation, **model_args)
         if attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation={attn_implementation!r}; accepted: {list(ATTN_IMPLEMENTATIONS)}")
+        if self.use_kernels:
+            raise ValueError(
+                "use_kernels=True: the testbed is built from its own weights file, not through from_pretrained, so "
+                "no hub kernels can be swapped in; accepted: false"
+            )
         self.weights = Path(self.pretrained) if self.pretrained else WEIGHTS_DIR
         if model is None:
             model = TestbedModel.load(self.weights).to(device=self.device, dtype=dtype)

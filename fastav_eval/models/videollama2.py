@@ -233,6 +233,7 @@ class VideoLLaMA2Adapter(ModelAdapter):
     default_pretrained = "DAMO-NLP-SG/VideoLLaMA2.1-7B-AV"
     default_dtype = "float16"  # the official inference's
     model_args: ClassVar[dict[str, AdapterArg]] = {
+        **ModelAdapter.model_args,
         "vision_tower": AdapterArg(None, str, "the SigLIP checkpoint; default: the config's mm_vision_tower"),
         "num_frames": AdapterArg(0, int, "frames per video; 0: the checkpoint's num_frames (16)"),
         "video_audio": AdapterArg(
@@ -260,6 +261,7 @@ class VideoLLaMA2Adapter(ModelAdapter):
             device=self.device,
             dtype=dtype,
             attn_implementation=attn_implementation,
+            use_kernels=self.use_kernels,
         )
         frames = self.options["num_frames"] or self.model.spec.num_frames
         if frames < 2 or frames % 2 or frames > MAX_FRAMES:

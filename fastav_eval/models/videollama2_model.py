@@ -289,12 +289,15 @@ def load_videollama2(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float16,
     attn_implementation: str = "sdpa",
+    use_kernels: bool = False,
 ) -> VideoLLaMA2AV:
     """A VideoLLaMA2-AV checkpoint folder -> :class:`VideoLLaMA2AV` on ``device`` in ``dtype`` (eval mode).
 
     Args:
         path: the checkpoint folder (``config.json`` plus safetensors).
         vision_tower: the SigLIP checkpoint; None means the config's ``mm_vision_tower``.
+        use_kernels: transformers' hub kernels for the LLM and the vision tower (passed to both
+            ``from_pretrained`` calls: transformers 5.25 turns them on when it is not given).
     """
     path = Path(path)
     raw = json.loads((path / "config.json").read_text())
@@ -317,6 +320,7 @@ def load_videollama2(
             device_map={"": device},
             attn_implementation=attn_implementation,
             output_loading_info=True,
+            use_kernels=use_kernels,
         )
     if info["missing_keys"] or info["mismatched_keys"]:
         raise ValueError(
@@ -331,6 +335,7 @@ def load_videollama2(
                 device_map={"": device},
                 attn_implementation=attn_implementation,
                 output_loading_info=True,
+                use_kernels=use_kernels,
             )
     except OSError as error:
         raise ValueError(

@@ -18,7 +18,7 @@ import transformers
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
-TESTED_TRANSFORMERS = ">=5.23,<5.25"
+TESTED_TRANSFORMERS = ">=5.23,<5.26"
 """The transformers releases the engine was tested with (CI runs the oldest and the newest)."""
 
 CACHE_NAMES = ("past_key_values", "cache")
