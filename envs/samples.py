@@ -9,6 +9,7 @@ wrappers, one sample at a time, under a chooser whose decision the environment s
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,16 @@ from fastav_eval.evaluation import PrunedRunner
 from fastav_eval.models.base import ModelAdapter, Request
 from fastav_eval.pruning import PruneContext, PruneDecision, PruningConfig, SampleInfo
 
+logger = logging.getLogger(__name__)
+
 TRAINING_SPLITS = ("train", "val")
+DOCUMENTS_PER_TASK = 100_000
+"""How many documents a task's train or val split holds: both are seeded generator streams (the shipped val parquet
+is the first 48 of its stream), and a document's id numbers it in five digits (``avsynth_qa-train-00000`` ..
+``-99999``). Each document takes about 2.5 ms to build (its media are rendered for their SHA-1), so the largest
+``per_task`` costs about 4 minutes per task before the first episode."""
+SLOW_BUILD, SECONDS_PER_DOCUMENT = 2_000, 0.0025
+"""From this many documents per task on, building them is logged task by task (it takes seconds to minutes)."""
 REWARDS = ("score", "loglik", "mixed")
 """``score``: the task's own score of the generated answer (accuracy for choices, per-sample CIDEr-D / 10, capped at
 1, for captions); ``loglik``: the reference answer's per-token probability, ``exp(mean log p)``, over the pruned
@@ -35,14 +45,16 @@ CHOICE_TOKENS, CAPTION_TOKENS = 4, 40
 
 
 def parse_model_args(model_args: str | dict[str, Any] | None) -> dict[str, Any]:
-    """``"k=v,k=v"`` (lmms-eval's ``--model_args`` syntax) or a dict -> a dict with typed values."""
+    """``"k=v,k=v"`` (lmms-eval's ``--model_args`` syntax) or a dict -> a dict with typed values, read as every
+    FastAV wrapper reads them (:mod:`fastav_eval.lmms.model_args`: declared types, a key given twice refused)."""
+    from fastav_eval.lmms.model_args import any_wrapper_kinds, check_model_args
+    from fastav_eval.lmms.model_args import parse_model_args as parse
+
     if model_args is None or model_args == "":
         return {}
     if isinstance(model_args, dict):
-        return dict(model_args)
-    from lmms_eval.utils import simple_parse_args_string
-
-    return simple_parse_args_string(model_args)
+        return check_model_args(model_args, any_wrapper_kinds())
+    return parse(model_args, any_wrapper_kinds())
 
 
 def build_adapter(model: str, model_args: str | dict[str, Any] | None = None) -> ModelAdapter:
@@ -87,9 +99,20 @@ def training_documents(
     unknown = sorted(set(names) - set(TASKS))
     if unknown or not names:
         raise ValueError(f"tasks={names!r}; accepted: a non-empty list of {sorted(TASKS)}")
-    if per_task < 1:
-        raise ValueError(f"per_task={per_task}; accepted: >= 1")
-    return [doc for task in sorted(set(names)) for doc in build_documents(split, task, per_task, seed)]
+    if isinstance(per_task, bool) or not isinstance(per_task, int) or not 1 <= per_task <= DOCUMENTS_PER_TASK:
+        raise ValueError(
+            f"per_task={per_task!r}; accepted: an int in 1..{DOCUMENTS_PER_TASK} (the documents a task's {split} "
+            "split holds)"
+        )
+    documents: list[dict[str, Any]] = []
+    for number, task in enumerate(sorted(set(names)), 1):
+        if per_task >= SLOW_BUILD:
+            logger.info(
+                "building %d %s documents of %s (task %d/%d, about %.0f s)",
+                per_task, split, task, number, len(set(names)), per_task * SECONDS_PER_DOCUMENT,
+            )  # fmt: skip
+        documents += build_documents(split, task, per_task, seed)
+    return documents
 
 
 class ScriptedChooser:

@@ -7,6 +7,9 @@ hook, with the coding the policy was trained with (:mod:`fastav_eval.envs.coding
 
 It refuses a decoder of another type, depth or width than the one it was trained on, and samples whose audio-visual
 modalities differ from its training samples'.
+
+The policy network is rebuilt from ``policy.json`` and its weights read from ``policy.safetensors``
+(:mod:`fastav_eval.policies.network`): loading a policy runs no code from its folder.
 """
 
 from __future__ import annotations
@@ -18,32 +21,56 @@ import numpy as np
 
 from fastav_eval.envs.coding import RetentionCoding
 from fastav_eval.envs.exchange import ExchangeCoding
-from fastav_eval.policies.saved import MODEL_FILE, PolicyMeta, decoder_identity, policy_hash, resolve_policy
+from fastav_eval.policies.network import build_network, load_weights, space_to_dict
+from fastav_eval.policies.saved import META_FILE, MODEL_FILE, PolicyMeta, decoder_identity, policy_hash, resolve_policy
 from fastav_eval.pruning import PruneContext, PruneDecision, PruningConfig, PruningProfile
 from fastav_eval.pruning.layout import AV_MODALITIES
 
 
-def load_algorithm(meta: PolicyMeta, directory: Path) -> Any:
-    import stable_baselines3
-
-    return getattr(stable_baselines3, meta.algorithm).load(str(directory / MODEL_FILE), device="cpu")
+def load_network(meta: PolicyMeta, directory: Path, coding: RetentionCoding | ExchangeCoding) -> Any:
+    """The policy network (SB3's ``ActorCriticPolicy``, eval mode) rebuilt from ``meta.network`` with the weights of
+    ``policy.safetensors``; its spaces must be the ones ``coding`` observes and acts in."""
+    where = str(directory / META_FILE)
+    for role, space in (("observation", coding.observation_space()), ("action", coding.action_space())):
+        name, wanted = f"{role}_space", space_to_dict(space, role)
+        if meta.network[name] != wanted:
+            raise ValueError(
+                f"{where}: network.{name}={meta.network[name]!r}; accepted: {wanted!r}, the space of the {meta.kind} "
+                "coding in its coding field"
+            )
+    return load_weights(build_network(meta.network, where), directory / MODEL_FILE)
 
 
 class LearnedChooser:
-    """A saved policy (folder, ``policy.zip``, or a shipped policy's name) as an engine chooser."""
+    """A saved policy (folder, one of its files, or a shipped policy's name) as an engine chooser.
+
+    ``model`` is the policy network; ``model.predict(observations [N, obs], deterministic=True)`` gives the actions
+    ``[N, *action_shape]`` that SB3's own ``model.predict`` gave for the trained model.
+    """
 
     def __init__(self, where: str | Path, deterministic: bool = True) -> None:
         self.directory = resolve_policy(where)
         self.meta = PolicyMeta.load(self.directory)
         self.sha256 = policy_hash(self.directory)
-        self.model = load_algorithm(self.meta, self.directory)
         self.deterministic = deterministic
         self.__name__ = f"policy:{self.directory.name}"
-        if self.meta.kind == "retention":
-            self.coding: RetentionCoding | ExchangeCoding = RetentionCoding.from_dict(self.meta.coding)
-        else:
-            self.coding = ExchangeCoding.from_dict(self.meta.coding)
-            self.profile = PruningProfile.from_dict(self.meta.exchange["profile"])  # type: ignore[index]
+        coding_class = RetentionCoding if self.meta.kind == "retention" else ExchangeCoding
+        try:
+            self.coding: RetentionCoding | ExchangeCoding = coding_class.from_dict(self.meta.coding)
+        except TypeError as error:
+            raise ValueError(
+                f"{self.directory / META_FILE}: coding={self.meta.coding!r}; accepted: the fields of "
+                f"{coding_class.__name__} ({error})"
+            ) from error
+        if self.meta.kind == "exchange":
+            exchange = self.meta.exchange
+            if not isinstance(exchange, dict) or sorted(exchange) != ["fine_ratio", "profile"]:
+                raise ValueError(
+                    f"{self.directory / META_FILE}: exchange={exchange!r}; accepted: an object with FastAV's "
+                    "profile and fine_ratio (an exchange policy refines FastAV's selection)"
+                )
+            self.profile = PruningProfile.from_dict(exchange["profile"])
+        self.model = load_network(self.meta, self.directory, self.coding)
 
     # ------------------------------------------------------------------ engine hooks
     def config(self) -> PruningConfig:
@@ -108,4 +135,4 @@ def policy_config(where: str | Path) -> PruningConfig:
     return LearnedChooser(where).config()
 
 
-__all__ = ["LearnedChooser", "load_algorithm", "policy_config"]
+__all__ = ["LearnedChooser", "load_network", "policy_config"]

@@ -2,16 +2,23 @@
 
     fastav-eval train-policy --out runs/tiny_retention                     # PPO, TokenRetention, fastav_tiny
     fastav-eval train-policy --out runs/tiny_exchange --env exchange --timesteps 8000
-    fastav-eval train-policy --out runs/tiny_retention --resume runs/tiny_retention/checkpoints/policy_8192_steps.zip
+    fastav-eval train-policy --out runs/tiny_retention --timesteps 30000 --resume \\
+        runs/tiny_retention/checkpoints/policy_8192_steps.zip   # continue your own run (same settings)
 
 (``python -m fastav_eval.policies.train`` takes the same arguments.) Training episodes come from the AV-Synth
 ``train`` split, model selection from the ``val`` split (each of its documents once, deterministic actions); the
-test split is never read. The output folder holds:
+test split is never read. ``--out`` must be new or empty, unless ``--resume`` continues a run in it (same val set,
+same hyperparameters as the checkpoint; resumed from an earlier checkpoint than the last, the val evaluations after
+its step are dropped). A run that fails before its first checkpoint removes what it wrote, so the same command can
+be run again. The output folder holds:
 
-- ``policy.zip`` + ``policy.json``: the best policy on val and what it was trained for (``policy=<folder>``);
-- ``checkpoints/``: the model every ``--checkpoint-every`` steps (``--resume`` continues from one);
+- ``policy.safetensors`` + ``policy.json``: the best policy on val (weights; architecture, spaces, coding and what it
+  was trained for, as plain JSON) -- ``policy=<folder>``; nothing in them is pickled;
+- ``checkpoints/``: SB3's own zips every ``--checkpoint-every`` steps, for ``--resume`` (pickled: your own run's
+  files only); ``best/policy.safetensors``: the best weights so far;
 - ``tensorboard/``: SB3's logs (``tensorboard --logdir <out>/tensorboard``);
-- ``eval/evaluations.npz``, ``monitor/``: the val evaluations and the training episodes;
+- ``eval/evaluations.npz`` + ``eval/val_set.json``, ``monitor/``: the val evaluations (and which val set they are
+  of) and the training episodes;
 - ``training_curves.png``: the training reward and the val reward over the steps.
 """
 
@@ -19,9 +26,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import math
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -31,11 +41,28 @@ import numpy as np
 import torch
 
 from fastav_eval.avsynth import TASKS
-from fastav_eval.policies.saved import ALGORITHMS, MODEL_FILE, PolicyMeta, decoder_identity, policy_hash
+from fastav_eval.envs.samples import DOCUMENTS_PER_TASK, REWARDS, SECONDS_PER_DOCUMENT
+from fastav_eval.policies.network import describe_network, save_weights
+from fastav_eval.policies.saved import (
+    ALGORITHMS,
+    FORMAT,
+    META_FILE,
+    MODEL_FILE,
+    PolicyMeta,
+    decoder_identity,
+    policy_hash,
+)
+from fastav_eval.records import read_json
 
 logger = logging.getLogger(__name__)
 
 ENVS = {"retention": "fastav/TokenRetention-v0", "exchange": "fastav/TokenExchange-v0"}
+VAL_SET_FILE = "val_set.json"
+"""``eval/val_set.json``: what the val evaluations in ``eval/evaluations.npz`` were computed on."""
+RESUMED_HYPERPARAMETERS = {"learning_rate": "learning_rate", "n_steps": "n_steps", "entropy": "ent_coef",
+                           "seed": "seed", "batch_size": "batch_size"}  # fmt: skip
+"""Settings a checkpoint carries (setting -> SB3 attribute): a resumed run continues with the checkpoint's, so a
+different value given with ``--resume`` is refused rather than silently ignored."""
 
 
 @dataclass
@@ -69,9 +96,33 @@ class TrainSettings:
             raise ValueError(f"env={self.env!r}; accepted: {sorted(ENVS)}")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={self.algorithm!r}; accepted: {list(ALGORITHMS)}")
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward={self.reward!r}; accepted: {list(REWARDS)}")
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks={list(self.tasks)!r}; accepted: a non-empty list of {sorted(TASKS)}")
         for name in ("timesteps", "n_envs", "n_steps", "batch_size", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}; accepted: >= 1")
+                raise ValueError(f"{name}={getattr(self, name)}; accepted: an int >= 1")
+        for name in ("train_per_task", "val_per_task"):
+            if not 1 <= getattr(self, name) <= DOCUMENTS_PER_TASK:
+                raise ValueError(
+                    f"{name}={getattr(self, name)}; accepted: an int in 1..{DOCUMENTS_PER_TASK} (the documents per "
+                    f"task that AV-Synth's {name.split('_')[0]} split holds)"
+                )
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed={self.seed}; accepted: an int in 0..{2**32 - 1}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate={self.learning_rate}; accepted: a number > 0")
+        for name in ("entropy", "flops_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name}={getattr(self, name)}; accepted: a number >= 0")
+        rollout = self.n_steps * self.n_envs
+        if self.algorithm == "PPO" and not 2 <= self.batch_size <= rollout:
+            raise ValueError(
+                f"batch_size={self.batch_size}; accepted: an int in 2..{rollout} for PPO (its minibatches are cut "
+                f"from one rollout of n_steps * n_envs = {self.n_steps} * {self.n_envs} = {rollout} steps)"
+            )
 
     def env_kwargs(self, split: str) -> dict[str, Any]:
         per_task = self.train_per_task if split == "train" else self.val_per_task
@@ -79,7 +130,194 @@ class TrainSettings:
                 "per_task": per_task, "flops_weight": self.flops_weight, "reward": self.reward,
                 "order": "random" if split == "train" else "cycle", **self.env_options}  # fmt: skip
 
+    def val_set(self) -> dict[str, Any]:
+        """What a val evaluation's reward depends on (``eval/val_set.json``): evaluations of another are not
+        comparable."""
+        return {"env_id": ENVS[self.env], **self.env_kwargs("val")}
 
+
+# ---------------------------------------------------------------------------------------------- checks before work
+def check_output(settings: TrainSettings) -> dict[str, Any] | None:
+    """Refuse what this run cannot do faithfully, before anything is built or written; returns the ``--resume``
+    checkpoint's ``data`` (plain JSON), or None.
+
+    - a non-empty ``--out`` without ``--resume`` (its evaluations and best score would decide the new run's best);
+    - ``--resume`` naming no file, or a checkpoint of another algorithm, other hyperparameters, or as many steps as
+      ``--timesteps`` already (read from the zip's ``data`` entry as JSON: nothing is unpickled, nothing built);
+    - ``--resume`` into a folder whose val evaluations were made on another val set;
+    - ``--resume`` from a step before the best val policy so far, when the best before that step cannot be restored.
+    """
+    out, resume = settings.out, settings.resume
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out={str(out)!r} is a file; accepted: a new or empty folder")
+    held = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+    if held and resume is None:
+        raise ValueError(
+            f"--out={str(out)!r} is not empty (it holds {held[:6]}); accepted: a new or empty folder, or --resume "
+            f"<checkpoint> to continue the run in it (e.g. --resume {out / 'checkpoints' / 'policy_<steps>_steps.zip'})"
+        )
+    if resume is None:
+        return None
+    if not resume.is_file():
+        raise ValueError(
+            f"--resume={str(resume)!r}: no such file; accepted: a checkpoint zip of your own train-policy run, e.g. "
+            f"{out / 'checkpoints' / 'policy_<steps>_steps.zip'}"
+        )
+    data = checkpoint_data(resume)
+    algorithm = checkpoint_algorithm(data)
+    if algorithm != settings.algorithm:
+        raise ValueError(
+            f"algorithm={settings.algorithm!r}; accepted: {algorithm!r}, the algorithm of the --resume checkpoint "
+            f"{str(resume)!r}"
+        )
+    check_resumed(settings, data)
+    _check_val_set(settings)
+    saved = out / "eval" / "evaluations.npz"
+    if saved.is_file():
+        _trim_evaluations(saved, checkpoint_steps(data, resume), out / "checkpoints")  # refuses an unrestorable best
+    return data
+
+
+def _check_val_set(settings: TrainSettings) -> None:
+    """``--resume`` into a folder whose val evaluations were made on another val set is refused: by
+    ``eval/val_set.json``, or for a run from before it, by the episodes per evaluation and ``policy.json``."""
+    out = settings.out
+    saved = out / "eval" / "evaluations.npz"
+    if not saved.is_file():
+        return
+    recorded_path = out / "eval" / VAL_SET_FILE
+    wanted = json.loads(json.dumps(settings.val_set()))
+    if recorded_path.is_file():
+        recorded = read_json(recorded_path, "the val set record")
+        recorded = recorded if isinstance(recorded, dict) else {}
+        differ = sorted(key for key in {*recorded, *wanted} if recorded.get(key) != wanted.get(key))
+        if differ:
+            raise ValueError(
+                f"--resume into {str(out)!r}: its val evaluations ({saved}) were made on another val set: "
+                + "; ".join(f"{key}={recorded.get(key)!r} there, {wanted.get(key)!r} now" for key in differ)
+                + "; accepted: the same val settings as that run, or a new --out"
+            )
+        return
+    episodes = np.load(saved)["results"].shape[-1]
+    documents = settings.val_per_task * len(set(settings.tasks))
+    if episodes != documents:
+        raise ValueError(
+            f"--resume into {str(out)!r}: its val evaluations hold {episodes} episodes each, this val set "
+            f"{documents} documents (val_per_task={settings.val_per_task}, {len(set(settings.tasks))} tasks); "
+            "accepted: the same val settings as that run, or a new --out"
+        )
+    meta_path = out / META_FILE
+    if not meta_path.is_file():
+        return
+    meta = read_json(meta_path, "policy metadata")
+    env_kwargs = meta.get("env_kwargs") if isinstance(meta, dict) else None
+    if not isinstance(env_kwargs, dict):
+        return
+    recorded = {key: env_kwargs[key] for key in ("model", "model_args", "tasks", "flops_weight", "reward")
+                if key in env_kwargs}  # fmt: skip
+    if "val_per_task" in env_kwargs:
+        recorded["per_task"] = env_kwargs["val_per_task"]
+    if "env_id" in meta:
+        recorded["env_id"] = meta["env_id"]
+    differ = sorted(key for key in recorded if recorded[key] != wanted.get(key))
+    if differ:
+        raise ValueError(
+            f"--resume into {str(out)!r}: its val evaluations ({saved}) were made on another val set, as its "
+            f"{meta_path} records: "
+            + "; ".join(f"{key}={recorded[key]!r} there, {wanted.get(key)!r} now" for key in differ)
+            + "; accepted: the same settings as that run, or a new --out"
+        )
+
+
+def checkpoint_data(path: Path) -> dict[str, Any]:
+    """The ``data`` entry of the SB3 zip ``path``, read as plain JSON: nothing is unpickled. SB3 stores numbers and
+    strings (``num_timesteps``, ``learning_rate``, ``n_steps``, ...) as they are; objects are base64 pickles under
+    ``:serialized:``, never decoded here."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"--resume={str(path)!r}: not a Stable-Baselines3 checkpoint ({error}); accepted: a checkpoint zip of "
+            "your own train-policy run"
+        ) from error
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"--resume={str(path)!r}: not a Stable-Baselines3 checkpoint (its data entry is not a JSON object); "
+            "accepted: a checkpoint zip of your own train-policy run"
+        )
+    return data
+
+
+def checkpoint_algorithm(data: dict[str, Any]) -> str:
+    """PPO or A2C: which algorithm saved a checkpoint, from its ``data`` (:func:`checkpoint_data`); PPO's own settings
+    (``n_epochs``) are stored only by PPO. SB3's ``A2C.load`` would take a PPO zip."""
+    return "PPO" if "n_epochs" in data else "A2C"
+
+
+def checkpoint_steps(data: dict[str, Any], path: Path) -> int:
+    """The steps a checkpoint has trained (``num_timesteps`` of its ``data``)."""
+    steps = data.get("num_timesteps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(
+            f"--resume={str(path)!r}: num_timesteps={steps!r} in its data entry; accepted: a checkpoint zip of your "
+            "own train-policy run (an int >= 0 there)"
+        )
+    return steps
+
+
+def check_resumed(settings: TrainSettings, data: dict[str, Any]) -> None:
+    """A resumed model continues with the checkpoint's hyperparameters and step count (its ``data``, plain JSON):
+    refuse other values given now (``policy.json`` would claim them), and a ``--timesteps`` the checkpoint has
+    already reached."""
+    differ = []
+    for name, attribute in RESUMED_HYPERPARAMETERS.items():
+        if name == "batch_size" and settings.algorithm != "PPO":
+            continue
+        theirs = data.get(attribute)
+        if isinstance(theirs, bool) or not isinstance(theirs, float | int):
+            continue  # not stored as a number: nothing to compare
+        if not math.isclose(float(theirs), float(getattr(settings, name))):
+            differ.append(f"{name}={getattr(settings, name)!r} (the checkpoint: {theirs!r})")
+    if differ:
+        raise ValueError(
+            f"--resume={str(settings.resume)!r} continues with its own hyperparameters; given: {', '.join(differ)}; "
+            "accepted: the checkpoint's values (or leave --resume out and train anew)"
+        )
+    steps = checkpoint_steps(data, settings.resume or Path())
+    if steps >= settings.timesteps:
+        raise ValueError(
+            f"timesteps={settings.timesteps}; accepted: more than the {steps} steps the checkpoint "
+            f"{str(settings.resume)!r} has already trained"
+        )
+
+
+def _trim_evaluations(saved: Path, steps: int, checkpoints: Path) -> tuple[list[int], Path | None, float | None]:
+    """What resuming at ``steps`` keeps of the val evaluations in ``saved``: the indices of those at or before
+    ``steps`` (later ones belong to the run after that checkpoint, which this run replaces); and, when the best so
+    far is among the dropped, so that ``best/`` holds weights this run no longer has: the checkpoint at the best kept
+    evaluation's step and its recorded mean reward (to restore ``best/`` from), or ``(None, -inf)`` when no
+    evaluation is kept. Refused when that checkpoint is missing."""
+    with np.load(saved) as data:
+        timesteps, means = [int(t) for t in data["timesteps"]], np.mean(data["results"], axis=1)
+    keep = [index for index, step in enumerate(timesteps) if step <= steps]
+    best = int(np.argmax(means)) if len(means) else None
+    if best is None or best in keep:
+        return keep, None, None
+    if not keep:
+        return keep, None, -math.inf
+    kept_best = keep[int(np.argmax(means[keep]))]
+    source = checkpoints / f"policy_{timesteps[kept_best]}_steps.zip"
+    if not source.is_file():
+        raise ValueError(
+            f"--resume at step {steps}: the best val policy so far (step {timesteps[best]}) came after it, and the "
+            f"best before it (step {timesteps[kept_best]}) has no checkpoint ({source} is missing) to restore it from; "
+            f"accepted: a --resume checkpoint at or after step {timesteps[best]}, or a new --out"
+        )
+    return keep, source, float(means[kept_best])
+
+
+# ---------------------------------------------------------------------------------------------- pieces of a run
 def _make_env(env_id: str, kwargs: dict[str, Any], monitor_file: Path | None, threads: int | None) -> Any:
     def build() -> Any:
         import gymnasium
@@ -93,17 +331,88 @@ def _make_env(env_id: str, kwargs: dict[str, Any], monitor_file: Path | None, th
     return build
 
 
-def _restore_evaluations(callback: Any, log_path: Path) -> None:
-    """A resumed run keeps its earlier val evaluations (file and best so far): SB3's EvalCallback starts empty."""
+def _restore_evaluations(
+    callback: Any, log_path: Path, steps: int, settings: TrainSettings, eval_env: Any, episodes: int
+) -> None:
+    """A resumed run keeps its earlier val evaluations (file and best so far) up to the checkpoint's ``steps``: SB3's
+    EvalCallback starts empty. Evaluations after ``steps`` were of the run this one replaces: dropped (said in the
+    log); when the best so far was among them, ``best/`` gets the best kept evaluation's weights back from its
+    checkpoint, once they score on val what that evaluation recorded (a run's last checkpoint holds the weights after
+    its last update, not the ones evaluated at its step: refused)."""
     saved = log_path / "evaluations.npz"
     if not saved.is_file():
         return
-    data = np.load(saved)
-    callback.evaluations_timesteps = [int(t) for t in data["timesteps"]]
-    callback.evaluations_results = [list(r) for r in data["results"]]
-    callback.evaluations_length = [list(r) for r in data["ep_lengths"]]
-    if len(data["results"]):
-        callback.best_mean_reward = float(np.max(np.mean(data["results"], axis=1)))
+    best_file = log_path.parent / "best" / MODEL_FILE
+    keep, source, recorded = _trim_evaluations(saved, steps, log_path.parent / "checkpoints")
+    with np.load(saved) as data:
+        timesteps = [int(data["timesteps"][index]) for index in keep]
+        results = [list(data["results"][index]) for index in keep]
+        lengths = [list(data["ep_lengths"][index]) for index in keep]
+        dropped = [int(step) for step in data["timesteps"] if int(step) > steps]
+    earlier = None
+    if source is not None and recorded is not None:
+        from stable_baselines3.common.evaluation import evaluate_policy
+
+        from fastav_eval.policies.convert import load_own_zip
+
+        earlier = load_own_zip(settings.algorithm, source, "train-policy --resume (the best before the resumed step)")
+        rewards, _ = evaluate_policy(earlier, eval_env, episodes, deterministic=True, return_episode_rewards=True)
+        if not math.isclose(float(np.mean(rewards)), recorded, rel_tol=1e-9, abs_tol=1e-12):
+            raise ValueError(
+                f"--resume={str(settings.resume)!r}: the best val policy so far came after step {steps}, and the best "
+                f"before it cannot be restored: {source} scores {float(np.mean(rewards))!r} on val where its "
+                f"evaluation recorded {recorded!r} (the last checkpoint of a run holds the weights after its last "
+                "update); accepted: a --resume checkpoint at or after the best so far, or a new --out"
+            )
+    if dropped:
+        logger.info(
+            "resuming at step %d: dropping %d val evaluation(s) made after it (at steps %s, by the run this one "
+            "replaces); keeping %d", steps, len(dropped), dropped, len(keep),
+        )  # fmt: skip
+        if results:
+            np.savez(saved, timesteps=timesteps, results=results, ep_lengths=lengths)
+        else:
+            saved.unlink()
+    if recorded is not None:  # the best so far was dropped
+        best_file.unlink(missing_ok=True)
+        if earlier is not None:
+            save_weights(earlier.policy, best_file, metadata={"format": FORMAT})
+            logger.info(
+                "the best val policy so far came after step %d: restored the best before it from %s", steps, source
+            )
+    callback.evaluations_timesteps = timesteps
+    callback.evaluations_results = results
+    callback.evaluations_length = lengths
+    if results:
+        callback.best_mean_reward = float(np.max(np.mean(results, axis=1)))
+
+
+def _export_best(callback_base: type) -> Any:
+    """An SB3 callback for ``EvalCallback(callback_on_new_best=...)``: writes the new best policy's weights to
+    ``<best>/policy.safetensors`` (no pickle; its architecture goes into ``policy.json`` at the end)."""
+
+    class ExportBest(callback_base):  # type: ignore[misc, valid-type]
+        def __init__(self, best: Path) -> None:
+            super().__init__(verbose=0)
+            self.best = best
+
+        def _on_step(self) -> bool:
+            save_weights(self.model.policy, self.best / MODEL_FILE, metadata={"format": FORMAT})
+            return True
+
+    return ExportBest
+
+
+def _export_earlier_best(algorithm: str, best_dir: Path) -> None:
+    """A run resumed from before ``fastav-policy/2`` kept its best as SB3's ``best/best_model.zip`` (the user's own
+    file): its weights become ``best/policy.safetensors``, so an earlier best still wins over a worse later one."""
+    legacy = best_dir / "best_model.zip"
+    if (best_dir / MODEL_FILE).is_file() or not legacy.is_file():
+        return
+    from fastav_eval.policies.convert import load_own_zip
+
+    earlier = load_own_zip(algorithm, legacy, "train-policy --resume (the best so far)")
+    save_weights(earlier.policy, best_dir / MODEL_FILE, metadata={"format": FORMAT})
 
 
 def _evaluate_final(model: Any, eval_env: Any, episodes: int, evaluation: Any, out: Path) -> None:
@@ -115,83 +424,141 @@ def _evaluate_final(model: Any, eval_env: Any, episodes: int, evaluation: Any, o
     evaluation.evaluations_length.append(list(lengths))
     np.savez(out / "eval" / "evaluations.npz", timesteps=evaluation.evaluations_timesteps,
              results=evaluation.evaluations_results, ep_lengths=evaluation.evaluations_length)  # fmt: skip
-    model.save(str(out / "best" / "best_model"))
+    save_weights(model.policy, out / "best" / MODEL_FILE, metadata={"format": FORMAT})
+
+
+def _build_model(settings: TrainSettings, train_env: Any, tensorboard: str) -> Any:
+    """A new SB3 model, or the ``--resume`` checkpoint (SB3's ``load``: the user's own file, said so on stderr; its
+    settings were checked by :func:`check_output` before anything was built)."""
+    import stable_baselines3
+
+    if settings.resume is not None:
+        from fastav_eval.policies.convert import load_own_zip
+
+        model = load_own_zip(
+            settings.algorithm, settings.resume, "train-policy --resume", env=train_env, tensorboard_log=tensorboard
+        )
+        logger.info("resuming %s from %s at %d steps", settings.algorithm, settings.resume, model.num_timesteps)
+        return model
+    extra = {"n_steps": settings.n_steps}
+    if settings.algorithm == "PPO":
+        extra.update(batch_size=settings.batch_size, n_epochs=10)
+    return getattr(stable_baselines3, settings.algorithm)(
+        "MlpPolicy", train_env, learning_rate=settings.learning_rate, ent_coef=settings.entropy,
+        gamma=0.0 if settings.env == "retention" else 0.99, seed=settings.seed, tensorboard_log=tensorboard,
+        policy_kwargs={"net_arch": [64, 64]}, device="cpu", verbose=0, **extra,
+    )  # fmt: skip
 
 
 def train(settings: TrainSettings) -> Path:
-    """Train, keep the best policy on val, write the output folder; returns it."""
-    import stable_baselines3
-    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+    """Train, keep the best policy on val, write the output folder; returns it.
 
+    A run that fails (or is interrupted) before its first checkpoint removes what it wrote into a new or empty
+    ``--out``: there is nothing to resume, and the same command can be run again."""
     import fastav_eval.envs  # noqa: F401
 
+    resumed = check_output(settings)
     out = settings.out
-    for sub in ("checkpoints", "eval", "monitor", "best"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    created = None  # the first folder of out's path that this run creates
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        created = folder
+    fresh = created is not None or not any(out.iterdir())  # check_output: new, or empty, or a run to resume
+    try:
+        _run(settings, resumed)
+    except BaseException:  # a failure, or Ctrl-C
+        if fresh and not any((out / "checkpoints").glob("*.zip")):
+            _remove_partial(out, created)
+        raise
+    logger.info("best val policy: %s + %s (sha256 %s)", out / MODEL_FILE, META_FILE, policy_hash(out)[:12])
+    return out
+
+
+def _run(settings: TrainSettings, resumed: dict[str, Any] | None) -> None:
+    """:func:`train` after its checks: build, learn, write the output folder."""
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    out = settings.out
     env_id = ENVS[settings.env]
-    threads = 1 if settings.n_envs > 1 else None
-    builders = [
-        _make_env(env_id, settings.env_kwargs("train"), out / "monitor" / f"train_{rank}", threads)
-        for rank in range(settings.n_envs)
-    ]
-    train_env = SubprocVecEnv(builders) if settings.n_envs > 1 else DummyVecEnv(builders)
-    train_env.seed(settings.seed)
-    eval_kwargs = settings.env_kwargs("val")
-    eval_env = DummyVecEnv([_make_env(env_id, eval_kwargs, None, None)])
-    val_documents = len(eval_env.envs[0].unwrapped.documents)
-    algorithm = getattr(stable_baselines3, settings.algorithm)
-    tensorboard = str(out / "tensorboard")
-    if settings.resume is not None:
-        model = algorithm.load(str(settings.resume), env=train_env, tensorboard_log=tensorboard, device="cpu")
-        logger.info("resuming %s from %s at %d steps", settings.algorithm, settings.resume, model.num_timesteps)
-    else:
-        extra = {"n_steps": settings.n_steps}
-        if settings.algorithm == "PPO":
-            extra.update(batch_size=settings.batch_size, n_epochs=10)
-        model = algorithm(
-            "MlpPolicy", train_env, learning_rate=settings.learning_rate, ent_coef=settings.entropy,
-            gamma=0.0 if settings.env == "retention" else 0.99, seed=settings.seed, tensorboard_log=tensorboard,
-            policy_kwargs={"net_arch": [64, 64]}, device="cpu", verbose=0, **extra,
+    # The val environment first, in this process: a wrong model or model_args is refused here, not in a worker.
+    logger.info("building the val environment (%s, %d documents per task)", settings.model, settings.val_per_task)
+    eval_env = DummyVecEnv([_make_env(env_id, settings.env_kwargs("val"), None, None)])
+    train_env = None
+    try:
+        for sub in ("checkpoints", "eval", "monitor", "best"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        (out / "eval" / VAL_SET_FILE).write_text(json.dumps(settings.val_set(), indent=1, sort_keys=True) + "\n")
+        val_documents = len(eval_env.envs[0].unwrapped.documents)
+        logger.info(
+            "building %d training environment(s): %d train documents per task each (about %.0f s of rendering)",
+            settings.n_envs, settings.train_per_task,
+            settings.train_per_task * len(settings.tasks) * SECONDS_PER_DOCUMENT,
         )  # fmt: skip
-    evaluation = EvalCallback(
-        eval_env, n_eval_episodes=val_documents, eval_freq=max(1, settings.eval_every // settings.n_envs),
-        log_path=str(out / "eval"), best_model_save_path=str(out / "best"), deterministic=True, verbose=0,
-    )  # fmt: skip
-    _restore_evaluations(evaluation, out / "eval")
-    checkpoints = CheckpointCallback(
-        max(1, settings.checkpoint_every // settings.n_envs), str(out / "checkpoints"), name_prefix="policy"
-    )
-    remaining = settings.timesteps - model.num_timesteps
-    logger.info(
-        "training %s on %s (%s, λ=%s, reward %s): %d steps in %d envs, val on %d documents every %d steps",
-        settings.algorithm, env_id, settings.model, settings.flops_weight, settings.reward, remaining,
-        settings.n_envs, val_documents, settings.eval_every,
-    )  # fmt: skip
-    started = time.perf_counter()
-    if remaining > 0:
+        threads = 1 if settings.n_envs > 1 else None
+        builders = [
+            _make_env(env_id, settings.env_kwargs("train"), out / "monitor" / f"train_{rank}", threads)
+            for rank in range(settings.n_envs)
+        ]
+        train_env = SubprocVecEnv(builders) if settings.n_envs > 1 else DummyVecEnv(builders)
+        train_env.seed(settings.seed)
+        model = _build_model(settings, train_env, str(out / "tensorboard"))
+        best_dir = out / "best"
+        if settings.resume is not None:
+            _export_earlier_best(settings.algorithm, best_dir)
+        evaluation = EvalCallback(
+            eval_env, n_eval_episodes=val_documents, eval_freq=max(1, settings.eval_every // settings.n_envs),
+            log_path=str(out / "eval"), best_model_save_path=None, deterministic=True, verbose=0,
+            callback_on_new_best=_export_best(BaseCallback)(best_dir),
+        )  # fmt: skip
+        if resumed is not None:
+            steps = checkpoint_steps(resumed, settings.resume or Path())
+            _restore_evaluations(evaluation, out / "eval", steps, settings, eval_env, val_documents)
+        checkpoints = CheckpointCallback(
+            max(1, settings.checkpoint_every // settings.n_envs), str(out / "checkpoints"), name_prefix="policy"
+        )
+        remaining = settings.timesteps - model.num_timesteps
+        logger.info(
+            "training %s on %s (%s, λ=%s, reward %s): %d steps in %d envs, val on %d documents every %d steps",
+            settings.algorithm, env_id, settings.model, settings.flops_weight, settings.reward, remaining,
+            settings.n_envs, val_documents, settings.eval_every,
+        )  # fmt: skip
+        started = time.perf_counter()
         with torch.enable_grad():  # SB3's updates need autograd, whatever mode the caller is in
             model.learn(
                 remaining, callback=CallbackList([checkpoints, evaluation]), progress_bar=True,
                 reset_num_timesteps=settings.resume is None, tb_log_name=settings.algorithm,
             )  # fmt: skip
-    seconds = time.perf_counter() - started
-    model.save(str(out / "checkpoints" / f"policy_{model.num_timesteps}_steps"))
-    best = out / "best" / "best_model.zip"
-    if not best.is_file():  # no evaluation ran (a run shorter than eval_every): the final model, evaluated once
-        _evaluate_final(model, eval_env, val_documents, evaluation, out)
-    shutil.copyfile(best, out / MODEL_FILE)
-    unwrapped = eval_env.envs[0].unwrapped
-    write_meta(settings, unwrapped, model.num_timesteps, seconds, evaluation)
-    write_curves(out)
-    train_env.close()
-    eval_env.close()
-    logger.info("best val policy: %s (sha256 %s)", out / MODEL_FILE, policy_hash(out)[:12])
-    return out
+        seconds = time.perf_counter() - started
+        model.save(str(out / "checkpoints" / f"policy_{model.num_timesteps}_steps"))
+        if not (best_dir / MODEL_FILE).is_file():  # no evaluation ran (a run shorter than eval_every)
+            _evaluate_final(model, eval_env, val_documents, evaluation, out)
+        shutil.copyfile(best_dir / MODEL_FILE, out / MODEL_FILE)
+        write_meta(settings, eval_env.envs[0].unwrapped, model, seconds, evaluation)
+        write_curves(out)
+    finally:
+        if train_env is not None:
+            train_env.close()
+        eval_env.close()
 
 
-def write_meta(settings: TrainSettings, env: Any, timesteps: int, seconds: float, evaluation: Any) -> Path:
-    """``policy.json``: what the policy was trained for and how."""
+def _remove_partial(out: Path, created: Path | None) -> None:
+    """A run that failed before its first checkpoint leaves nothing to resume: remove what it wrote into ``out``
+    (and ``created``, the first folder of ``out``'s path this run created), so the same command can be run again."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+    else:
+        for path in out.iterdir():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    logger.info("the run stopped before its first checkpoint: removed what it had written to %s", out)
+
+
+def write_meta(settings: TrainSettings, env: Any, model: Any, seconds: float, evaluation: Any) -> Path:
+    """``policy.json``: the network's architecture and spaces, what the policy was trained for and how."""
     from fastav_eval.pruning import find_text_model
 
     text_config = find_text_model(env.samples.adapter.decoder).config
@@ -208,14 +575,15 @@ def write_meta(settings: TrainSettings, env: Any, timesteps: int, seconds: float
         decoder=decoder_identity(text_config),
         modalities=["video", "audio"],
         env_kwargs={**settings.env_kwargs("train"), "val_per_task": settings.val_per_task},
+        network=describe_network(model.policy),
         exchange=exchange,
         training={
-            "timesteps": int(timesteps),
+            "timesteps": int(model.num_timesteps),
             "seconds_this_run": round(seconds, 1),
             "seed": settings.seed,
             "n_envs": settings.n_envs,
             "n_steps": settings.n_steps,
-            "batch_size": settings.batch_size,
+            "batch_size": settings.batch_size if settings.algorithm == "PPO" else None,
             "learning_rate": settings.learning_rate,
             "entropy": settings.entropy,
             "best_val_reward": means[best] if best is not None else None,
@@ -259,28 +627,59 @@ def write_curves(out: Path) -> Path | None:
     return path
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``train-policy``'s options (``--help`` shows their defaults with ArgumentDefaultsHelpFormatter)."""
     defaults = TrainSettings(out=Path("."))
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--env", default=defaults.env, choices=sorted(ENVS))
-    parser.add_argument("--algorithm", default=defaults.algorithm, choices=ALGORITHMS)
+    documents = f"documents per task, 1..{DOCUMENTS_PER_TASK}"
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="output folder: new or empty, unless --resume",
+    )
+    parser.add_argument("--env", default=defaults.env, choices=sorted(ENVS), help="the environment")
+    parser.add_argument("--algorithm", default=defaults.algorithm, choices=ALGORITHMS, help="SB3 algorithm")
     parser.add_argument("--model", default=defaults.model, help="lmms-eval model name (fastav_tiny, ...)")
-    parser.add_argument("--model-args", default=defaults.model_args, help="its --model_args (no pruning keys)")
-    parser.add_argument("--tasks", nargs="+", default=list(defaults.tasks), choices=sorted(TASKS))
-    parser.add_argument("--train-per-task", type=int, default=defaults.train_per_task)
-    parser.add_argument("--val-per-task", type=int, default=defaults.val_per_task)
-    parser.add_argument("--flops-weight", type=float, default=defaults.flops_weight, help="λ")
-    parser.add_argument("--reward", default=defaults.reward, choices=["score", "loglik", "mixed"])
-    parser.add_argument("--timesteps", type=int, default=defaults.timesteps)
+    parser.add_argument(
+        "--model_args", default=defaults.model_args, help="its --model_args, no pruning keys (default: '%(default)s')"
+    )
+    parser.add_argument(
+        "--tasks", type=task_list, default=",".join(defaults.tasks), help="AV-Synth tasks, comma-separated"
+    )
+    parser.add_argument("--train-per-task", type=int, default=defaults.train_per_task, help=f"train {documents}")
+    parser.add_argument("--val-per-task", type=int, default=defaults.val_per_task, help=f"val {documents}")
+    parser.add_argument("--flops-weight", type=float, default=defaults.flops_weight, help="λ, >= 0")
+    parser.add_argument("--reward", default=defaults.reward, choices=list(REWARDS), help="what quality is")
+    parser.add_argument("--timesteps", type=int, default=defaults.timesteps, help="environment steps in all")
     parser.add_argument("--n-envs", type=int, default=defaults.n_envs, help="SubprocVecEnv workers (1: in process)")
     parser.add_argument("--n-steps", type=int, default=defaults.n_steps, help="rollout steps per env per update")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--entropy", type=float, default=defaults.entropy, help="entropy coefficient")
-    parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--resume", type=Path, help="a checkpoint (.zip) to continue from")
+    parser.add_argument(
+        "--batch_size", type=int, default=defaults.batch_size, help="PPO minibatch, 2..n_steps*n_envs (A2C: unused)"
+    )
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="> 0")
+    parser.add_argument("--entropy", type=float, default=defaults.entropy, help="entropy coefficient, >= 0")
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every, help="steps between val evaluations")
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, help="steps between zips")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="SB3 and environment seed")
+    parser.add_argument(
+        "--resume", type=Path, help="your own checkpoint zip to continue from (<out>/checkpoints/policy_<N>_steps.zip)"
+    )
+
+
+def task_list(text: str) -> tuple[str, ...]:
+    """``--tasks a,b``: comma-separated, as in ``calibrate``, ``sweep`` and lmms-eval."""
+    names = tuple(name.strip() for name in text.split(","))
+    unknown = [name for name in names if name not in TASKS]
+    if not text.strip() or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"--tasks {text!r}; accepted: comma-separated AV-Synth tasks, each once, from {sorted(TASKS)}"
+        )
+    return names
 
 
 def settings_from(args: argparse.Namespace) -> TrainSettings:
@@ -291,10 +690,14 @@ def settings_from(args: argparse.Namespace) -> TrainSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     add_arguments(parser)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[train-policy] %(message)s")
-    path = train(settings_from(parser.parse_args(argv)))
+    try:
+        path = train(settings_from(args))
+    except ValueError as error:
+        parser.exit(2, f"train-policy: error: {error}\n")
     print(path)
     return 0
 

@@ -6,14 +6,23 @@ resolved config and its profile, the report and its plot, a leaderboard CSV row 
 per-sample values in the samples files, through the task's own aggregation (and each sample's score from its
 answer through the task's own ``process_results``, where the task's documents can be loaded); each sample's FLOPs
 from the tokens each layer processed and the decoder's shape; the per-task and pooled means; the CSV row.
+
+A bundle is data: ``verify`` reads its JSON, JSONL and CSV files and nothing else, never a task definition or any
+code it carries or names (``config.resolved_cli_args.include_path`` in its results is ignored). The tasks it
+recomputes with come from the installed lmms-eval and FastAV-Eval and from the verifier's own ``--include_path``;
+it reports which definition it used for each task, and a task whose code could run a submitted answer as code
+(an ``eval``/``exec`` in an lmms-eval task's folder) is not run on the bundle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import secrets
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +30,17 @@ from typing import Any
 import torch
 
 from fastav_eval.analysis.results import RunResults, find_runs
+from fastav_eval.analysis.tasks import FROM_INCLUDE_PATH, FROM_PACKAGE, TaskSource
 from fastav_eval.provenance import file_sha256
 from fastav_eval.pruning import DecoderShape
 from fastav_eval.pruning.flops import relative_flops
-from fastav_eval.records import MEAN_FIELDS, canonical_hash, means
+from fastav_eval.records import MEAN_FIELDS, SampleRecord, canonical_hash, means, read_json, run_record_path
 
 MANIFEST = "MANIFEST.sha256"
 RESULTS_DIR = "results"
 LEADERBOARD = "leaderboard.csv"
+SUBMITTED = ("config.json", "profile.json", "report.md", "pareto.png", LEADERBOARD)
+"""The files :func:`submit` writes beside ``results/`` and the manifest."""
 TOLERANCE = 1e-6
 
 
@@ -47,8 +59,25 @@ def leaderboard_row(run: RunResults) -> dict[str, str]:
     for task in run.tasks:
         metric = run.primary_metric(task)
         row[f"{task} ({metric})"] = repr(run.metrics_of(task)[metric].value)
-    row["Relative FLOPs (%)"] = repr(run.costs.get("relative_flops", 100.0))
+    flops = run.costs.get("relative_flops")
+    if flops is None:  # never a made-up figure
+        why = "no FastAV run record" if run.record is None else "no answered sample"
+        raise ValueError(f"{run.name}: no relative FLOPs ({why}); a leaderboard row needs one")
+    row["Relative FLOPs (%)"] = repr(flops)
     return row
+
+
+def require_samples(run: RunResults, option: str, given: str | Path) -> None:
+    """A run whose metrics and FLOPs can be recomputed: every task with metrics has its samples file. ``option``
+    and ``given``: the command-line option (or argument) that named the run, and its value, for the error."""
+    missing = run.missing_samples
+    if missing:
+        raise ValueError(
+            f"{option}={str(given)!r}: run {run.name} has no samples file for {missing} (expected "
+            f"{[run.samples_file(task).name for task in missing]} beside {run.path.name}): lmms-eval ran without "
+            "--log_samples, so its metrics and FLOPs cannot be recomputed from per-sample records; accepted: a run "
+            "made with lmms-eval's --log_samples"
+        )
 
 
 def _single_run(path: str | Path) -> RunResults:
@@ -60,22 +89,95 @@ def _single_run(path: str | Path) -> RunResults:
     return runs[0]
 
 
-def submit(path: str | Path, out: str | Path, baselines: list[str | Path] = ()) -> Path:
+def submit(path: str | Path, out: str | Path, baselines: Sequence[str | Path] = ()) -> Path:
     """Write the bundle of the run at ``path`` (a results JSON or a folder with one run) to ``out``.
 
     ``baselines``: other runs (e.g. the unpruned one) the bundled report compares against; only ``path``'s files
-    are bundled.
+    are bundled. Every input is checked before anything is written; the bundle is built in a hidden folder beside
+    ``out`` (made as ``mkdir`` makes any folder, under the user's umask) and renamed to ``out`` when complete. A
+    failure leaves nothing behind: neither that folder nor the parent folders of ``out`` that submit created.
     """
-    from fastav_eval.analysis.report import write_report
-
     run = _single_run(path)
     if run.record is None:
         raise ValueError(
-            f"{run.path} has no FastAV run record beside it (<date>_fastav.json): was it a FastAV wrapper's run?"
+            f"results={str(path)!r}: {run.path.name} has no FastAV run record beside it "
+            f"({run_record_path(run.path).name}); accepted: a run of a FastAV wrapper (lmms-eval --model "
+            "fastav_tiny, ...), which writes one"
         )
+    require_samples(run, "results", path)
+    others: list[RunResults] = []
+    for given in baselines:
+        try:
+            found = find_runs([given])
+        except ValueError as error:
+            raise ValueError(f"--baseline={str(given)!r}: {error}; accepted: a run's folder or results JSON") from error
+        for other in found:
+            if other.path.resolve() == run.path.resolve():
+                raise ValueError(f"--baseline={str(given)!r} is the run being submitted; accepted: another run")
+            require_samples(other, "--baseline", given)
+            if not set(other.tasks) & set(run.tasks):
+                raise ValueError(
+                    f"--baseline={str(given)!r}: {other.name} shares no task with the run (its tasks {other.tasks}, "
+                    f"the run's {run.tasks}); accepted: a run of the same tasks"
+                )
+        others += found
+    leaderboard_row(run)  # its FLOPs figure exists
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {str(out)!r} is not empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "is not empty" if out.is_dir() else "is a file"
+        raise ValueError(f"--out={str(out)!r} {what}; accepted: a new or empty folder")
+    if out.resolve().is_relative_to(run.path.parent.resolve()):
+        raise ValueError(f"--out={str(out)!r} lies inside the run's folder {str(run.path.parent)!r}; accepted: a "
+                         "folder outside it (the bundle's copy would make it a second run there)")  # fmt: skip
+    parent = out.resolve().parent
+    created = [folder for folder in (parent, *parent.parents) if not folder.exists()]  # deepest first
+    staging, emptied = None, False
+    try:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            staging = _staging_folder(parent, out.name)
+        except OSError as error:
+            raise ValueError(
+                f"--out={str(out)!r}: cannot create a folder beside it ({error}); accepted: a writable path"
+            ) from error
+        _write_bundle(run, others, staging)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+            emptied = True
+        staging.rename(out)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if emptied and not out.exists():  # the user's empty folder, as it was
+            out.mkdir()
+        _remove_empty(created)
+        raise
+    return out
+
+
+def _staging_folder(parent: Path, name: str) -> Path:
+    """A new hidden folder ``.<name>.partial-<random>`` in ``parent``, made by ``mkdir`` (mode 0o777 less the
+    umask, as any folder the user makes: ``tempfile.mkdtemp``'s 0o700 would stay with the bundle)."""
+    for _ in range(100):
+        staging = parent / f".{name}.partial-{secrets.token_hex(8)}"
+        try:
+            staging.mkdir()
+        except FileExistsError:
+            continue
+        return staging
+    raise FileExistsError(f"no unused name .{name}.partial-<random> in {str(parent)!r}")
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (deepest first: the parents of ``--out`` that submit created), each only if empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not there (never created) or not empty (others' files): left as is
+            folder.rmdir()
+
+
+def _write_bundle(run: RunResults, others: list[RunResults], out: Path) -> None:
+    from fastav_eval.analysis.report import write_report
+
     results = out / RESULTS_DIR
     results.mkdir(parents=True)
     prefix = run.path.name.removesuffix("_results.json")
@@ -91,7 +193,6 @@ def submit(path: str | Path, out: str | Path, baselines: list[str | Path] = ()) 
     elif isinstance(record.pruning.get("profile"), dict):
         (out / "profile.json").write_text(json.dumps(record.pruning["profile"], indent=2) + "\n")
     bundled = RunResults.load(results / run.path.name)
-    others = [other for other in find_runs(baselines)] if baselines else []
     write_report([bundled, *others], out)
     row = leaderboard_row(bundled)
     with (out / LEADERBOARD).open("w", newline="") as handle:
@@ -99,7 +200,6 @@ def submit(path: str | Path, out: str | Path, baselines: list[str | Path] = ()) 
         writer.writeheader()
         writer.writerow(row)
     write_manifest(out)
-    return out
 
 
 def write_manifest(bundle: Path) -> Path:
@@ -117,6 +217,8 @@ class Verification:
     problems: list[str] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    sources: dict[str, TaskSource] = field(default_factory=dict)
+    """task -> the definition its metrics were recomputed with (never one from the bundle)."""
 
     def count(self, what: str, n: int = 1) -> None:
         self.checked[what] = self.checked.get(what, 0) + n
@@ -132,8 +234,11 @@ def _check_manifest(bundle: Path, result: Verification) -> None:
         result.problems.append(f"{MANIFEST} is missing")
         return
     listed = {}
-    for line in manifest.read_text().splitlines():
+    for number, line in enumerate(manifest.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         digest, _, name = line.partition("  ")
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            result.problems.append(f"{MANIFEST} line {number} {line!r}: not '<sha256>  <path inside the bundle>'")
+            continue
         listed[name] = digest
     present = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST}
     for name in sorted(present - set(listed)):
@@ -147,15 +252,40 @@ def _check_manifest(bundle: Path, result: Verification) -> None:
             result.count("files")
 
 
-def _check_flops(run: RunResults, result: Verification) -> None:
+def _parse_bundle_data(run: RunResults) -> dict[str, list[SampleRecord]]:
+    """task -> its samples' records, once the bundle data the checks read is known to be well formed (a
+    ValueError naming the field, its value and what is accepted otherwise). The results JSON's own layout and the
+    run record were checked as they were read (:meth:`RunResults.load`)."""
+    records = {task: run.sample_records(task) for task in sorted(run.samples)}
+    if run.record is not None:
+        for task, stored in run.record.tasks.items():
+            if not isinstance(stored, dict) or not all(_is_number(value) for value in stored.values()):
+                raise ValueError(
+                    f"run record tasks.{task}={stored!r}; accepted: an object of numbers (the means of its samples)"
+                )
+    for key, value in run.results.get("throughput", {}).items():
+        if key.startswith("avg_") and not _is_number(value):
+            raise ValueError(f"results throughput.{key}={value!r}; accepted: a number")
+    return records
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_flops(run: RunResults, parsed: dict[str, list[SampleRecord]], result: Verification) -> None:
     record = run.record
     if record is None:
         result.problems.append("no run record: FLOPs cannot be recomputed")
         return
-    shape = DecoderShape(**record.decoder_shape)
+    try:
+        shape = DecoderShape(**record.decoder_shape)
+    except (TypeError, ValueError) as error:
+        result.problems.append(f"run record decoder_shape {record.decoder_shape!r} is not a decoder's shape ({error})")
+        return
     pooled = []
     for task in sorted(run.samples):
-        records = run.sample_records(task)
+        records = parsed[task]
         for line, sample in zip(run.samples[task], records, strict=True):
             where = f"{task} doc {line.get('doc_id')}"
             if not sample.ok:
@@ -218,32 +348,77 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _check_metrics(run: RunResults, result: Verification) -> None:
+def _task_definitions(wanted: list[str], manager: Any, include_paths: Sequence[str], result: Verification) -> list[str]:
+    """The tasks of ``wanted`` whose definition verify may run on the bundle's data, recording each one's source
+    in ``result.sources``; each other task is a problem naming it and how to supply a definition."""
+    from fastav_eval.analysis.tasks import code_that_runs_strings, package_tasks_path, task_source
+
+    usable = []
+    for task in wanted:
+        source = task_source(manager, task, include_paths)
+        if source is None:
+            result.problems.append(
+                f"{task}: no task definition of that name in lmms-eval's tasks, FastAV-Eval's "
+                f"({package_tasks_path()}) or --include_path {list(map(str, include_paths))}; its metrics were not "
+                "recomputed. To check them, pass a folder holding its YAML (and the utils.py that YAML names), read "
+                "and trusted by you, with --include_path DIR (verify never uses task files from a bundle or a path "
+                "written in it)"
+            )
+            continue
+        if source.origin not in (FROM_PACKAGE, FROM_INCLUDE_PATH):  # lmms-eval's: thousands of files, not ours
+            runs_strings = code_that_runs_strings(source)
+            if runs_strings:
+                result.problems.append(
+                    f"{task}: its definition ({source.origin}: {source.path}) has code that runs strings as code "
+                    f"({'; '.join(runs_strings[:3])}{'; ...' if len(runs_strings) > 3 else ''}): the bundle's "
+                    "answers and scores are not passed to it, so its metrics were not recomputed"
+                )
+                continue
+        result.sources[task] = source
+        usable.append(task)
+    return usable
+
+
+def _check_metrics(run: RunResults, result: Verification, include_paths: Sequence[str] = ()) -> None:
     from lmms_eval.api.metrics import mean, mean_stderr
 
-    from fastav_eval.analysis.tasks import load_tasks, task_objects
+    from fastav_eval.analysis.tasks import load_tasks, package_tasks_path, task_manager
 
     model = str(run.results.get("config", {}).get("model") or "")
-    include = run.results.get("config", {}).get("resolved_cli_args", {}).get("include_path")
-    includes = [p for p in ([include] if isinstance(include, str) else include or []) if Path(p).is_dir()]
-    groups = {name: subtasks for name, subtasks in run.results.get("group_subtasks", {}).items() if subtasks}
-    tasks = [task for task in run.tasks if task not in groups]  # a task run alone is listed with no subtasks
+    declared = run.results.get("config", {}).get("resolved_cli_args", {}).get("include_path")
+    declared = [str(path) for path in (declared if isinstance(declared, list) else [declared] if declared else [])]
+    used = {str(Path(path).resolve()) for path in (package_tasks_path(), *include_paths)}
+    if any(str(Path(path).resolve()) not in used for path in declared):  # the same folders as ours say nothing
+        result.notes.append(
+            f"the results name include_path {declared!r}: not used (verify runs no task code from a bundle or a "
+            "path written in it; its tasks come from lmms-eval, FastAV-Eval and your --include_path)"
+        )
+    groups = run.groups
+    tasks = [task for task in run.tasks if task not in groups]
+    manager = task_manager(model, include_paths)
+    usable = _task_definitions([*tasks, *(g for g in groups if g in run.tasks)], manager, include_paths, result)
     try:
-        loaded, group_configs = load_tasks([*tasks, *(g for g in groups if g in run.tasks)], model, includes)
+        loaded, group_configs = load_tasks(usable, model, manager=manager)
     except Exception:  # one task that does not load: try each alone, so the others are still checked
         loaded, group_configs = {}, {}
     for task in tasks:
         samples = run.samples.get(task)
         if samples is None:
-            result.problems.append(f"{task}: no samples file (run lmms-eval with --log_samples)")
+            result.problems.append(
+                f"{task}: no samples file ({run.samples_file(task).name}; run lmms-eval with --log_samples)"
+            )
             continue
+        if task not in result.sources:
+            continue  # a problem already says why
         n_samples = run.results.get("n-samples", {}).get(task, {}).get("effective")
         if n_samples is not None and n_samples != len(samples):
             result.problems.append(f"{task}: n-samples effective {n_samples} != {len(samples)} samples in the file")
         try:
-            task_object = loaded[task] if task in loaded else task_objects([task], model, includes)[task]
+            task_object = loaded[task] if task in loaded else load_tasks([task], model, manager=manager)[0][task]
         except Exception as error:  # the task's code must load to recompute its metrics
-            result.problems.append(f"{task}: cannot load the task to recompute its metrics ({error})")
+            result.problems.append(
+                f"{task}: cannot load the task ({result.sources[task].path}) to recompute its metrics ({error})"
+            )
             continue
         aggregations = task_object.aggregation()
         for metric, reported in run.metrics_of(task).items():
@@ -251,20 +426,21 @@ def _check_metrics(run: RunResults, result: Verification) -> None:
             if metric not in aggregations:
                 result.problems.append(f"{task}: the task has no aggregation for {metric}")
                 continue
+            by_mean = aggregations[metric] is mean and reported.stderr is not None and len(values) > 1
             try:
                 recomputed = float(_aggregate(aggregations[metric], values, task_object))
-            except Exception as error:  # the task's own code failed on its own samples: that is a finding
+                stderr = float(mean_stderr(values)) if by_mean else None
+            except Exception as error:  # the task's own code failed on the bundle's samples: that is a finding
                 result.problems.append(f"{task} {metric}: its aggregation fails on the samples ({error!r})")
                 continue
             if not _close(recomputed, reported.value):
                 result.problems.append(f"{task} {metric}: results {reported.value} != {recomputed} from the samples")
-            by_mean = aggregations[metric] is mean and reported.stderr is not None and len(values) > 1
-            if by_mean and not _close(float(mean_stderr(values)), reported.stderr):
-                result.problems.append(f"{task} {metric}_stderr: results {reported.stderr} != {mean_stderr(values)}")
+            if stderr is not None and not _close(stderr, reported.stderr):
+                result.problems.append(f"{task} {metric}_stderr: results {reported.stderr} != {stderr}")
             result.count("metrics")
         _rescore(task_object, task, samples, result)
     for group, subtasks in groups.items():
-        if group in run.tasks:
+        if group in run.tasks and group in result.sources:
             _check_group(run, group, subtasks, group_configs.get(group), result)
 
 
@@ -311,11 +487,18 @@ def _rescore(task_object: Any, task: str, samples: list[dict[str, Any]], result:
         result.notes.append(f"{task}: documents not available here ({type(error).__name__}); answers not re-scored")
         return
     for line in samples:
-        doc_id = int(line["doc_id"])
+        doc_id = line.get("doc_id")
+        if not isinstance(doc_id, int) or not 0 <= doc_id < len(docs):
+            result.problems.append(f"{task}: doc_id {doc_id!r} is not one of the task's {len(docs)} documents")
+            continue
         doc = docs[doc_id]
         answer = line.get("filtered_resps")
         answer = answer[0] if isinstance(answer, list) else answer
-        scores = _plain(task_object.process_results(doc, [answer]))
+        try:
+            scores = _plain(task_object.process_results(doc, [answer]))
+        except Exception as error:  # the task's own code failed on the bundle's answer: that is a finding
+            result.problems.append(f"{task} doc {doc_id}: its process_results fails on the logged answer ({error!r})")
+            continue
         for metric, value in scores.items():
             if metric in line and _plain(line[metric]) != value:
                 result.problems.append(
@@ -336,15 +519,68 @@ def _check_leaderboard(bundle: Path, run: RunResults, result: Verification) -> N
         return
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    expected = leaderboard_row(run)
+    try:
+        expected = leaderboard_row(run)
+    except ValueError as error:
+        result.problems.append(f"{LEADERBOARD}: the results give no row ({error})")
+        return
     if len(rows) != 1 or rows[0] != expected:
         result.problems.append(f"{LEADERBOARD} row {rows} is not the results' {expected}")
 
 
-def verify(bundle: str | Path) -> Verification:
-    """Check a bundle written by :func:`submit`."""
+def _check_include_paths(bundle: Path, include_paths: Sequence[str | Path]) -> list[Path]:
+    """The verifier's ``--include_path`` folders; none may hold the bundle or lie inside it (TaskManager reads
+    every YAML under them, and a bundle's files are never task definitions)."""
+    folders = []
+    inside = bundle.resolve()
+    for given in include_paths:
+        folder = Path(given)
+        if not folder.is_dir():
+            raise ValueError(f"--include_path={str(given)!r} is not a folder; accepted: a folder of task YAMLs")
+        resolved = folder.resolve()
+        if resolved.is_relative_to(inside) or inside.is_relative_to(resolved):
+            raise ValueError(
+                f"--include_path={str(given)!r} {'lies inside' if resolved.is_relative_to(inside) else 'holds'} the "
+                f"bundle {str(bundle)!r}: verify never runs task code from a bundle; accepted: a folder apart from "
+                "it, with task definitions you have read (copy them out of the bundle and review them first)"
+            )
+        folders.append(folder)
+    return folders
+
+
+def _check_layout(bundle: Path, result: Verification) -> bool:
+    """Plain files only (False, with a problem, for a symbolic link: verify reads nothing through one); a note
+    names each file submit does not write, which verify reads as nothing at all."""
+    links = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_symlink())
+    if links:
+        result.problems.append(f"{links}: symbolic links; a bundle holds plain files (nothing else was checked)")
+        return False
+    extra = sorted(
+        p.relative_to(bundle).as_posix() for p in bundle.rglob("*")
+        if p.is_file() and p.parent != bundle / RESULTS_DIR and p.name not in (*SUBMITTED, MANIFEST)
+    )  # fmt: skip
+    if extra:
+        result.notes.append(f"{extra}: not files submit writes; not read, imported or run (a bundle is data)")
+    return True
+
+
+def verify(bundle: str | Path, include_paths: Sequence[str | Path] = ()) -> Verification:
+    """Check a bundle written by :func:`submit`, recomputing with the task definitions installed here and in
+    ``include_paths`` (the verifier's own ``--include_path`` folders), never with any the bundle carries or names."""
     bundle = Path(bundle)
+    if not bundle.exists():
+        raise ValueError(f"bundle={str(bundle)!r} does not exist; accepted: a folder written by fastav-eval submit")
+    if not bundle.is_dir():
+        raise ValueError(f"bundle={str(bundle)!r} is a file; accepted: a folder written by fastav-eval submit")
+    if not (bundle / MANIFEST).is_file() and not (bundle / RESULTS_DIR).is_dir():
+        raise ValueError(
+            f"bundle={str(bundle)!r} has neither {MANIFEST} nor {RESULTS_DIR}/; accepted: a folder written by "
+            "fastav-eval submit"
+        )
+    includes = [str(folder) for folder in _check_include_paths(bundle, include_paths)]
     result = Verification()
+    if not _check_layout(bundle, result):
+        return result
     _check_manifest(bundle, result)
     try:
         run = _single_run(bundle / RESULTS_DIR)
@@ -355,14 +591,21 @@ def verify(bundle: str | Path) -> Verification:
         profile = bundle / "profile.json"
         if run.record.profile and profile.is_file() and file_sha256(profile) != run.record.profile["sha256"]:
             result.problems.append("profile.json's sha256 is not the run record's profile.sha256")
-        config = json.loads((bundle / "config.json").read_text()) if (bundle / "config.json").is_file() else {}
+        try:
+            config = read_json(bundle / "config.json", "config") if (bundle / "config.json").is_file() else {}
+        except ValueError as error:
+            result.problems.append(str(error))
+            config = {}
+        config = config if isinstance(config, dict) else {}
         hashes = {config.get("pruning_hash"), canonical_hash(config.get("pruning"))}
         if hashes != {run.record.pruning_hash}:
             result.problems.append("config.json's pruning settings are not the run record's (pruning_hash differs)")
     try:
-        _check_flops(run, result)
-        _check_metrics(run, result)
-    except ValueError as error:  # a malformed sample record
-        result.problems.append(str(error))
+        parsed = _parse_bundle_data(run)
+    except ValueError as error:  # malformed data in the bundle: the checks below would only trip over it
+        result.problems.append(f"malformed bundle data ({error}); its FLOPs and metrics were not checked")
+    else:
+        _check_flops(run, parsed, result)
+        _check_metrics(run, result, includes)
     _check_leaderboard(bundle, run, result)
     return result

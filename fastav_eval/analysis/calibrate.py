@@ -99,6 +99,36 @@ class Calibration:
         )
 
 
+SPLIT_WORDS = ("test", "val", "validation", "dev", "train")
+"""Split names a task's data file path may carry (``data/val/avsynth_qa.parquet`` read as lmms-eval's ``test``)."""
+
+
+def evaluated_split(task: Any) -> str:
+    """The split an lmms-eval task evaluates: its ``test_split`` (else ``validation_split``), or the split word a
+    local data file for it is filed under (``data/val/...``: AV-Synth's val tasks read val files as ``test``)."""
+    config = task.config
+    split = config.test_split or config.validation_split or ""
+    files = (config.dataset_kwargs or {}).get("data_files")
+    source = files.get(split) if isinstance(files, dict) else None
+    if isinstance(source, str):
+        words = [part.lower() for part in (*Path(source).parent.parts, Path(source).stem.split("_")[-1])]
+        filed = [word for word in words if word in SPLIT_WORDS]
+        if filed:
+            return filed[-1]
+    return str(split)
+
+
+def test_split_warning(tasks: dict[str, Any]) -> str | None:
+    """A warning naming the tasks (name -> lmms-eval task object) that evaluate a test split, or None."""
+    on_test = sorted(name for name, task in tasks.items() if evaluated_split(task) == "test")
+    if not on_test:
+        return None
+    return (
+        f"calibrating on the test split of {on_test}: a profile read off the split you report flatters it; "
+        "calibrate on a val split (AV-Synth: --tasks avsynth_val) and report on test"
+    )
+
+
 def calibration_inputs(
     model: Any, documents: Iterable[TaskDocument]
 ) -> Iterable[tuple[TaskDocument, dict[str, Any], ModalityLayout]]:
@@ -128,6 +158,10 @@ def calibrate(
     """
     if model.prune != "none":
         raise ValueError(f"calibration needs the unpruned model; got prune={model.prune!r} (build it with prune=none)")
+    if not isinstance(alpha, int | float) or not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha={alpha!r}; accepted: a number in (0, 1] (the attention's weight against the residual)")
+    if not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins={bins!r}; accepted: an int >= 1")
     model.runner.close()
     decoder = model.adapter.decoder
     text_model = find_text_model(decoder)
@@ -215,6 +249,12 @@ def choose_profile(
     """The profile from ``mass`` (default 0.9) or from ``target_flops``, never both."""
     if mass is not None and target_flops is not None:
         raise ValueError("give mass or target_flops, not both")
+    if mass is not None and not 0.0 < mass <= 1.0:
+        raise ValueError(f"mass={mass!r}; accepted: a number in (0, 1] (the share of rollout mass the prefix holds)")
+    if target_flops is not None and not 0.0 < target_flops <= 100.0:
+        raise ValueError(f"target_flops={target_flops!r}; accepted: a number in (0, 100] (% of the unpruned FLOPs)")
+    if not 0.0 <= fine_ratio < 1.0:
+        raise ValueError(f"fine_ratio={fine_ratio!r}; accepted: a number in [0, 1)")
     if target_flops is not None:
         return profile_for_target(calibration.curves, calibration.layouts, calibration.shape, target_flops, fine_ratio)
     return calibration.curves.profile(0.9 if mass is None else mass)

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fastav_eval.analysis.results import RunResults, mean_and_interval
+from fastav_eval.analysis.results import COSTS_FROM_RECORD, COSTS_UNKNOWN, RunResults, mean_and_interval
+
+NOT_LOGGED = "no samples file (lmms-eval ran without --log_samples)"
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def score(run: RunResults, tasks: list[str], baseline: RunResults | None, metric
     """The Pareto plot's y: ``task/metric`` if given; else each task's primary metric relative to the unpruned
     run (100 = kept), averaged over tasks (lower-is-better metrics inverted), or their plain mean without one."""
     if metric is not None:
-        task, name = metric.split("/", 1)
+        task, name = metric.split("/", 1)  # checked by check_metric
         return run.metrics_of(task)[name].value
     values = []
     for task in tasks:
@@ -81,6 +83,23 @@ def score(run: RunResults, tasks: list[str], baseline: RunResults | None, metric
             ratio = reference / value if value else 1.0
         values.append(100 * ratio)
     return sum(values) / len(values)
+
+
+def check_metric(runs: list[RunResults], metric: str) -> None:
+    """``--metric`` must be ``TASK/METRIC`` with a metric every run reports for that task."""
+    tasks = shared_tasks(runs)
+    accepted = sorted(
+        f"{task}/{name}" for task in tasks for name in runs[0].metrics_of(task)
+        if all(name in run.metrics_of(task) for run in runs)
+    )  # fmt: skip
+    if metric not in accepted:
+        raise ValueError(f"--metric={metric!r}; accepted: TASK/METRIC, one of {accepted}")
+
+
+def numeric_settings(runs: list[RunResults]) -> list[str]:
+    """The pruning settings with a number in some run's resolved config (what ``--x-axis`` accepts)."""
+    return sorted({name for run in runs for name in (run.record.pruning if run.record else {})
+                   if pruning_value(run, name) is not None})  # fmt: skip
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -126,12 +145,36 @@ def _provenance_row(run: RunResults) -> str:
     ])  # fmt: skip
 
 
+def _why_not_paired(run: RunResults, baseline: RunResults, task: str) -> str:
+    """Why the two runs cannot be paired on ``task`` (a group: on any of its subtasks); "" when they can."""
+    subtasks = run.groups.get(task) or baseline.groups.get(task) or [task]
+    missing = [other.name for other in (run, baseline) if set(subtasks) & set(other.missing_samples)]
+    return f"not paired: {', '.join(missing)} has {NOT_LOGGED}" if missing else ""
+
+
+def _group_row(run: RunResults, baseline: RunResults, group: str, metric: str) -> str:
+    """A group has no samples of its own: the difference of its reported values (corpus), over the documents
+    both runs answered in its subtasks (each subtask's paired row is in the same table)."""
+    subtasks = run.groups.get(group) or baseline.groups.get(group) or []
+    documents = sum(len(set(run.document_keys(task)) & set(baseline.document_keys(task))) for task in subtasks)
+    corpus = run.metrics_of(group)[metric].value - baseline.metrics_of(group)[metric].value
+    cells = [f"{corpus:+.4f} (corpus)", f"a group: its subtasks {subtasks} are paired"]
+    return _row([run.name, run.label(), group, metric, str(documents), *cells])
+
+
 def _paired_rows(runs: list[RunResults], baseline: RunResults, tasks: list[str], primary: dict[str, str]) -> list[str]:
     rows = []
     for run in runs:
         if run is baseline:
             continue
         for task in tasks:
+            unpaired = _why_not_paired(run, baseline, task)
+            if unpaired:
+                rows.append(_row([run.name, run.label(), task, primary[task], "0", "", unpaired]))
+                continue
+            if task in run.groups or task in baseline.groups:
+                rows.append(_group_row(run, baseline, task, primary[task]))
+                continue
             diff = paired_difference(run, baseline, task, primary[task])
             if diff.mean is None:
                 cells = [f"{diff.corpus_difference:+.4f} (corpus)", "no per-sample scores"]
@@ -148,7 +191,8 @@ def _paired_section(title: str, runs: list[RunResults], against: RunResults, tas
         f"## {title} ({against.name}), paired on the same documents",
         "",
         f"Δ = run − {against.name}, mean over documents, with its 95% t interval over the per-sample differences. "
-        "A corpus metric (no per-sample score) shows the difference of the corpus values only.",
+        "A corpus metric (no per-sample score), or a group (its subtasks are paired on their own rows), shows the "
+        "difference of the corpus values only.",
         "",
         _row(["run", "setting", "task", "metric", "documents", "Δ", "95% CI"]),
         "|---|---|---|---|---|---|---|",
@@ -176,13 +220,30 @@ def markdown(
     header = ["run", "setting", *(f"{task} {primary[task]}" for task in tasks), "rel. FLOPs %", "prefill ms",
               "peak MB", "video kept/layer", "audio kept/layer", "failed"]  # fmt: skip
     lines += [_row(header), "|" + "---|" * len(header)]
+    footnotes = []
     for run in runs:
         cost = run.costs
+        mark = ""
+        if run.costs_source == COSTS_FROM_RECORD:
+            mark = " †"
+            footnotes.append(
+                f"† {run.name}: {NOT_LOGGED} for {run.missing_samples}: its costs are the run record's means "
+                f"({run.record.date}_fastav.json), written by the wrapper, not recomputed here from per-sample "
+                "records; it has no paired differences on those tasks."
+            )
+        elif run.costs_source == COSTS_UNKNOWN:
+            mark = " ‡"
+            footnotes.append(f"‡ {run.name}: no FastAV run record (not a FastAV wrapper's run): costs unknown, "
+                             "not plotted.")  # fmt: skip
+        failed = cost.get("failed")
         lines.append(_row([
-            run.name, run.label(), *(_metric_cell(run, task, primary[task]) for task in tasks),
+            run.name + mark, run.label(), *(_metric_cell(run, task, primary[task]) for task in tasks),
             _cell(cost.get("relative_flops")), _cell(cost.get("prefill_ms")), _cell(cost.get("peak_memory_mb"), 0),
-            _cell(cost.get("video_kept_mean"), 1), _cell(cost.get("audio_kept_mean"), 1), str(int(cost["failed"])),
+            _cell(cost.get("video_kept_mean"), 1), _cell(cost.get("audio_kept_mean"), 1),
+            "" if failed is None else str(int(failed)),
         ]))  # fmt: skip
+    if footnotes:
+        lines += ["", *footnotes]
     if baseline is not None:
         lines += _paired_section("Against the unpruned run", runs, baseline, tasks, primary)
     if reference is not None and reference is not baseline:
@@ -191,22 +252,34 @@ def markdown(
     header = ["run", "model", "config hash", "profile sha256", "weights", "fastav-eval", "torch", "transformers",
               "lmms-eval", "device", "dtype", "seeds"]  # fmt: skip
     lines += ["", "## Provenance", "", _row(header), "|" + "---|" * len(header), *map(_provenance_row, runs)]
-    if plot:
+    unplotted = [run.name for run in runs if "relative_flops" not in run.costs]
+    if plot or unplotted:
         y = metric or ("mean primary metric, % of unpruned" if baseline is not None else "mean primary metric")
-        lines += ["", "## Accuracy against FLOPs", "", f"y: {y}; the dashed line is the Pareto front.", "",
-                  f"![pareto]({plot})"]  # fmt: skip
+        lines += ["", "## Accuracy against FLOPs", ""]
+        if plot:
+            lines += [f"y: {y}; the dashed line is the Pareto front.", "", f"![pareto]({plot})"]
+        if unplotted:
+            lines += ["", f"Not plotted (no relative FLOPs: no FastAV run record, or no answered sample): {unplotted}."]
     return "\n".join(lines) + "\n"
 
 
-def select(runs: list[RunResults], names: list[str]) -> list[RunResults]:
-    """The runs named ``names`` (sweep names or ``folder/date``), in that order; an unknown name is an error."""
+def select(runs: list[RunResults], names: list[str], option: str = "--only") -> list[RunResults]:
+    """The runs named ``names`` (sweep names or ``folder/date``), in that order; an unknown, repeated or ambiguous
+    name is an error naming ``option`` (the command-line option that gave the names)."""
     by_name = {run.name: run for run in runs}
+    given = ",".join(names)
     ambiguous = sorted({run.name for run in runs if sum(other.name == run.name for other in runs) > 1} & set(names))
     if ambiguous:
-        raise ValueError(f"--only {ambiguous}: several runs have that name (several sweeps?); report one folder")
+        raise ValueError(
+            f"{option}={given!r}: several runs are named {ambiguous} (several sweeps?); accepted: a name only one "
+            "run has (report one sweep's folder)"
+        )
     missing = [name for name in names if name not in by_name]
     if missing:
-        raise ValueError(f"--only {missing}: no such run; accepted: {sorted(by_name)}")
+        raise ValueError(f"{option}={given!r}: no such run: {missing}; accepted: {sorted(by_name)}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{option}={given!r}: {repeated} named more than once; accepted: each run once")
     return [by_name[name] for name in names]
 
 
@@ -227,31 +300,58 @@ def write_report(
 ) -> dict[str, Path]:
     """``<out>/report.md`` and ``<out>/pareto.png`` (and ``<out>/by_<x_axis>.png``: score and FLOPs against a
     pruning setting such as ``global_layer``, the unpruned run as a reference line). ``reference``: a run's name;
-    every other run is also paired against it (e.g. a setting against FastAV's defaults)."""
+    every other run is also paired against it (e.g. a setting against FastAV's defaults).
+
+    Every option is checked before anything is written. A run without samples files is shown with its run
+    record's costs, marked † (table and plot), and is not paired; a run without a FastAV run record has no FLOPs
+    figure and is not plotted (report.md says so); no cost is ever assumed."""
     from fastav_eval.plots import plot_against_setting, plot_pareto
 
+    if not runs:
+        raise ValueError("no runs to report")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out={str(out)!r} is a file; accepted: a folder (new or existing)")
+    tasks = shared_tasks(runs)
+    if metric is not None:
+        check_metric(runs, metric)
+    if x_axis is not None and x_axis not in numeric_settings(runs):
+        raise ValueError(
+            f"--x-axis={x_axis!r}: no run has a number for it in its pruning config; accepted: {numeric_settings(runs)}"
+        )
+    against = select(runs, [reference], "--reference")[0] if reference is not None else None
+    baseline = find_baseline(runs)
+    scores = [score(run, tasks, baseline, metric) for run in runs]
+    shown = [i for i, run in enumerate(runs) if "relative_flops" in run.costs]  # never a made-up FLOPs figure
+    points = [(runs[i].costs["relative_flops"], scores[i]) for i in shown]
+    labels = [
+        (runs[i].name if "/" not in runs[i].name else runs[i].label())  # a sweep's names are short
+        + (" †" if runs[i].costs_source == COSTS_FROM_RECORD else "")  # as in the table: the run record's FLOPs
+        for i in shown
+    ]
+    ylabel = metric or ("mean primary metric (% of unpruned)" if baseline is not None else "mean primary metric")
+    swept = []
+    if x_axis is not None:
+        swept = sorted(
+            (x, point) for x, point in ((pruning_value(runs[i], x_axis), p) for i, p in zip(shown, points, strict=True))
+            if x is not None
+        )  # fmt: skip
+        if not swept:
+            raise ValueError(f"--x-axis={x_axis!r}: no run with a number for it has a relative FLOPs figure")
+    text = markdown(runs, "pareto.png" if points else None, metric, against)  # fails before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = shared_tasks(runs)
-    baseline = find_baseline(runs)
-    points = [(run.costs.get("relative_flops", 100.0), score(run, tasks, baseline, metric)) for run in runs]
-    labels = [run.name if "/" not in run.name else run.label() for run in runs]  # a sweep's names are short
-    ylabel = metric or ("mean primary metric (% of unpruned)" if baseline is not None else "mean primary metric")
-    plot = plot_pareto(
-        points, labels, pareto_front(points), [run is baseline for run in runs], ylabel, out / "pareto.png"
-    )
-    written = {"plot": plot}
-    if x_axis is not None:
-        swept = [(pruning_value(run, x_axis), point) for run, point in zip(runs, points, strict=True)]
-        swept = sorted((x, point) for x, point in swept if x is not None)
-        if not swept:
-            raise ValueError(f"--x-axis {x_axis!r}: no run has a numeric {x_axis} in its pruning config")
-        baseline_point = points[runs.index(baseline)] if baseline is not None else None
+    written: dict[str, Path] = {}
+    if points:
+        written["plot"] = plot_pareto(
+            points, labels, pareto_front(points), [runs[i] is baseline for i in shown], ylabel, out / "pareto.png"
+        )
+    if swept:
+        where = runs.index(baseline) if baseline is not None else None
+        baseline_point = points[shown.index(where)] if where in shown else None
         written["by_setting"] = plot_against_setting(
             [x for x, _ in swept], [p for _, p in swept], baseline_point, x_axis, ylabel, out / f"by_{x_axis}.png"
         )
     report = out / "report.md"
-    text = markdown(runs, plot.name, metric, select(runs, [reference])[0] if reference else None)
     if "by_setting" in written:
         text += f"\n![by {x_axis}]({written['by_setting'].name})\n"
     report.write_text(text)

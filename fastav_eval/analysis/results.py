@@ -21,6 +21,12 @@ from fastav_eval.records import RunRecord, SampleRecord, means, read_json, run_r
 STDERR_MARK = "_stderr"
 SWEEP_RUN_FILE = "run.json"
 """What ``fastav-eval sweep`` writes in each run's folder (its name, spec and status)."""
+COSTS_FROM_SAMPLES = "samples files"
+COSTS_FROM_RECORD = "run record"
+COSTS_UNKNOWN = "unknown"
+COSTS_SOURCES = (COSTS_FROM_SAMPLES, COSTS_FROM_RECORD, COSTS_UNKNOWN)
+"""Where a run's mean costs come from: its per-sample records; the run record's means (no samples files); nowhere
+(no FastAV run record)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,42 @@ class Metric:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _malformed(where: str, value: Any, accepted: str) -> ValueError:
+    text = repr(value)
+    return ValueError(f"{where}={text if len(text) <= 80 else text[:77] + '...'}; accepted: {accepted}")
+
+
+TASK_OBJECTS = ("results", "groups", "configs", "higher_is_better", "n-samples")
+"""The results JSON's entries that map each task (or group) to an object."""
+
+
+def _check_results_layout(path: Path, results: dict[str, Any]) -> None:
+    """The parts of an lmms-eval results JSON that are read here have lmms-eval's shapes (a ValueError naming the
+    entry, its value and what is accepted otherwise), so that nothing downstream trips over a hand-edited file."""
+    for key in TASK_OBJECTS:
+        if key not in results:
+            continue
+        value = results[key]
+        if not isinstance(value, dict):
+            raise _malformed(f"{path.name} {key}", value, "an object of task -> object")
+        for task, entry in value.items():
+            if not isinstance(entry, dict):
+                raise _malformed(f"{path.name} {key}.{task}", entry, "an object")
+    subtasks = results.get("group_subtasks", {})
+    if not isinstance(subtasks, dict):
+        raise _malformed(f"{path.name} group_subtasks", subtasks, "an object of group -> list of task names")
+    for group, names in subtasks.items():
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise _malformed(f"{path.name} group_subtasks.{group}", names, "a list of task names")
+    config = results.get("config", {})
+    if not isinstance(config, dict):
+        raise _malformed(f"{path.name} config", config, "an object")
+    if not isinstance(config.get("resolved_cli_args", {}), dict):
+        raise _malformed(f"{path.name} config.resolved_cli_args", config["resolved_cli_args"], "an object")
+    if not isinstance(results.get("throughput", {}), dict):
+        raise _malformed(f"{path.name} throughput", results["throughput"], "an object")
 
 
 @dataclass
@@ -57,6 +99,7 @@ class RunResults:
         results = read_json(path, "lmms-eval results")
         if not isinstance(results, dict) or "results" not in results:
             raise ValueError(f"{str(path)!r} has no 'results': not an lmms-eval results JSON")
+        _check_results_layout(path, results)
         prefix = path.name.removesuffix("_results.json")
         samples = {}
         for samples_path in sorted(path.parent.glob(f"{prefix}_samples_*.jsonl")):
@@ -66,9 +109,12 @@ class RunResults:
                 if not line.strip():
                     continue
                 try:
-                    samples[task].append(json.loads(line))
+                    sample = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{samples_path.name}: line {number} is not JSON ({error.msg})") from error
+                if not isinstance(sample, dict):
+                    raise _malformed(f"{samples_path.name} line {number}", sample, "a JSON object (one sample)")
+                samples[task].append(sample)
         record_path = run_record_path(path)
         record = RunRecord.load(record_path) if record_path.is_file() else None
         return cls(path, results, samples, record)
@@ -133,10 +179,42 @@ class RunResults:
             return []
         return [record for task in sorted(self.samples) for record in self.sample_records(task)]
 
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        """group -> its subtasks, for the groups lmms-eval ran (a task run alone is listed with no subtasks)."""
+        listed = self.results.get("group_subtasks") or {}
+        return {name: list(subtasks) for name, subtasks in listed.items() if subtasks}
+
+    def samples_file(self, task: str) -> Path:
+        """Where lmms-eval's ``--log_samples`` writes ``task``'s samples, beside the results JSON."""
+        return self.path.with_name(f"{self.path.name.removesuffix('_results.json')}_samples_{task}.jsonl")
+
+    @property
+    def missing_samples(self) -> list[str]:
+        """The tasks with metrics (groups aside) that have no samples file: lmms-eval ran without
+        ``--log_samples``, so their scores and FLOPs cannot be recomputed or paired."""
+        groups = self.groups
+        return [task for task in self.tasks if task not in groups and task not in self.samples]
+
     @functools.cached_property
     def costs(self) -> dict[str, float]:
-        """:func:`~fastav_eval.records.means` over every sample record (read once: report and CSV both use it)."""
-        return means(self.all_sample_records())
+        """Mean costs of the run (read once: report and CSV both use it), from :attr:`costs_source`: the
+        :func:`~fastav_eval.records.means` over every sample record; for a run without samples files, the run
+        record's ``overall`` means (what the wrapper computed from the same records); none without a run record
+        (another model's run: its FLOPs are unknown, never assumed)."""
+        source = self.costs_source
+        if source == COSTS_FROM_SAMPLES:
+            return means(self.all_sample_records())
+        if source == COSTS_FROM_RECORD:
+            return dict(self.record.overall)
+        return {}
+
+    @property
+    def costs_source(self) -> str:
+        """One of :data:`COSTS_SOURCES`: where :attr:`costs` come from."""
+        if self.record is None:
+            return COSTS_UNKNOWN
+        return COSTS_FROM_RECORD if self.missing_samples else COSTS_FROM_SAMPLES
 
     def per_sample_scores(self, task: str, metric: str) -> dict[int, float] | None:
         """doc_id -> the sample's numeric score for ``metric``; None when the metric has no per-sample number

@@ -13,6 +13,7 @@ grid; ``--launcher`` runs each lmms-eval under ``accelerate launch`` or ``torchr
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shlex
@@ -23,14 +24,26 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from fastav_eval.analysis.results import SWEEP_RUN_FILE as RUN_FILE
-from fastav_eval.lmms.model_args import ENGINE_ARGS
+from fastav_eval.analysis.tasks import model_class
+from fastav_eval.lmms.model_args import (
+    ENGINE_ARGS,
+    arg_kinds,
+    join_model_args,
+    parse_model_args,
+    split_items,
+    wrapper_settings,
+)
+from fastav_eval.pruning import PruningConfig, PruningProfile
 from fastav_eval.pruning.config import FINE_RULES, GLOBAL_RULES
 from fastav_eval.records import canonical_hash
+
+if TYPE_CHECKING:
+    from fastav_eval.models.base import ModelAdapter
 
 INDEX_FILE = "sweep.json"
 DEFAULT_AXES: dict[str, list[str]] = {
@@ -42,17 +55,6 @@ DEFAULT_AXES: dict[str, list[str]] = {
 model's depth: give ``--vary global_layer=1,2,...``)."""
 AXES = ("global_rule", "global_layer", "fine_rule", "fine_ratio", "sink_tokens", "video_keep", "audio_keep",
         "video_keep_chunks", "audio_keep_chunks", "seed")  # fmt: skip
-
-
-def parse_args_string(text: str) -> dict[str, str]:
-    """``a=1,b=x`` -> ``{"a": "1", "b": "x"}`` (lmms-eval's ``--model_args`` syntax); a bare key is an error."""
-    args: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        if "=" not in item:
-            raise ValueError(f"--model_args item {item!r} is not key=value")
-        key, value = item.split("=", 1)
-        args[key.strip()] = value.strip()
-    return args
 
 
 def parse_vary(items: Sequence[str]) -> dict[str, list[str]]:
@@ -99,10 +101,18 @@ def build_grid(
     seed: str = "0,1234,1234,1234",
     baseline: bool = True,
 ) -> list[SweepRun]:
-    """The base run, each axis value on its own, and (``baseline``) the unpruned run; duplicates appear once."""
-    base = parse_args_string(base_args)
-    if base.get("prune", "fastav") != "fastav":
-        raise ValueError(f"--model_args prune={base['prune']!r}: the sweep's base is a FastAV setting (prune=fastav)")
+    """The base run, each axis value on its own, and (``baseline``) the unpruned run; duplicates appear once.
+
+    Every grid point is checked as its wrapper would check it before loading (:func:`check_point`), so a bad base
+    key, axis value or a global layer the profile cannot serve stops the sweep before any run starts; all bad points
+    are named at once.
+    """
+    adapter_class = model_class(model).adapter_class
+    parse_model_args(base_args, arg_kinds(adapter_class))  # types, duplicates, unknown keys, conflicts
+    base = dict(split_items(base_args))
+    if base.get("prune", "fastav") != "fastav" or "policy" in base:
+        given = f"prune={base['prune']!r}" if "prune" in base else f"policy={base['policy']!r}"
+        raise ValueError(f"--model_args {given}: the sweep's base is a FastAV setting (prune=fastav, no policy=)")
     points: list[tuple[str, dict[str, str]]] = [("base", {**base, "prune": "fastav"})]
     for axis, values in axes.items():
         for value in values:
@@ -111,29 +121,93 @@ def build_grid(
         unpruned = {key: value for key, value in base.items() if key not in ENGINE_ARGS}
         points.append(("unpruned", {**unpruned, "prune": "none"}))
     runs: dict[str, SweepRun] = {}
+    problems = []
     for name, args in points:
-        model_args = ",".join(f"{key}={value}" for key, value in args.items())
+        try:
+            pruning = check_point(adapter_class, args)
+        except ValueError as error:
+            problems.append(f"{name}: {error}")
+            continue
         others = {key: value for key, value in args.items() if key not in ENGINE_ARGS}
-        spec = {"model": model, "model_args": dict(sorted(others.items())), "pruning": resolved_pruning(model, args),
+        spec = {"model": model, "model_args": dict(sorted(others.items())), "pruning": pruning,
                 "tasks": tasks, "limit": limit, "gen_kwargs": gen_kwargs, "seed": seed}  # fmt: skip
-        run = SweepRun(name, model_args, spec)
+        run = SweepRun(name, join_model_args(args), spec)
         runs.setdefault(run.hash, run)  # "fine_ratio=0.2" is the base itself when the base's ratio is 0.2
+    if problems:
+        hint = (
+            "\n(a profile calibrated for one global layer serves only that layer: vary global_layer with a keep not "
+            "bound to one layer, e.g. --model_args video_keep=0.25,audio_keep=0.25)"
+            if any(problem.startswith("global_layer=") and "profile.global_layer" in problem for problem in problems)
+            else ""
+        )
+        raise ValueError(
+            f"{len(problems)} of {len(points)} grid points would fail (nothing was run):\n  "
+            + "\n  ".join(problems)
+            + hint
+        )
     return list(runs.values())
 
 
-def resolved_pruning(model: str, args: dict[str, str]) -> dict[str, Any]:
-    """The engine config ``args`` give ``model`` (its shipped profile read in full), as the run record has it
-    (``global_layer`` None means half the depth): equal settings written differently are one run."""
+def decoder_depth(adapter_class: type[ModelAdapter], pretrained: str | None, config: PruningConfig) -> int | None:
+    """The decoder's depth without loading it: the adapter's ``decoder_depth(pretrained)`` where it has one, else
+    what the run's profile or the model's shipped profile records (None when nothing says it)."""
+    hook = getattr(adapter_class, "decoder_depth", None)
+    if callable(hook):
+        depth = hook(pretrained)
+        if depth is not None:
+            return int(depth)
+    if isinstance(config.profile, PruningProfile) and config.profile.num_layers is not None:
+        return config.profile.num_layers
+    default = adapter_class.default_profile(pretrained)
+    return PruningProfile.load(default).num_layers if default is not None else None
+
+
+def check_point(adapter_class: type[ModelAdapter], args: dict[str, str]) -> dict[str, Any]:
+    """One grid point's ``--model_args`` through the wrapper's own checks (:func:`wrapper_settings`), its engine
+    config resolved against the decoder's depth where that is known without loading; returns the config as the run
+    record has it (``global_layer`` None means half the depth): equal settings written differently are one run."""
+    settings = wrapper_settings(adapter_class, args)
+    depth = decoder_depth(adapter_class, settings.pretrained, settings.config)
+    if depth is not None:
+        settings.config.resolve(depth)
+    return settings.config.to_dict()
+
+
+def check_tasks(model: str, tasks: str, include_path: str | None) -> list[str]:
+    """The task names of ``tasks`` (comma-separated), each checked against lmms-eval's task index as the sweep's
+    runs will see it (lmms-eval's tasks plus ``include_path``, FastAV-Eval's by default); unknown ones are named."""
+    from lmms_eval.tasks import TaskManager
+
+    from fastav_eval.analysis.tasks import quiet_lmms_eval
+    from fastav_eval.cli import tasks_path
+
+    names = [name.strip() for name in tasks.split(",")]
+    if not tasks.strip() or not all(names):
+        raise ValueError(f"--tasks {tasks!r}; accepted: lmms-eval tasks or groups, comma-separated")
+    if include_path is not None and not Path(include_path).is_dir():
+        raise ValueError(f"--include_path {include_path!r} is not a folder")
+    quiet_lmms_eval()
+    known = TaskManager("WARNING", include_path=include_path or str(tasks_path()), model_name=model).all_tasks
+    missing = [name for name in names if not fnmatch.filter(known, name) and not Path(name).is_file()]
+    if missing:
+        where = include_path or f"FastAV-Eval's tasks ({tasks_path()})"
+        raise ValueError(
+            f"--tasks {missing} are not lmms-eval tasks (lmms-eval's own and {where}); see lmms-eval --tasks list"
+        )
+    return names
+
+
+def check_gen_kwargs(gen_kwargs: str) -> None:
+    """``--gen_kwargs`` as the wrappers read it (greedy decoding only), before any run starts."""
     from lmms_eval.utils import simple_parse_args_string
 
-    from fastav_eval.analysis.tasks import model_class
-    from fastav_eval.lmms.model_args import pruning_config
+    from fastav_eval.lmms.wrapper import greedy_settings
 
-    adapter = model_class(model).adapter_class
-    parsed = simple_parse_args_string(",".join(f"{key}={value}" for key, value in args.items()))
-    engine_args = {key: value for key, value in parsed.items() if key in ENGINE_ARGS}
-    default_profile = adapter.default_profile(parsed.get("pretrained") or adapter.default_pretrained)
-    return pruning_config(str(parsed.get("prune", "fastav")), engine_args, default_profile).to_dict()
+    try:
+        parsed = simple_parse_args_string(gen_kwargs)
+    except ValueError:
+        raise ValueError(f"--gen_kwargs {gen_kwargs!r}; accepted: key=value items separated by commas") from None
+    greedy_settings(parsed)
 
 
 def lmms_eval_command(run: SweepRun, folder: Path, launcher: Sequence[str], include_path: str | None,

@@ -1,125 +1,407 @@
-"""``--model_args`` for every FastAV wrapper: one set of names, validated in one place.
+"""``--model_args`` for every FastAV wrapper and every ``fastav-eval`` command that takes them: one parser, one
+set of names, each key with one declared type, conflicts refused by one table.
 
 The engine's knobs keep the names of :class:`~fastav_eval.pruning.PruningConfig`; ``prune`` switches the engine
-between FastAV and the unpruned baseline, and ``video_keep`` / ``audio_keep`` override one modality of the profile
-(an int keeps the first N tokens, a float in [0, 1] the first fraction); ``video_keep_chunks`` /
-``audio_keep_chunks`` keep the first N chunks instead (Qwen2.5-Omni's 2-s time chunks, a model's frames).
+between FastAV, the unpruned baseline and a hand-written rule; ``policy`` hands every decision to a saved policy;
+``video_keep`` / ``audio_keep`` override one modality of the profile (an int keeps the first N tokens, a float in
+[0, 1] the first fraction); ``video_keep_chunks`` / ``audio_keep_chunks`` keep the first N chunks instead
+(Qwen2.5-Omni's 2-s time chunks, a model's frames). An adapter's own keys (``senses``, ``fps``, ...) are typed by
+its :class:`~fastav_eval.models.base.AdapterArg` declarations.
+
+Unlike lmms-eval's ``simple_parse_args_string`` (which guesses each value's type, reads ``-1`` as ``-1.0`` and keeps
+the last of two equal keys), :func:`parse_model_args` converts each value by its key's declared kind, refuses a key
+given twice, an unknown key, an empty value and the combinations of :data:`CONFLICTS`.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from fastav_eval.pruning import GLOBAL_RULES, PrefixKeep, PruningConfig, PruningProfile
+from fastav_eval.pruning.scoring import check_attention_kernel
+
+if TYPE_CHECKING:
+    from fastav_eval.models.base import ModelAdapter
 
 PRUNE_MODES = ("fastav", "none", "rule:<name>")
 RULES: dict[str, str] = {"avsynth_senses": "fastav_eval.avsynth.rule:AVSynthSenseRule"}
 """``prune=rule:<name>``: hand-written per-sample choosers (``module:class``, built with no arguments)."""
-ENGINE_ARGS = ("global_layer", "global_rule", "profile", "video_keep", "audio_keep", "video_keep_chunks",
-               "audio_keep_chunks", "fine_ratio", "fine_rule", "sink_tokens", "seed", "policy")  # fmt: skip
 POLICY_LOADER = "fastav_eval.policies.chooser:policy_config"
 """``policy=<path or shipped name>``: a saved learned policy decides each sample (``fastav-eval train-policy``)."""
-WRAPPER_ARGS = ("pretrained", "prune", "attn_implementation", "dtype", "device", "batch_size", "max_batch_size",
-                "on_error")  # fmt: skip
 ON_ERROR = ("raise", "record")
 """``on_error``: a request the model cannot answer (missing or malformed media) stops the run, or is recorded
 as that sample's error (empty answer, ``error`` in the samples file, counted in ``avg_failed``)."""
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RULE_ARGS = ("sink_tokens",)
+"""The engine args ``prune=rule:<name>`` takes (the rule decides everything else)."""
 
 
-def _keep(name: str, value: Any) -> PrefixKeep:
-    accepted = f"{name}={value!r}; accepted: an int N >= 0 (first N tokens) or a float in [0, 1] (first fraction)"
+# ---------------------------------------------------------------------------------------------------- value kinds
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError
+    return value.strip()
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        return value
+    return int(_text(value))  # "-1" -> -1; "1.0", "1e3" are refused
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int | float):
+        return float(value)
+    return float(_text(value))
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return {"true": True, "false": False}[_text(value).lower()]
+
+
+def _at_least(minimum: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        number = _int(value)
+        if number < minimum:
+            raise ValueError
+        return number
+
+    return convert
+
+
+def _layer(value: Any) -> int:
+    number = _int(value)
+    if number < 1 and number != -1:
+        raise ValueError
+    return number
+
+
+def _ratio(value: Any) -> float:
+    number = _float(value)
+    if not 0.0 <= number < 1.0:
+        raise ValueError
+    return number
+
+
+def _keep(value: Any) -> int | float:
+    """An int (first N tokens, N >= 0) or a float in [0, 1] (first fraction); ``"1"`` is one token, ``"1.0"`` all."""
+    if isinstance(value, str):
+        text = _text(value)
+        try:
+            value = int(text)
+        except ValueError:
+            value = float(text)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(accepted)
+        raise ValueError
     if (isinstance(value, int) and value < 0) or (isinstance(value, float) and not 0.0 <= value <= 1.0):
-        raise ValueError(accepted)
-    return PrefixKeep(first_tokens=value) if isinstance(value, int) else PrefixKeep(first_fraction=value)
+        raise ValueError
+    return value
 
 
-def check_known(args: dict[str, Any], accepted: tuple[str, ...]) -> None:
+@dataclass(frozen=True)
+class ArgKind:
+    """How one key's value is read: ``convert`` takes the ``--model_args`` text (or a Python value) and raises a
+    ValueError (or KeyError, TypeError) on anything else; ``accepted`` says what is accepted."""
+
+    accepted: str
+    convert: Callable[[Any], Any]
+
+
+KINDS: dict[str, ArgKind] = {
+    "str": ArgKind("a non-empty string", _text),
+    "int": ArgKind("an int", _int),
+    "int>=0": ArgKind("an int >= 0", _at_least(0)),
+    "int>=1": ArgKind("an int >= 1", _at_least(1)),
+    "float": ArgKind("a number", _float),
+    "ratio": ArgKind("a number in [0, 1)", _ratio),
+    "bool": ArgKind("true or false", _bool),
+    "layer": ArgKind("an int >= 1 (a decoder layer, below the depth) or -1 (the last layer)", _layer),
+    "keep": ArgKind("an int N >= 0 (first N tokens) or a float in [0, 1] (first fraction)", _keep),
+}
+"""Every kind of value a ``--model_args`` key can declare."""
+
+WRAPPER_KINDS: dict[str, str] = {
+    "pretrained": "str",
+    "prune": "str",
+    "attn_implementation": "str",
+    "dtype": "str",
+    "device": "str",
+    "batch_size": "int>=1",
+    "on_error": "str",
+}
+"""The wrapper's own keys (every FastAV wrapper takes them), by kind."""
+ENGINE_KINDS: dict[str, str] = {
+    "global_layer": "layer",
+    "global_rule": "str",
+    "profile": "str",
+    "video_keep": "keep",
+    "audio_keep": "keep",
+    "video_keep_chunks": "int>=0",
+    "audio_keep_chunks": "int>=0",
+    "fine_ratio": "ratio",
+    "fine_rule": "str",
+    "sink_tokens": "int>=0",
+    "seed": "int",
+    "policy": "str",
+}
+"""The engine's keys, by kind (their vocabularies and ranges: :class:`PruningConfig`)."""
+WRAPPER_ARGS = tuple(WRAPPER_KINDS)
+ENGINE_ARGS = tuple(ENGINE_KINDS)
+KEEP_ARGS = ("video_keep", "audio_keep", "video_keep_chunks", "audio_keep_chunks")
+PRUNING_ARGS = tuple(key for key in ENGINE_ARGS if key != "policy")
+ADAPTER_KINDS: dict[type, str] = {str: "str", int: "int", float: "float", bool: "bool"}
+"""An :class:`AdapterArg`'s ``kind`` -> the kind its ``--model_args`` text is read as."""
+
+
+def arg_kinds(adapter_class: type[ModelAdapter] | None) -> dict[str, str]:
+    """Every key a wrapper around ``adapter_class`` accepts -> its kind (None: the wrapper's and engine's only)."""
+    adapter = {} if adapter_class is None else adapter_class.model_args
+    return {**WRAPPER_KINDS, **ENGINE_KINDS, **{name: ADAPTER_KINDS[arg.kind] for name, arg in adapter.items()}}
+
+
+def any_wrapper_kinds() -> dict[str, str]:
+    """Every key some registered FastAV wrapper accepts -> its kind (for a caller that does not know the model yet);
+    a key two adapters declare with different kinds is an error here, since one text could not serve both."""
+    from fastav_eval.lmms.registry import MODELS
+
+    kinds = arg_kinds(None)
+    for path in MODELS.values():
+        module_name, class_name = path.rsplit(".", 1)
+        adapter_class = getattr(importlib.import_module(module_name), class_name).adapter_class
+        for key, kind in arg_kinds(adapter_class).items():
+            if kinds.setdefault(key, kind) != kind:
+                raise ValueError(f"--model_args key {key} is declared as {kinds[key]} and {kind} by two adapters")
+    return kinds
+
+
+# ------------------------------------------------------------------------------------------------------ conflicts
+@dataclass(frozen=True)
+class Conflict:
+    """``key`` given with a value matching ``values`` (an fnmatch pattern, case-insensitive; ``*``: any value)
+    refuses every key of ``refuses`` given with it, because of ``reason``."""
+
+    key: str
+    values: str
+    refuses: tuple[str, ...]
+    reason: str
+
+
+CONFLICTS: tuple[Conflict, ...] = (
+    Conflict("policy", "*", PRUNING_ARGS,
+             "policy= takes no other pruning arguments (the policy was trained under its own)"),
+    Conflict("policy", "*", ("prune",), "policy= is given with prune: a policy decides the pruning, leave prune out"),
+    Conflict("prune", "none", ENGINE_ARGS,
+             "prune=none takes no pruning arguments (the unpruned model reads none; use prune=fastav)"),
+    Conflict("prune", "rule:*", tuple(key for key in ENGINE_ARGS if key not in RULE_ARGS),
+             f"prune=rule:<name> takes only {list(RULE_ARGS)} of the engine args (the rule decides every cut)"),
+    Conflict("global_rule", "none", ("profile", *KEEP_ARGS),
+             "global_rule=none turns the global stage off, so no profile or keep would be read"),
+    Conflict("video_keep", "*", ("video_keep_chunks",), "video_keep and video_keep_chunks both given; give one"),
+    Conflict("audio_keep", "*", ("audio_keep_chunks",), "audio_keep and audio_keep_chunks both given; give one"),
+)  # fmt: skip
+"""Keys that cannot be given together: each would silently drop the other, so both are refused."""
+
+
+def check_conflicts(given: Mapping[str, Any]) -> None:
+    """Raise a ValueError for the first rule of :data:`CONFLICTS` that ``given`` (the keys a user gave) breaks."""
+    for rule in CONFLICTS:
+        if rule.key not in given or not fnmatch.fnmatchcase(str(given[rule.key]).lower(), rule.values):
+            continue
+        clash = sorted(key for key in rule.refuses if key in given and key != rule.key)
+        if clash:
+            shown = ", ".join(f"{key}={given[key]!r}" for key in [rule.key, *clash])
+            raise ValueError(f"{rule.reason}; got {clash} ({shown})")
+
+
+# -------------------------------------------------------------------------------------------------------- parsing
+def split_items(text: str) -> list[tuple[str, str]]:
+    """``a=1,b="x,y"`` -> ``[("a", "1"), ("b", "x,y")]``: commas inside quotes or braces do not split (as in
+    lmms-eval), a value's matching outer quotes are removed; an item without ``=`` or with no key is refused."""
+    items, current, depth, quote = [], [], 0, ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    if quote:
+        raise ValueError(
+            f"--model_args {text!r}: a {quote} quote is not closed; accepted: key=value items separated by commas, "
+            'a value holding a comma or an apostrophe in double quotes (key="...")'
+        )
+    items.append("".join(current))
+    pairs = []
+    for item in (part.strip() for part in items):
+        if not item:
+            continue
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"--model_args item {item!r}; accepted: key=value items separated by commas")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def convert(key: str, value: Any, kind: str) -> Any:
+    """``value`` (text or a Python value) read as ``kind``; a ValueError naming the key, value and what is accepted."""
+    arg_kind = KINDS[kind]
+    try:
+        return arg_kind.convert(value)
+    except (ValueError, KeyError, TypeError):
+        pass
+    shown = value
+    if isinstance(value, str):  # show a number as a number: sink_tokens=-1, not sink_tokens='-1'
+        try:
+            shown = int(value)
+        except ValueError:
+            try:
+                shown = float(value)
+            except ValueError:
+                shown = value
+    raise ValueError(f"{key}={shown!r}; accepted: {arg_kind.accepted}") from None
+
+
+def check_model_args(given: Mapping[str, Any], kinds: Mapping[str, str]) -> dict[str, Any]:
+    """``given`` (key -> text or Python value) with each value read as its key's kind; unknown keys and
+    :data:`CONFLICTS` refused. ``None`` values count as not given."""
+    given = {key: value for key, value in given.items() if value is not None}
+    check_known(given, tuple(kinds))
+    typed = {key: convert(key, value, kinds[key]) for key, value in given.items()}
+    check_conflicts(typed)
+    return typed
+
+
+def parse_model_args(text: str, kinds: Mapping[str, str]) -> dict[str, Any]:
+    """A ``--model_args`` string -> key -> typed value (:func:`check_model_args`); a key given twice is refused."""
+    seen: dict[str, str] = {}
+    for key, value in split_items(text or ""):
+        if key in seen:
+            raise ValueError(
+                f"{key} is given twice in --model_args ({key}={seen[key]} and {key}={value}); give it once"
+            )
+        seen[key] = value
+    return check_model_args(seen, kinds)
+
+
+def join_model_args(args: Mapping[str, Any]) -> str:
+    """The ``--model_args`` string of ``args`` (what :func:`parse_model_args` reads back: a value holding a comma or
+    a brace is quoted, booleans are ``true`` / ``false``)."""
+
+    def text(value: Any) -> str:
+        value = {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else str(value)
+        if any(char in value for char in ",{}[]\"'") and '"' not in value:
+            return f'"{value}"'
+        return value
+
+    return ",".join(f"{key}={text(value)}" for key, value in args.items())
+
+
+# ------------------------------------------------------------------------------------------------- engine configs
+def check_known(args: Mapping[str, Any], accepted: tuple[str, ...], what: str = "--model_args") -> None:
+    """Refuse the keys of ``args`` that ``accepted`` does not hold, naming ``what`` they are."""
     unknown = sorted(set(args) - set(accepted))
     if unknown:
-        raise ValueError(f"unknown --model_args key(s) {unknown}; accepted: {sorted(accepted)}")
+        raise ValueError(f"unknown {what} key(s) {unknown}; accepted: {sorted(accepted)}")
 
 
-def profile_file(prune: str, engine_args: dict[str, Any], default_profile: Path | None) -> Path | None:
-    """The profile JSON a run reads: ``profile=`` if given, else the model's shipped one (none for ``prune=none``)."""
-    if prune != "fastav":
+def profile_file(prune: str | None, engine_args: Mapping[str, Any], default_profile: Path | None) -> Path | None:
+    """The profile JSON a run reads: ``profile=`` if given, else the model's shipped one (none unless FastAV)."""
+    if (prune or "fastav") != "fastav" or "policy" in engine_args:
+        return None
+    if str(engine_args.get("global_rule", "")).lower() == "none":  # no global stage reads it
         return None
     return Path(engine_args["profile"]) if engine_args.get("profile") is not None else default_profile
 
 
-RULE_ARGS = ("sink_tokens",)
-
-
-def rule_config(name: str, engine_args: dict[str, Any]) -> PruningConfig:
+def rule_config(name: str, engine_args: Mapping[str, Any]) -> PruningConfig:
     """``prune=rule:<name>``: the named chooser decides every sample's cut (layer, keep set, fine ratio); no global
     rule and no profile. The latest cut it may schedule is the decoder's last layer (``global_layer`` resolves to it).
     """
     if name not in RULES:
         raise ValueError(f"prune=rule:{name}; accepted rules: {sorted(RULES)}")
-    extra = sorted(set(engine_args) - set(RULE_ARGS))
-    if extra:
-        raise ValueError(f"prune=rule:{name} takes only {list(RULE_ARGS)} of the engine args; got {extra}")
     module_name, class_name = RULES[name].split(":")
     chooser = getattr(importlib.import_module(module_name), class_name)()
     return PruningConfig.chosen_by(chooser, **engine_args)
 
 
-def learned_config(prune: str, engine_args: dict[str, Any]) -> PruningConfig:
-    """``policy=<path>``: the saved policy's own config (it was trained under it), so no other engine arg."""
-    if prune not in ("fastav", "policy"):
-        raise ValueError(f"policy= is given with prune={prune!r}; a policy decides the pruning: leave prune out")
-    extra = sorted(set(engine_args) - {"policy"})
-    if extra:
-        raise ValueError(
-            f"policy= takes no other pruning arguments (the policy was trained under its own); got {extra}"
-        )
+def learned_config(engine_args: Mapping[str, Any]) -> PruningConfig:
+    """``policy=<path>``: the saved policy's own config (it was trained under it)."""
     module_name, function = POLICY_LOADER.split(":")
     return getattr(importlib.import_module(module_name), function)(engine_args["policy"])
 
 
-def pruning_config(prune: str, engine_args: dict[str, Any], default_profile: Path | None) -> PruningConfig:
-    """The engine config that ``prune`` and the engine ``--model_args`` describe.
+def _keep_overrides(args: dict[str, Any]) -> dict[str, PrefixKeep]:
+    """Pop ``*_keep`` / ``*_keep_chunks`` from ``args``: modality -> the prefix it keeps."""
+    overrides = {}
+    for name in ("video", "audio"):
+        if f"{name}_keep" in args:
+            value = args.pop(f"{name}_keep")
+            overrides[name] = PrefixKeep(first_tokens=value) if isinstance(value, int) else PrefixKeep(
+                first_fraction=value)  # fmt: skip
+        if f"{name}_keep_chunks" in args:
+            overrides[name] = PrefixKeep(first_chunks=args.pop(f"{name}_keep_chunks"))
+    return overrides
 
-    ``prune=none`` takes no engine args (they would be silently ignored otherwise). With ``prune=fastav`` the
-    profile defaults to the one shipped with the model's weights.
+
+def pruning_config(prune: str | None, engine_args: Mapping[str, Any], default_profile: Path | None) -> PruningConfig:
+    """The engine config that ``prune`` (None: not given, i.e. ``fastav``) and the engine ``--model_args`` describe.
+
+    Values are read by their declared kinds and :data:`CONFLICTS` refused (e.g. ``prune=none`` takes no engine
+    args, which it would otherwise silently ignore). With ``prune=fastav`` the profile defaults to the one shipped
+    with the model's weights.
     """
     check_known(engine_args, ENGINE_ARGS)
-    if "policy" in engine_args:
-        return learned_config(prune, engine_args)
-    if prune.startswith("rule:"):
-        return rule_config(prune.removeprefix("rule:"), engine_args)
-    if prune not in PRUNE_MODES:
+    args = check_model_args({"prune": prune, **engine_args}, {"prune": "str", **ENGINE_KINDS})
+    mode = args.pop("prune", "fastav")
+    if "policy" in args:
+        return learned_config(args)
+    if mode.startswith("rule:"):
+        return rule_config(mode.removeprefix("rule:"), args)
+    if mode not in PRUNE_MODES:
         raise ValueError(
-            f"prune={prune!r}; accepted: fastav, none, rule:<name> with <name> in {sorted(RULES)}; "
+            f"prune={mode!r}; accepted: fastav, none, rule:<name> with <name> in {sorted(RULES)}; "
             "for a learned policy give policy=<path>"
         )
-    if prune == "none":
-        if engine_args:
-            raise ValueError(f"prune=none takes no pruning arguments; got {sorted(engine_args)} (use prune=fastav)")
+    if mode == "none":
         return PruningConfig.off()
-    args = dict(engine_args)
+    profile_path = profile_file(mode, args, default_profile)
     global_rule = args.pop("global_rule", "positional")
-    if isinstance(global_rule, str) and global_rule.lower() == "none":
+    if global_rule.lower() == "none":
         global_rule = None
     if global_rule is not None and global_rule not in GLOBAL_RULES:
         raise ValueError(f"global_rule={global_rule!r}; accepted: {[*GLOBAL_RULES, 'none']}")
     args.pop("profile", None)
-    profile_path = profile_file(prune, engine_args, default_profile)
     profile = PruningProfile.load(profile_path) if profile_path is not None else None
-    overrides = {
-        name: _keep(f"{name}_keep", args.pop(f"{name}_keep")) for name in ("video", "audio") if f"{name}_keep" in args
-    }
-    for name in ("video", "audio"):
-        if f"{name}_keep_chunks" in args:
-            if name in overrides:
-                raise ValueError(f"{name}_keep and {name}_keep_chunks both given; give one of them")
-            chunks = args.pop(f"{name}_keep_chunks")
-            if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 0:
-                raise ValueError(f"{name}_keep_chunks={chunks!r}; accepted: an int N >= 0 (first N chunks)")
-            overrides[name] = PrefixKeep(first_chunks=chunks)
+    overrides = _keep_overrides(args)
+    if "profile" in engine_args and profile is not None and overrides and set(profile.keep) <= set(overrides):
+        raise ValueError(
+            f"profile={engine_args['profile']!r} keeps {sorted(profile.keep)}, and the keeps given "
+            f"({sorted(f'{name}_keep' for name in overrides)}) replace all of them, so the profile would not be read; "
+            "accepted: profile= or a keep for every modality, not both"
+        )
     if overrides:
         base = profile or PruningProfile(keep={})
         keep = {**base.keep, **overrides}
@@ -130,11 +412,67 @@ def pruning_config(prune: str, engine_args: dict[str, Any], default_profile: Pat
             global_layer=base.global_layer if inherited else None,
             source="manual",
         )
-    for name in ("global_layer", "sink_tokens", "seed"):
-        if name in args and (isinstance(args[name], bool) or not isinstance(args[name], int)):
-            raise ValueError(f"{name}={args[name]!r}; accepted: an int")
-    if "fine_ratio" in args and (
-        isinstance(args["fine_ratio"], bool) or not isinstance(args["fine_ratio"], int | float)
-    ):
-        raise ValueError(f"fine_ratio={args['fine_ratio']!r}; accepted: a number in [0, 1)")
     return PruningConfig(global_rule=global_rule, profile=profile, **args)
+
+
+# --------------------------------------------------------------------------------------------- a wrapper's settings
+@dataclass(frozen=True)
+class WrapperSettings:
+    """What a wrapper's ``--model_args`` resolve to, checked before any weight is loaded.
+
+    Attributes:
+        given: every key the user gave, typed (what the run record's ``model_args`` lists).
+        pretrained, dtype, device, attn_implementation, batch_size, on_error: the wrapper's settings, defaults
+            filled (``device`` None: cuda if present).
+        prune: ``fastav``, ``none``, ``rule:<name>`` or ``policy``.
+        config: the engine config (not yet resolved against the decoder's depth).
+        profile_file: the profile JSON the run reads, if any.
+        adapter_args: the adapter's own keys, as given.
+    """
+
+    given: dict[str, Any]
+    pretrained: str | None
+    dtype: str
+    device: str | None
+    attn_implementation: str
+    batch_size: int
+    on_error: str
+    prune: str
+    config: PruningConfig
+    profile_file: Path | None
+    adapter_args: dict[str, Any]
+
+
+def wrapper_settings(adapter_class: type[ModelAdapter], model_args: Mapping[str, Any]) -> WrapperSettings:
+    """Every check a FastAV wrapper makes before loading: types, unknown keys, conflicts, vocabularies, the adapter's
+    own keys, the attention kernel, the engine config and its profile (``fastav-eval sweep`` runs it per grid point).
+    """
+    given = check_model_args(model_args, arg_kinds(adapter_class))
+    dtype = given.get("dtype", adapter_class.default_dtype)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}; accepted: {list(DTYPES)}")
+    on_error = given.get("on_error", "raise")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error={on_error!r}; accepted: {list(ON_ERROR)}")
+    attn_implementation = given.get("attn_implementation", "sdpa")
+    check_attention_kernel(attn_implementation, adapter_class.attn_implementations)
+    adapter_args = {key: value for key, value in given.items() if key in adapter_class.model_args}
+    adapter_class.check_model_args(adapter_args)
+    pretrained = given.get("pretrained") or adapter_class.default_pretrained
+    default_profile = adapter_class.default_profile(pretrained)
+    engine_args = {key: value for key, value in given.items() if key in ENGINE_ARGS}
+    config = pruning_config(given.get("prune"), engine_args, default_profile)
+    prune = "policy" if "policy" in given else given.get("prune", "fastav")
+    return WrapperSettings(
+        given=given,
+        pretrained=pretrained,
+        dtype=dtype,
+        device=given.get("device"),
+        attn_implementation=attn_implementation,
+        batch_size=given.get("batch_size", 1),
+        on_error=on_error,
+        prune=prune,
+        config=config,
+        profile_file=profile_file(prune, engine_args, default_profile),
+        adapter_args=adapter_args,
+    )

@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 
 import lmms_eval
 import torch
-from lmms_eval import utils as lmms_utils
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils import gen_metrics
@@ -28,25 +27,28 @@ from tqdm import tqdm
 
 from fastav_eval.evaluation import PrunedRunner
 from fastav_eval.lmms.model_args import (
-    ENGINE_ARGS,
-    ON_ERROR,
-    WRAPPER_ARGS,
+    DTYPES,
+    KEEP_ARGS,
+    arg_kinds,
     check_known,
-    profile_file,
-    pruning_config,
+    convert,
+    join_model_args,
+    parse_model_args,
+    wrapper_settings,
 )
 from fastav_eval.lmms.registry import MODELS
 from fastav_eval.lmms.run_record import find_evaluation
 from fastav_eval.models.base import ModelAdapter, Request, SampleError
 from fastav_eval.provenance import device_info, profile_identity, versions, weights_identity
 from fastav_eval.pruning import SampleInfo, find_text_model
-from fastav_eval.pruning.scoring import check_attention_kernel
 from fastav_eval.records import RunRecord, SampleRecord, canonical_hash, means
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GREEDY_KWARGS = ("max_new_tokens", "temperature", "do_sample", "until", "top_p", "num_beams")
 CLI_DEFAULTS = {"batch_size": 1}
 """Values lmms-eval passes for options the user did not give (``--batch_size`` defaults to 1)."""
+CLI_KEYS = ("batch_size", "device")
+"""lmms-eval's own options a wrapper takes (``additional_config``); its ``--max_batch_size`` only serves
+``--batch_size auto``, which the wrappers do not take."""
 
 # Per-sample figures go to lmms-eval's throughput summary without its one INFO line per sample (``log_metrics``
 # logs each call); the wrapper logs one summary per run instead. A private function, so check it is there.
@@ -85,6 +87,70 @@ def throughput_entry(record: SampleRecord, task: str, elapsed: float, batch: int
             "additional_metrics": extra}  # fmt: skip
 
 
+def greedy_settings(gen_kwargs: dict[str, Any]) -> tuple[int, list[str]]:
+    """A task's (or ``--gen_kwargs``') generation settings -> ``(max_new_tokens, stop strings)``; sampling, beams
+    and unknown keys are refused: the wrappers decode greedily."""
+    check_known(gen_kwargs, GREEDY_KWARGS, "generation_kwargs")
+    try:
+        sampling = bool(gen_kwargs.get("do_sample")) or float(gen_kwargs.get("temperature") or 0) > 0
+        beams, max_new_tokens = int(gen_kwargs.get("num_beams", 1)), int(gen_kwargs.get("max_new_tokens", 32))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"generation_kwargs {gen_kwargs}; accepted: temperature a number, num_beams and max_new_tokens ints"
+        ) from None
+    if sampling:
+        raise ValueError(
+            f"generation_kwargs {gen_kwargs}: FastAV wrappers decode greedily (do_sample=false, temperature=0)"
+        )
+    if beams != 1:
+        raise ValueError(f"generation_kwargs num_beams={gen_kwargs['num_beams']!r}; accepted: 1")
+    if max_new_tokens < 1:
+        raise ValueError(f"generation_kwargs max_new_tokens={max_new_tokens!r}; accepted: an int >= 1")
+    until = gen_kwargs.get("until") or []
+    return max_new_tokens, [until] if isinstance(until, str) else list(until)
+
+
+@dataclass
+class KeepCheck:
+    """The keeps a user gave as a count (``video_keep=N``, ``audio_keep_chunks=N``), checked against each answered
+    sample: a keep that covers every token of its modality there cuts nothing, which is said once per key and run.
+
+    Attributes:
+        keeps: key -> (modality, value), for the int keeps given.
+        global_layer: the resolved global layer (where a keep takes effect).
+        warned: the keys already reported.
+    """
+
+    keeps: dict[str, tuple[str, int]]
+    global_layer: int | None
+    warned: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, given: dict[str, Any], global_layer: int | None) -> KeepCheck:
+        keeps = {key: (key.split("_")[0], value) for key, value in given.items()
+                 if key in KEEP_ARGS and isinstance(value, int)}  # fmt: skip
+        return cls(keeps, global_layer)
+
+    def check(self, sample: str, record: SampleRecord) -> list[str]:
+        """What to warn about for ``sample`` (its task and document): keeps that keep all of its modality."""
+        warnings = []
+        for key, (modality, value) in self.keeps.items():
+            kept = record.kept_per_layer.get(modality) or []
+            if key in self.warned or self.global_layer is None or len(kept) <= self.global_layer or not kept[0]:
+                continue
+            chunks = key.endswith("_chunks")
+            if (kept[self.global_layer] < kept[0]) if chunks else (value < kept[0]):
+                continue
+            self.warned.add(key)
+            has = f"fewer than {value} chunks" if chunks else f"{kept[0]} {modality} tokens, not more than {value}"
+            warnings.append(
+                f"{key}={value} keeps every {modality} token of {sample} (it has {has}): the global stage cuts no "
+                f"{modality} there; a smaller {key} prunes (said once per run; samples with fewer {modality} "
+                "tokens than a keep lose none of them)"
+            )
+        return warnings
+
+
 def rank_device(device: str | None) -> torch.device:
     """The device of this process: ``cuda`` means ``cuda:<LOCAL_RANK>`` when several processes share a machine."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -104,73 +170,54 @@ class FastAVLMM(lmms):
 
     adapter_class: ClassVar[type[ModelAdapter]]
 
-    def __init__(
-        self,
-        pretrained: str | None = None,
-        prune: str = "fastav",
-        attn_implementation: str = "sdpa",
-        dtype: str | None = None,
-        device: str | None = None,
-        batch_size: int | str = 1,
-        max_batch_size: int | str | None = None,
-        on_error: str = "raise",
-        **other_args: Any,
-    ) -> None:
+    def __init__(self, **model_args: Any) -> None:
+        """``model_args``: the ``--model_args`` keys (text or Python values), read by
+        :func:`~fastav_eval.lmms.model_args.wrapper_settings` (types, conflicts, vocabularies) before loading."""
         super().__init__()
         adapter_class = self.adapter_class
-        check_known(other_args, (*ENGINE_ARGS, *WRAPPER_ARGS, *adapter_class.model_args))
-        engine_args = {key: value for key, value in other_args.items() if key in ENGINE_ARGS}
-        model_args = {key: value for key, value in other_args.items() if key not in ENGINE_ARGS}  # the adapter checks
-        dtype = dtype or adapter_class.default_dtype
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r}; accepted: {list(DTYPES)}")
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error={on_error!r}; accepted: {list(ON_ERROR)}")
-        check_attention_kernel(attn_implementation, adapter_class.attn_implementations)
-        try:
-            self.batch_size_per_gpu = int(batch_size)
-        except ValueError:
-            raise ValueError(f"batch_size={batch_size!r}; accepted: an int >= 1") from None
-        if self.batch_size_per_gpu < 1:
-            raise ValueError(f"batch_size={batch_size!r}; accepted: an int >= 1")
-        if max_batch_size is not None:
-            raise ValueError(f"max_batch_size={max_batch_size!r} is not supported; set batch_size")
-        pretrained = pretrained or adapter_class.default_pretrained
-        default_profile = adapter_class.default_profile(pretrained)
-        config = pruning_config(prune, engine_args, default_profile)  # before loading
-        prune = "policy" if "policy" in engine_args else prune
-        self._profile_file = profile_file(prune, engine_args, default_profile)
-        self._settings = {"dtype": dtype, "attn_implementation": attn_implementation}
-        given = {"pretrained": pretrained, "prune": prune, "attn_implementation": attn_implementation, "dtype": dtype,
-                 "device": device, "batch_size": batch_size, "on_error": on_error, **other_args}  # fmt: skip
-        self.model_args = ",".join(f"{key}={value}" for key, value in given.items() if value is not None)
+        settings = wrapper_settings(adapter_class, model_args)
+        self.batch_size_per_gpu = settings.batch_size
+        self._profile_file = settings.profile_file
+        self._settings = {"dtype": settings.dtype, "attn_implementation": settings.attn_implementation}
+        self.model_args = join_model_args(settings.given)
         self._records: list[tuple[str, SampleRecord]] = []  # (task, record) of every counted request of this rank
-        self._device = rank_device(device)
-        self.adapter = adapter_class(pretrained, str(self._device), DTYPES[dtype], attn_implementation, **model_args)
-        self.runner = PrunedRunner(self.adapter, config, prune)  # the one evaluation loop (fastav_eval.evaluation)
+        self._device = rank_device(settings.device)
+        self.adapter = adapter_class(settings.pretrained, str(self._device), DTYPES[settings.dtype],
+                                     settings.attn_implementation, **settings.adapter_args)  # fmt: skip
+        self.runner = PrunedRunner(self.adapter, settings.config, settings.prune)  # the one evaluation loop
         self.engine = self.runner.engine
-        self.prune, self.on_error = prune, on_error
+        self.prune, self.on_error = settings.prune, settings.on_error
+        self._keep_check = KeepCheck.of(settings.given, self.engine.config.global_layer)
         log.info(
-            f"{type(self).__name__} ({adapter_class.name}, {pretrained or 'shipped weights'}) on {self._device}, "
-            f"{attn_implementation}, {dtype}: {self.engine.config.describe()}"
+            f"{type(self).__name__} ({adapter_class.name}, {settings.pretrained or 'shipped weights'}) on "
+            f"{self._device}, {settings.attn_implementation}, {settings.dtype}: {self.engine.config.describe()}"
         )
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> FastAVLMM:
         """lmms-eval's constructor path: ``--model_args`` plus the CLI's own ``--batch_size`` / ``--device``.
 
-        A key given both ways must agree (lmms-eval would pass it twice); a CLI value that is only lmms-eval's
-        default (``--batch_size`` 1) yields to ``--model_args``.
+        ``--model_args`` is read by :func:`~fastav_eval.lmms.model_args.parse_model_args` (declared types, a key
+        given twice refused). A key given both ways must agree; a CLI value that is only lmms-eval's default
+        (``--batch_size`` 1) yields to ``--model_args``. lmms-eval's ``--max_batch_size`` (a cap for
+        ``--batch_size auto``) is refused: the wrappers take a fixed batch size.
         """
-        args = lmms_utils.simple_parse_args_string(arg_string)
+        kinds = arg_kinds(cls.adapter_class)
+        args = parse_model_args(arg_string, kinds)
         for key, value in (additional_config or {}).items():
             if value is None or (key in args and value == CLI_DEFAULTS.get(key)):
                 continue
-            if key in args and str(args[key]) != str(value):
+            if key not in CLI_KEYS:
+                raise ValueError(
+                    f"--{key} {value}: not supported by the FastAV wrappers; accepted: {list(CLI_KEYS)} "
+                    "(a fixed batch size: --batch_size N or batch_size=N in --model_args)"
+                )
+            typed = convert(key, value, kinds[key])
+            if key in args and args[key] != typed:
                 raise ValueError(
                     f"{key} is given twice, --model_args {key}={args[key]} and --{key} {value}; give one of them"
                 )
-            args[key] = value
+            args[key] = typed
         model = cls(**args)
         model.model_args = arg_string
         return model
@@ -178,17 +225,6 @@ class FastAVLMM(lmms):
     @property
     def device(self) -> torch.device:
         return self._device
-
-    def _gen_settings(self, gen_kwargs: dict[str, Any]) -> tuple[int, list[str]]:
-        check_known(gen_kwargs, GREEDY_KWARGS)
-        if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0) > 0:
-            raise ValueError(
-                f"generation_kwargs {gen_kwargs}: FastAV wrappers decode greedily (do_sample=false, temperature=0)"
-            )
-        if int(gen_kwargs.get("num_beams", 1)) != 1:
-            raise ValueError(f"generation_kwargs num_beams={gen_kwargs['num_beams']!r}; accepted: 1")
-        until = gen_kwargs.get("until") or []
-        return int(gen_kwargs.get("max_new_tokens", 32)), [until] if isinstance(until, str) else list(until)
 
     def _load(self, requests: list[Instance]) -> list[Any]:
         """Each request's media, decoded and checked by the adapter: an object, or the :class:`SampleError`."""
@@ -208,7 +244,7 @@ class FastAVLMM(lmms):
         return loaded
 
     def _run_batch(self, requests: list[Instance]) -> list[GenerationResult]:
-        max_new_tokens, until = self._gen_settings(requests[0].args[1])
+        max_new_tokens, until = greedy_settings(requests[0].args[1])
         loaded = self._load(requests)
         answered: dict[int, GenerationResult] = {}
         groups: dict[Any, list[int]] = {}  # what the adapter can batch together, in request order
@@ -259,6 +295,8 @@ class FastAVLMM(lmms):
         for request, result in counted:
             counts: FastAVTokenCounts = result.token_counts  # type: ignore[assignment]
             task = request.args[4]
+            for warning in self._keep_check.check(f"{task} doc {request.args[3]}", counts.record):
+                log.warning(f"{type(self).__name__}: {warning}")
             _record_metrics(**throughput_entry(counts.record, task, *counts.batch_timing))
             self._records.append((task, counts.record))
         self._log_summary([r for _, r in counted])
@@ -315,6 +353,7 @@ class FastAVLMM(lmms):
             overall=means(record for _, record in records),
             seed=self.engine.config.seed,
             date=date,
+            use_kernels=self.adapter.use_kernels,
         )
 
     def _log_summary(self, results: list[GenerationResult]) -> None:

@@ -7,6 +7,7 @@ token counts are the ones the engine produces, and turns them into relative FLOP
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,7 @@ class FlopsPreset:
             "convention": convention,
             "relative_flops": round(float(relative_flops(stats.tokens_per_layer, self.shape, convention)[0]), 2),
             "prompt_tokens": counts,
+            "segments": format_segments(self.segments),
             "global_layer": self.global_layer,
             "profile": self.profile.describe(),
             "tokens_per_layer": stats.tokens_per_layer[0].tolist(),
@@ -64,6 +66,30 @@ class FlopsPreset:
             "shape": vars(self.shape),
             "assumptions": self.assumptions,
         }
+
+    def with_segments(self, text: str) -> FlopsPreset:
+        """This preset on a given layout (``--segments``): the decoder shape and global stage stay. A modality the
+        profile keeps by chunks must be written in chunks where the preset's own layout has several: one run would
+        be one chunk, and keeping its first chunk would silently keep all of it."""
+        segments = parse_segments(text)
+        for name, rule in sorted(self.profile.keep.items()):
+            if rule.first_chunks is None:
+                continue
+            given, own = _chunk_count(segments, name), _chunk_count(self.segments, name)
+            if given == 1 < own:
+                raise ValueError(
+                    f"segments={text!r} gives {name} as one chunk, but the preset's profile keeps the first "
+                    f"{rule.first_chunks} {name} chunk(s) of {own} (its layout: {format_segments(self.segments)[:80]}"
+                    f"...); write {name}'s chunks, e.g. {name}:50*70 (70 chunks of 50) or (video:180,audio:50)*4 "
+                    "(interleaved); accepted: "
+                    f"{SEGMENTS_ACCEPTED}"
+                )
+        return dataclasses.replace(self, name=f"{self.name}, given layout", segments=segments)
+
+
+def _chunk_count(segments: tuple[Segment, ...], name: str) -> int:
+    """How many chunks of modality ``name`` a layout holds."""
+    return len({segment[2] for segment in explicit_chunks(segments) if segment[0] == name})
 
 
 def _assumptions(factory: object) -> str:
@@ -186,21 +212,193 @@ PRESETS: dict[str, FlopsPreset] = {
 }
 
 
-def parse_segments(text: str) -> tuple[Segment, ...]:
-    """``"text:14,video:1352,audio:1496,text:30"`` -> the segments of one prompt, in sequence order.
+MODALITIES = ("text", "video", "audio")
+MAX_TOKENS = 1_000_000
+"""The longest layout ``--segments`` takes (a 7B model's context is 32,768 tokens; this only stops runaway input)."""
+SEGMENTS_SYNTAX = (
+    "comma-separated modality:count pairs in prompt order (modality text, video or audio; count an int >= 1), e.g. "
+    "text:14,video:1352,audio:1496,text:30; each pair is one chunk of its modality. Chunks: audio:50*70 is 70 "
+    "audio chunks of 50 tokens; (video:180,audio:50)*4 is 4 interleaved chunks, each group one chunk of every "
+    "modality in it (Qwen2.5-Omni's 2-s chunks); groups nest, ((video:1,audio:50),(video:179,audio:50))*2 is 4 "
+    "chunks. Chunks of a modality are numbered in order from 0, and a profile's first_chunks keeps the first N"
+)
+"""What ``--segments`` accepts (its ``--help``)."""
+SEGMENTS_ACCEPTED = (
+    "comma-separated modality:count pairs (modality text, video or audio; count an int >= 1) ending with text, e.g. "
+    "text:14,video:1352,audio:1496,text:30; chunks as audio:50*70 or (video:180,audio:50)*4 (fastav-eval flops --help)"
+)
+"""What every ``--segments`` error says is accepted."""
 
-    A model's real layout (e.g. the ``video_tokens`` / ``audio_tokens`` of a samples file) in place of a preset's.
+_Node = tuple[str, int] | tuple[tuple, ...]
+"""A parsed item: ``(modality, count)``, or a group: a tuple of ``(node, repeat)`` pairs."""
+
+
+class _SegmentsParser:
+    """Recursive descent over ``items := item ("," item)*``, ``item := atom ["*" N]``,
+    ``atom := modality ":" count | "(" items ")"``."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.pos = text, 0
+
+    def fail(self, problem: str) -> ValueError:
+        return ValueError(f"segments={self.text!r}: {problem} at character {self.pos}; accepted: {SEGMENTS_ACCEPTED}")
+
+    def peek(self) -> str:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def number(self, what: str) -> int:
+        self.peek()
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos].isdigit():
+            self.pos += 1
+        if start == self.pos or int(self.text[start : self.pos]) < 1:
+            self.pos = start
+            raise self.fail(f"{what} is not an int >= 1")
+        return int(self.text[start : self.pos])
+
+    def items(self) -> tuple[tuple[_Node, int], ...]:
+        found = [self.item()]
+        while self.peek() == ",":
+            self.pos += 1
+            found.append(self.item())
+        return tuple(found)
+
+    def item(self) -> tuple[_Node, int]:
+        if self.peek() == "(":
+            self.pos += 1
+            node: _Node = self.items()
+            if self.peek() != ")":
+                raise self.fail("a group is not closed with ')'")
+            self.pos += 1
+        else:
+            start = self.pos
+            while self.pos < len(self.text) and (self.text[self.pos].isalpha() or self.text[self.pos] == "_"):
+                self.pos += 1
+            name = self.text[start : self.pos]
+            if name not in MODALITIES or self.peek() != ":":
+                self.pos = start
+                raise self.fail(f"{self.text[start:].split(',')[0]!r} is not modality:count")
+            self.pos += 1
+            node = (name, self.number("the count"))
+        repeat = 1
+        if self.peek() == "*":
+            self.pos += 1
+            repeat = self.number("the repeat after '*'")
+        return node, repeat
+
+    def parse(self) -> tuple[tuple[_Node, int], ...]:
+        found = self.items()
+        if self.peek():
+            raise self.fail(f"unexpected {self.peek()!r}")
+        return found
+
+
+def _is_run(node: _Node) -> bool:
+    return isinstance(node[0], str)
+
+
+def _expand(items: tuple[tuple[_Node, int], ...], chunks: dict[str, int], out: list[Segment]) -> None:
+    """Append ``items``' segments to ``out``; ``chunks``: each modality's next chunk number."""
+    for node, repeat in items:
+        for _ in range(repeat):
+            if _is_run(node):
+                name, count = node  # a run outside a chunk group: a chunk of its own
+                out.append((name, count) if name == "text" else (name, count, chunks[name]))
+                chunks[name] += name != "text"
+            elif all(_is_run(inner) for inner, _ in node):  # a chunk group: one chunk of every modality in it
+                present = []
+                for (name, count), times in node:
+                    for _ in range(times):
+                        out.append((name, count) if name == "text" else (name, count, chunks[name]))
+                    present += [name] if name != "text" and name not in present else []
+                for name in present:
+                    chunks[name] += 1
+            else:
+                _expand(node, chunks, out)  # type: ignore[arg-type]
+
+
+def parse_segments(text: str) -> tuple[Segment, ...]:
+    """One prompt's layout in the ``--segments`` syntax (:data:`SEGMENTS_SYNTAX`) -> its segments, in sequence
+    order, every audio-visual one with its chunk number: ``"text:2,(video:4,audio:2)*2,text:1"`` ->
+    ``(("text", 2), ("video", 4, 0), ("audio", 2, 0), ("video", 4, 1), ("audio", 2, 1), ("text", 1))``.
+
+    A model's real layout (e.g. the ``video_tokens`` / ``audio_tokens`` of a samples file) in place of a preset's;
+    :func:`format_segments` writes a preset's own.
     """
-    accepted = "comma-separated modality:count pairs, e.g. text:14,video:1352,audio:1496,text:30"
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"segments={text!r} is empty; accepted: {SEGMENTS_ACCEPTED}")
+    parser = _SegmentsParser(text)
+    tree = parser.parse()
+
+    def size(items: tuple[tuple[_Node, int], ...]) -> int:
+        return sum(repeat * (node[1] if _is_run(node) else size(node)) for node, repeat in items)  # type: ignore[arg-type]
+
+    if size(tree) > MAX_TOKENS:
+        raise ValueError(f"segments={text!r} holds {size(tree):,} tokens; accepted: at most {MAX_TOKENS:,}")
     segments: list[Segment] = []
-    for part in text.split(","):
-        name, _, count = part.strip().partition(":")
-        if name not in ("text", "video", "audio") or not count.isdigit():
-            raise ValueError(f"segments={text!r}: {part!r} is not modality:count; accepted: {accepted}")
-        segments.append((name, int(count)))
-    if not any(name != "text" for name, _ in segments) or segments[-1][0] != "text":
-        raise ValueError(f"segments={text!r}: needs audio-visual tokens and must end with text; accepted: {accepted}")
+    _expand(tree, dict.fromkeys(MODALITIES, 0), segments)
+    if not any(segment[0] != "text" for segment in segments) or segments[-1][0] != "text":
+        raise ValueError(
+            f"segments={text!r}: needs audio-visual tokens and must end with text; accepted: {SEGMENTS_ACCEPTED}"
+        )
     return tuple(segments)
+
+
+def explicit_chunks(segments: tuple[Segment, ...]) -> tuple[Segment, ...]:
+    """``segments`` with every audio-visual segment's chunk written out (where none is given, each contiguous run
+    of a modality is its next chunk, as :meth:`ModalityLayout.from_segments` derives them)."""
+    if any(len(segment) == 3 for segment in segments):
+        return segments
+    chunks, previous, out = dict.fromkeys(MODALITIES, -1), "", []
+    for name, count, *_ in segments:
+        chunks[name] += name != previous
+        out.append((name, count) if name == "text" else (name, count, chunks[name]))
+        previous = name
+    return tuple(out)
+
+
+def format_segments(segments: tuple[Segment, ...]) -> str:
+    """``segments`` in the ``--segments`` syntax, which :func:`parse_segments` reads back to the same layout:
+    adjacent segments of one chunk number form a group, and repeated groups are written once with ``*N``."""
+    units: list[str] = []  # one per chunk group or text run, in order
+    group: list[Segment] = []
+
+    def close() -> None:
+        if group:
+            runs = ",".join(f"{name}:{count}" for name, count, *_ in group)
+            units.append(f"({runs})" if len(group) > 1 else runs)
+            group.clear()
+
+    for segment in explicit_chunks(segments):
+        if segment[0] == "text":
+            close()
+            units.append(f"text:{segment[1]}")
+        elif group and segment[2] != group[-1][2]:
+            close()
+            group.append(segment)
+        else:
+            group.append(segment)
+    close()
+    written, i = [], 0
+    while i < len(units):  # the period (1 to 4 units) whose repeats cover the most units from here
+        best_period, best_repeats = 1, 1
+        for period in range(1, 5):
+            repeats = 1
+            while units[i + repeats * period : i + (repeats + 1) * period] == units[i : i + period]:
+                repeats += 1
+            if repeats > 1 and repeats * period > best_repeats * best_period:
+                best_period, best_repeats = period, repeats
+        body = units[i : i + best_period]
+        if best_repeats == 1:
+            written.append(body[0])
+        elif best_period == 1:
+            written.append(f"{body[0]}*{best_repeats}")
+        else:
+            written.append(f"({','.join(body)})*{best_repeats}")
+        i += best_period * best_repeats
+    return ",".join(written)
 
 
 def get_preset(name: str) -> FlopsPreset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastav_eval.analysis.calibrate import Calibration, aggregate
+from fastav_eval.analysis.calibrate import Calibration, aggregate, choose_profile
 from fastav_eval.pruning import DecoderShape, ModalityLayout, PruningProfile
 from fastav_eval.pruning.rollout import RolloutCurves, attention_rollout, rollout_last_rows
 from fastav_eval.testbed import WEIGHTS_DIR
@@ -71,6 +72,15 @@ def test_aggregation_by_hand():
     profile = calibration.curves.profile(0.7, quiet=True)  # audio: 0.75 >= 0.7 in one bin; video needs both
     assert profile.keep["audio"].first_fraction == 0.5 and profile.keep["video"].first_fraction == 1.0
     assert profile.global_layer == 1 and profile.num_layers == 4 and calibration.documents == ["a", "b"]
+    refused = [
+        ({"mass": 0.0}, "mass=0.0; accepted: a number in (0, 1]"),
+        ({"mass": 1.5}, "mass=1.5; accepted"),
+        ({"target_flops": 0.0}, "target_flops=0.0; accepted: a number in (0, 100]"),
+        ({"target_flops": 60.0, "fine_ratio": 1.0}, "fine_ratio=1.0; accepted: a number in [0, 1)"),
+    ]
+    for bad, message in refused:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            choose_profile(calibration, **bad)
 
 
 def test_a_modality_absent_from_some_documents_is_averaged_over_those_that_have_it():

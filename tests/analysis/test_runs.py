@@ -1,4 +1,5 @@
-"""Real lmms-eval runs of fastav_tiny (a two-run sweep): the run record, resuming a sweep, report, submit/verify."""
+"""Real lmms-eval runs of fastav_tiny (the two-run sweep ``tiny_sweep`` of conftest.py): the run record, resuming a
+sweep, report, submit/verify."""
 
 from __future__ import annotations
 
@@ -19,19 +20,9 @@ from fastav_eval.lmms.model_args import pruning_config
 from fastav_eval.models import testbed
 from fastav_eval.pruning import DecoderShape, PruningConfig
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
+from tests.analysis.sweep_fixture import TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
-TASKS = "avsynth_qa,avsynth_caption"
-
-
-@pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory) -> tuple[Path, list[sweeping.SweepRun]]:
-    """The FastAV defaults and the unpruned baseline on 6 documents of two tasks, each a real lmms-eval run."""
-    out = tmp_path_factory.mktemp("sweep")
-    runs = sweeping.build_grid("fastav_tiny", "", TASKS, {}, limit=6)
-    result = sweeping.run_sweep(runs, out, say=lambda _: None)
-    assert result.ran == ["base", "unpruned"], [(out / r.hash / "lmms_eval.log").read_text()[-3000:] for r in runs]
-    return out, runs
 
 
 def _run(out: Path, run: sweeping.SweepRun) -> RunResults:
@@ -168,7 +159,7 @@ def test_report_selects_runs_by_name_and_plots_against_a_setting(tiny_sweep, tmp
     assert "## Against the reference run (base)" in text  # with these two runs it holds no row: base is the
     assert text.split("## Against the reference run")[1].split("## Provenance")[0].count("| avsynth_qa |") == 0
     assert text.split("## Against the unpruned run")[1].count("| base | global positional@3") == 2  # qa, caption
-    with pytest.raises(ValueError, match="no run has a numeric"):
+    with pytest.raises(ValueError, match="x-axis='no_such_setting': no run has a number for it"):
         write_report(found, tmp_path, x_axis="no_such_setting")
 
 

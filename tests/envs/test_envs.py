@@ -178,3 +178,30 @@ def test_training_documents_are_not_test_documents() -> None:
     test_ids = {d["id"] for d in build_documents("test", "avsynth_qa", 240)}
     env_docs = TokenRetentionEnv(tasks="avsynth_qa", per_task=240).documents
     assert not test_ids & {d["id"] for d in env_docs}
+
+
+def test_a_split_holds_documents_per_task_and_a_large_build_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """1..DOCUMENTS_PER_TASK documents per task (five-digit ids); the val stream starts with the shipped val split
+    (its parquet, the oracle); a build of SLOW_BUILD or more per task says so before it starts."""
+    import logging
+
+    import pyarrow.parquet as pq
+
+    from fastav_eval.cli import tasks_path
+    from fastav_eval.envs.samples import DOCUMENTS_PER_TASK, SLOW_BUILD, training_documents
+
+    for per_task in (0, DOCUMENTS_PER_TASK + 1, 2.5, True):
+        with pytest.raises(ValueError, match=rf"per_task={per_task!r}; accepted: an int in 1\.\.100000"):
+            training_documents("avsynth_qa", "train", per_task)  # type: ignore[arg-type]
+    shipped = pq.read_table(tasks_path() / "avsynth" / "data" / "val" / "avsynth_qa.parquet").to_pylist()
+    built = training_documents("avsynth_qa", "val", len(shipped))
+    assert [(d["id"], d["media_sha1"]) for d in built] == [(d["id"], d["media_sha1"]) for d in shipped]
+    assert built[-1]["id"] == f"avsynth_qa-val-{len(shipped) - 1:05d}"
+    with caplog.at_level(logging.INFO, logger="fastav_eval.envs.samples"):
+        training_documents("avsynth_qa", "val", 3)
+        assert not caplog.records
+        assert len(training_documents(["avsynth_qa", "avsynth_match"], "train", SLOW_BUILD)) == 2 * SLOW_BUILD
+    assert [record.getMessage()[:48] for record in caplog.records] == [
+        "building 2000 train documents of avsynth_match (",
+        "building 2000 train documents of avsynth_qa (tas",
+    ]

@@ -129,3 +129,19 @@ def test_cli_takes_a_models_own_layout(capsys):
     assert "accepted: comma-separated modality:count pairs" in capsys.readouterr().err
     assert main(["flops", "--preset", "videollama2", "--segments", "text:14,audio:10"]) == 2
     assert "must end with text" in capsys.readouterr().err
+
+
+def test_segments_syntax_numbers_each_modalitys_chunks_in_order():
+    from fastav_eval.pruning.presets import format_segments, parse_segments
+
+    assert parse_segments("text:2,(video:4,audio:2)*2,audio:3*2,text:1") == (
+        ("text", 2), ("video", 4, 0), ("audio", 2, 0), ("video", 4, 1), ("audio", 2, 1), ("audio", 3, 2),
+        ("audio", 3, 3), ("text", 1),
+    )  # fmt: skip
+    # a group of groups is not a chunk itself: each inner group is; the old syntax keeps one chunk per run
+    assert [s[2] for s in parse_segments("text:1,((video:1,audio:5),(video:9,audio:5))*2,text:1")[1:-1]] == [
+        0, 0, 1, 1, 2, 2, 3, 3,
+    ]  # fmt: skip
+    old = parse_segments("text:14,video:182,audio:2,video:182,audio:2,text:30")
+    assert old == (("text", 14), ("video", 182, 0), ("audio", 2, 0), ("video", 182, 1), ("audio", 2, 1), ("text", 30))
+    assert format_segments(old) == "text:14,(video:182,audio:2)*2,text:30"
