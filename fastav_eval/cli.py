@@ -14,6 +14,7 @@ from fastav_eval.plots import plot_tokens_per_layer
 from fastav_eval.pruning.config import FINE_RULES
 from fastav_eval.pruning.flops import CONVENTIONS
 from fastav_eval.pruning.presets import PRESETS, SEGMENTS_SYNTAX, get_preset
+from fastav_eval.resources import tasks_path
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -117,20 +118,6 @@ def _train_policy(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="[train-policy] %(message)s")
     print(train(settings_from(args)))
     return 0
-
-
-def tasks_path() -> Path:
-    """The folder holding FastAV-Eval's lmms-eval task YAMLs: the repository's ``tasks/``, installed as the
-    package ``fastav_eval.tasks`` (the source folder itself in an editable install, or when running from a clone)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("fastav_eval.tasks")
-    candidates = [Path(spec.origin).resolve().parent] if spec is not None and spec.origin else []
-    candidates.append(Path(__file__).resolve().parent.parent / "tasks")  # a source tree on sys.path, not installed
-    for path in candidates:
-        if (path / "avsynth" / "avsynth.yaml").is_file():
-            return path
-    raise ValueError(f"no AV-Synth task YAMLs in {[str(p) for p in candidates]}: this install is incomplete")
 
 
 def _doctor(args: argparse.Namespace) -> int:

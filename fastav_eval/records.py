@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -62,6 +63,16 @@ def read_json(path: str | Path, what: str) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{what} {str(path)!r} cannot be read as JSON: {error}") from error
+
+
+def write_json(path: str | Path, data: Any, indent: int = 2, sort_keys: bool = False) -> Path:
+    """Write ``data`` as JSON (strict: no NaN) to ``path`` atomically: a reader never sees half a file, and two
+    processes writing the same path (sweep shards) each rename a whole file of their own into place."""
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(data, indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n", encoding="utf-8")
+    partial.replace(path)
+    return path
 
 
 def sha256_of(data: bytes | str) -> str:
@@ -297,11 +308,7 @@ class RunRecord:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (a reader never sees half a file)."""
-        path = Path(path)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        partial.replace(path)
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> RunRecord:

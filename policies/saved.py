@@ -10,14 +10,13 @@ once with ``fastav-eval convert-policy`` (:mod:`fastav_eval.policies.convert`).
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastav_eval.policies.network import check_network, save_weights
-from fastav_eval.records import read_json, sha256_of
+from fastav_eval.records import read_json, sha256_of, write_json
 
 if TYPE_CHECKING:
     from stable_baselines3.common.policies import ActorCriticPolicy
@@ -90,11 +89,7 @@ class PolicyMeta:
 
     def save(self, directory: Path) -> Path:
         """``<directory>/policy.json``, written atomically (plain JSON: no NaN, no objects)."""
-        path = directory / META_FILE
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(asdict(self), indent=1, sort_keys=True, allow_nan=False) + "\n")
-        partial.replace(path)
-        return path
+        return write_json(directory / META_FILE, asdict(self), indent=1, sort_keys=True)
 
     @classmethod
     def check_fields(cls, data: dict[str, Any], path: Path, without: tuple[str, ...] = ()) -> None:

@@ -95,3 +95,15 @@ def test_decoder_shape_fields_are_the_flops_shape():
     from fastav_eval.pruning import DecoderShape
 
     assert tuple(f.name for f in fields(DecoderShape)) == SHAPE_FIELDS
+
+
+def test_write_json_is_atomic_strict_and_leaves_no_partial_file(tmp_path):
+    from fastav_eval.records import read_json, write_json
+
+    path = write_json(tmp_path / "run.json", {"b": 1, "a": [0.5]}, sort_keys=True)
+    assert read_json(path, "test") == {"a": [0.5], "b": 1} and path.read_text().startswith('{\n  "a"')
+    write_json(path, {"b": 2})  # replaces the whole file
+    assert read_json(path, "test") == {"b": 2}
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        write_json(tmp_path / "nan.json", {"x": float("nan")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]

@@ -35,6 +35,7 @@ from fastav_eval.provenance import file_sha256
 from fastav_eval.pruning import DecoderShape
 from fastav_eval.pruning.flops import relative_flops
 from fastav_eval.records import MEAN_FIELDS, SampleRecord, canonical_hash, means, read_json, run_record_path
+from fastav_eval.resources import tasks_path
 
 MANIFEST = "MANIFEST.sha256"
 RESULTS_DIR = "results"
@@ -351,7 +352,7 @@ def _plain(value: Any) -> Any:
 def _task_definitions(wanted: list[str], manager: Any, include_paths: Sequence[str], result: Verification) -> list[str]:
     """The tasks of ``wanted`` whose definition verify may run on the bundle's data, recording each one's source
     in ``result.sources``; each other task is a problem naming it and how to supply a definition."""
-    from fastav_eval.analysis.tasks import code_that_runs_strings, package_tasks_path, task_source
+    from fastav_eval.analysis.tasks import code_that_runs_strings, task_source
 
     usable = []
     for task in wanted:
@@ -359,7 +360,7 @@ def _task_definitions(wanted: list[str], manager: Any, include_paths: Sequence[s
         if source is None:
             result.problems.append(
                 f"{task}: no task definition of that name in lmms-eval's tasks, FastAV-Eval's "
-                f"({package_tasks_path()}) or --include_path {list(map(str, include_paths))}; its metrics were not "
+                f"({tasks_path()}) or --include_path {list(map(str, include_paths))}; its metrics were not "
                 "recomputed. To check them, pass a folder holding its YAML (and the utils.py that YAML names), read "
                 "and trusted by you, with --include_path DIR (verify never uses task files from a bundle or a path "
                 "written in it)"
@@ -382,12 +383,12 @@ def _task_definitions(wanted: list[str], manager: Any, include_paths: Sequence[s
 def _check_metrics(run: RunResults, result: Verification, include_paths: Sequence[str] = ()) -> None:
     from lmms_eval.api.metrics import mean, mean_stderr
 
-    from fastav_eval.analysis.tasks import load_tasks, package_tasks_path, task_manager
+    from fastav_eval.analysis.tasks import load_tasks, task_manager
 
     model = str(run.results.get("config", {}).get("model") or "")
     declared = run.results.get("config", {}).get("resolved_cli_args", {}).get("include_path")
     declared = [str(path) for path in (declared if isinstance(declared, list) else [declared] if declared else [])]
-    used = {str(Path(path).resolve()) for path in (package_tasks_path(), *include_paths)}
+    used = {str(Path(path).resolve()) for path in (tasks_path(), *include_paths)}
     if any(str(Path(path).resolve()) not in used for path in declared):  # the same folders as ours say nothing
         result.notes.append(
             f"the results name include_path {declared!r}: not used (verify runs no task code from a bundle or a "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -40,7 +39,8 @@ from fastav_eval.lmms.model_args import (
 )
 from fastav_eval.pruning import PruningConfig, PruningProfile
 from fastav_eval.pruning.config import FINE_RULES, GLOBAL_RULES
-from fastav_eval.records import canonical_hash
+from fastav_eval.records import canonical_hash, write_json
+from fastav_eval.resources import tasks_path
 
 if TYPE_CHECKING:
     from fastav_eval.models.base import ModelAdapter
@@ -179,7 +179,6 @@ def check_tasks(model: str, tasks: str, include_path: str | None) -> list[str]:
     from lmms_eval.tasks import TaskManager
 
     from fastav_eval.analysis.tasks import quiet_lmms_eval
-    from fastav_eval.cli import tasks_path
 
     names = [name.strip() for name in tasks.split(",")]
     if not tasks.strip() or not all(names):
@@ -214,7 +213,6 @@ def lmms_eval_command(run: SweepRun, folder: Path, launcher: Sequence[str], incl
                       device: str | None, batch_size: int | None) -> list[str]:  # fmt: skip
     """The lmms-eval command line of one run (lmms-eval takes one ``--include_path``: FastAV-Eval's tasks unless
     ``include_path`` is given)."""
-    from fastav_eval.cli import tasks_path
 
     spec = run.spec
     command = [*launcher, "-m", "lmms_eval", "--model", spec["model"], "--model_args", run.model_args, "--tasks",
@@ -246,10 +244,8 @@ def run_state(folder: Path) -> str:
 
 
 def _write_marker(folder: Path, run: SweepRun, status: str, **extra: Any) -> None:
-    partial = folder / f"{RUN_FILE}.partial"
-    partial.write_text(json.dumps({"status": status, "name": run.name, "hash": run.hash, "model_args": run.model_args,
-                                   "spec": run.spec, **extra}, indent=2) + "\n")  # fmt: skip
-    partial.replace(folder / RUN_FILE)
+    write_json(folder / RUN_FILE, {"status": status, "name": run.name, "hash": run.hash, "model_args": run.model_args,
+                                   "spec": run.spec, **extra})  # fmt: skip
 
 
 def _update_index(path: Path, runs: list[SweepRun]) -> None:
@@ -259,9 +255,7 @@ def _update_index(path: Path, runs: list[SweepRun]) -> None:
     except ValueError:  # another shard is between its write and its rename: start from this grid
         listed = {}
     listed.update({run.hash: {"name": run.name, "model_args": run.model_args} for run in runs})
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(listed, indent=2) + "\n")
-    partial.replace(path)
+    write_json(path, listed)
 
 
 def execute(command: list[str], log_path: Path) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fastav_eval.models.base import Request
+from fastav_eval.resources import tasks_path
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,6 @@ def quiet_lmms_eval() -> None:
 
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
-
-
-def package_tasks_path() -> Path:
-    """FastAV-Eval's own task folder (:func:`fastav_eval.cli.tasks_path`): the analysis modules' one import of
-    ``fastav_eval.cli``, kept here until ``tasks_path`` moves out of it."""
-    from fastav_eval.cli import tasks_path
-
-    return tasks_path()
 
 
 FROM_LMMS_EVAL, FROM_PACKAGE, FROM_INCLUDE_PATH = "lmms-eval", "fastav-eval package", "--include_path"
@@ -67,7 +60,7 @@ def task_manager(model: str, include_paths: Sequence[str] = ()) -> Any:
     from lmms_eval.tasks import TaskManager
 
     quiet_lmms_eval()
-    return TaskManager("WARNING", include_path=[str(package_tasks_path()), *map(str, include_paths)], model_name=model)
+    return TaskManager("WARNING", include_path=[str(tasks_path()), *map(str, include_paths)], model_name=model)
 
 
 def task_source(manager: Any, task: str, include_paths: Sequence[str] = ()) -> TaskSource | None:
@@ -78,7 +71,7 @@ def task_source(manager: Any, task: str, include_paths: Sequence[str] = ()) -> T
     if entry is None or not isinstance(entry.get("yaml_path"), str):
         return None
     path = Path(entry["yaml_path"]).resolve()
-    roots = [(Path(lmms_tasks.__file__).parent, FROM_LMMS_EVAL), (package_tasks_path(), FROM_PACKAGE)]
+    roots = [(Path(lmms_tasks.__file__).parent, FROM_LMMS_EVAL), (tasks_path(), FROM_PACKAGE)]
     roots += [(Path(include), FROM_INCLUDE_PATH) for include in include_paths]
     for root, origin in roots:
         if path.is_relative_to(Path(root).resolve()):

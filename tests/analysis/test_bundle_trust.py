@@ -19,8 +19,9 @@ from fastav_eval.analysis.bundle import MANIFEST, verify, write_manifest
 from fastav_eval.analysis.report import markdown, select
 from fastav_eval.analysis.results import RunResults, find_runs
 from fastav_eval.analysis.tasks import TaskSource, code_that_runs_strings, lmms_eval_folders_that_run_strings
-from fastav_eval.cli import main, tasks_path
+from fastav_eval.cli import main
 from fastav_eval.records import RunRecord
+from fastav_eval.resources import tasks_path
 
 ROOT = Path(__file__).resolve().parents[2]
 

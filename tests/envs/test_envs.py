@@ -187,8 +187,8 @@ def test_a_split_holds_documents_per_task_and_a_large_build_is_logged(caplog: py
 
     import pyarrow.parquet as pq
 
-    from fastav_eval.cli import tasks_path
     from fastav_eval.envs.samples import DOCUMENTS_PER_TASK, SLOW_BUILD, training_documents
+    from fastav_eval.resources import tasks_path
 
     for per_task in (0, DOCUMENTS_PER_TASK + 1, 2.5, True):
         with pytest.raises(ValueError, match=rf"per_task={per_task!r}; accepted: an int in 1\.\.100000"):

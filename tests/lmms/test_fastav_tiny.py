@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from fastav_eval.avsynth import build_documents
-from fastav_eval.cli import tasks_path
 from fastav_eval.lmms.fastav_tiny import FastAVTiny
 from fastav_eval.lmms.model_args import pruning_config
 from fastav_eval.models.testbed import TestbedAdapter
 from fastav_eval.pruning import PruningConfig
 from fastav_eval.pruning.config import LAST_LAYER
+from fastav_eval.resources import tasks_path
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
 from fastav_eval.testbed.evaluate import run_condition, summarise
 from fastav_eval.testbed.model import media_tensors

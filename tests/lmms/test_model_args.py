@@ -11,7 +11,6 @@ import sys
 
 import pytest
 
-from fastav_eval.cli import tasks_path
 from fastav_eval.lmms.fastav_tiny import FastAVTiny
 from fastav_eval.lmms.model_args import (
     CONFLICTS,
@@ -26,6 +25,7 @@ from fastav_eval.lmms.model_args import (
 )
 from fastav_eval.models.testbed import TestbedAdapter
 from fastav_eval.pruning.config import LAST_LAYER
+from fastav_eval.resources import tasks_path
 
 pytest.importorskip("lmms_eval")
 TINY = arg_kinds(TestbedAdapter)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fastav_eval.cli import tasks_path
+from fastav_eval.resources import tasks_path
 
 pytest.importorskip("lmms_eval")
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fastav_eval.cli import main, tasks_path
+from fastav_eval.cli import main
 from fastav_eval.envs.coding import RetentionCoding
 from fastav_eval.policies.chooser import LearnedChooser, policy_config
 from fastav_eval.policies.convert import convert
@@ -39,6 +39,7 @@ from fastav_eval.policies.saved import (
     SHIPPED_DIR,
     PickledPolicyError,
 )
+from fastav_eval.resources import tasks_path
 
 gymnasium = pytest.importorskip("gymnasium")
 
