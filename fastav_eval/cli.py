@@ -135,7 +135,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     import logging
 
     from fastav_eval.analysis.calibrate import calibrate, choose_profile, test_split_warning, write_outputs
-    from fastav_eval.analysis.tasks import build_model, model_class, task_documents, task_objects
+    from fastav_eval.analysis.tasks import build_model, model_class, task_documents, task_names, task_objects
     from fastav_eval.lmms.model_args import ENGINE_ARGS, arg_kinds, join_model_args, parse_model_args
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -147,12 +147,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         )
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out!r} is a folder; accepted: the profile JSON to write (e.g. DIR/profile.json)")
-    names = [name.strip() for name in args.tasks.split(",")]
-    if not all(names):
-        raise ValueError(f"--tasks {args.tasks!r}; accepted: lmms-eval tasks or groups, comma-separated")
-    for path in args.include_path or []:
-        if not Path(path).is_dir():
-            raise ValueError(f"--include_path {path!r} is not a folder")
+    names = task_names(args.tasks, args.include_path or [])
     tasks = task_objects(names, args.model, args.include_path or [])  # before loading the model
     warning = test_split_warning(tasks)
     if warning:

@@ -149,13 +149,8 @@ def build_grid(
 
 
 def decoder_depth(adapter_class: type[ModelAdapter], pretrained: str | None, config: PruningConfig) -> int | None:
-    """The decoder's depth without loading it: the adapter's ``decoder_depth(pretrained)`` where it has one, else
-    what the run's profile or the model's shipped profile records (None when nothing says it)."""
-    hook = getattr(adapter_class, "decoder_depth", None)
-    if callable(hook):
-        depth = hook(pretrained)
-        if depth is not None:
-            return int(depth)
+    """The decoder's depth without loading it, where a profile records it: the run's own, else the model's shipped
+    one (None when neither says: the run's own load then checks ``global_layer``)."""
     if isinstance(config.profile, PruningProfile) and config.profile.num_layers is not None:
         return config.profile.num_layers
     default = adapter_class.default_profile(pretrained)
@@ -178,13 +173,9 @@ def check_tasks(model: str, tasks: str, include_path: str | None) -> list[str]:
     runs will see it (lmms-eval's tasks plus ``include_path``, FastAV-Eval's by default); unknown ones are named."""
     from lmms_eval.tasks import TaskManager
 
-    from fastav_eval.analysis.tasks import quiet_lmms_eval
+    from fastav_eval.analysis.tasks import quiet_lmms_eval, task_names
 
-    names = [name.strip() for name in tasks.split(",")]
-    if not tasks.strip() or not all(names):
-        raise ValueError(f"--tasks {tasks!r}; accepted: lmms-eval tasks or groups, comma-separated")
-    if include_path is not None and not Path(include_path).is_dir():
-        raise ValueError(f"--include_path {include_path!r} is not a folder")
+    names = task_names(tasks, [include_path] if include_path is not None else [])
     quiet_lmms_eval()
     known = TaskManager("WARNING", include_path=include_path or str(tasks_path()), model_name=model).all_tasks
     missing = [name for name in names if not fnmatch.filter(known, name) and not Path(name).is_file()]

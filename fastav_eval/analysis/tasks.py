@@ -158,6 +158,18 @@ def load_tasks(
     return found, groups
 
 
+def task_names(tasks: str, include_paths: Sequence[str] = ()) -> list[str]:
+    """``--tasks a,b`` -> its names, and every ``--include_path`` a folder (``calibrate`` and ``sweep`` check their
+    options with it before building anything)."""
+    names = [name.strip() for name in tasks.split(",")]
+    if not tasks.strip() or not all(names):
+        raise ValueError(f"--tasks {tasks!r}; accepted: lmms-eval tasks or groups, comma-separated")
+    for path in include_paths:
+        if not Path(path).is_dir():
+            raise ValueError(f"--include_path {path!r} is not a folder")
+    return names
+
+
 def task_objects(tasks: Sequence[str], model: str, include_paths: Sequence[str] = ()) -> dict[str, Any]:
     """Task name -> lmms-eval task object, groups expanded to their subtasks (:func:`load_tasks`)."""
     return load_tasks(tasks, model, include_paths)[0]
