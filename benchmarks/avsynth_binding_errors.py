@@ -20,10 +20,10 @@ from collections import defaultdict
 
 import torch
 
+from fastav_eval.analysis.testbed_runs import run_condition
 from fastav_eval.avsynth import build_documents
 from fastav_eval.avsynth.scene import Scene
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
-from fastav_eval.testbed.evaluate import run_condition
 
 
 def scene_group(doc: dict) -> str:

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastav_eval.analysis.testbed_runs import run_condition, summarise
 from fastav_eval.avsynth import KINDS, TASKS, build_documents
 from fastav_eval.pruning import PruningConfig, PruningProfile
 from fastav_eval.pruning.rollout import RolloutCurves
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
-from fastav_eval.testbed.evaluate import run_condition, summarise
 
 CHOICE_TASKS = ("avsynth_match", "avsynth_halluc", "avsynth_qa")
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from fastav_eval.analysis.testbed_runs import run_condition, summarise
 from fastav_eval.avsynth import TASKS, build_documents
 from fastav_eval.avsynth.rule import SETTINGS, AVSynthSenseRule, KindSetting
 from fastav_eval.pruning import PruningConfig
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
-from fastav_eval.testbed.evaluate import run_condition, summarise
 
 
 def quality(row: dict[str, float]) -> float:

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastav_eval.analysis.testbed_runs import DocResult, run_condition, summarise
 from fastav_eval.avsynth import TASKS, build_documents
 from fastav_eval.avsynth.dataset import DEFAULT_SEED
 from fastav_eval.avsynth.rule import AVSynthSenseRule
 from fastav_eval.policies.chooser import LearnedChooser
 from fastav_eval.pruning import PruningConfig, PruningProfile
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
-from fastav_eval.testbed.evaluate import DocResult, run_condition, summarise
 
 CHOICE_TASKS = ("avsynth_match", "avsynth_halluc", "avsynth_qa")
 

@@ -34,9 +34,9 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from fastav_eval.lmms.model_args import pruning_config
 from fastav_eval.models.beats import BEATsConfig
 from fastav_eval.models.fbank import beats_fbank
+from fastav_eval.models.model_args import pruning_config
 from fastav_eval.models.videollama2 import PLACEHOLDER, VideoLLaMA2Adapter, prompt_segments
 from fastav_eval.models.videollama2_model import VideoLLaMA2AV, VideoLLaMA2Spec
 from fastav_eval.pruning import ModalityLayout, PruningConfig, install, uninstall
@@ -119,8 +119,8 @@ def answer(model: VideoLLaMA2AV, pixels: torch.Tensor, fbank: torch.Tensor, ids:
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
         "new_tokens": output.shape[1],
         "prompt_tokens": embeds.shape[1],
-        "relative_flops": stats["relative_flops_fastv"],
-        "kept_last_layer": {name: counts[-1] for name, counts in stats["kept_per_layer"].items()},
+        "relative_flops": stats.relative_flops,
+        "kept_last_layer": {name: counts[-1] for name, counts in stats.kept_per_layer.items()},
     }
 
 

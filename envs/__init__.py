@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import gymnasium
 
+from fastav_eval.env_ids import ENVIRONMENTS
 from fastav_eval.envs.coding import RetentionCoding
 from fastav_eval.envs.exchange import ExchangeCoding, TokenExchangeEnv
 from fastav_eval.envs.retention import TokenRetentionEnv
 
-ENV_IDS = {
-    "fastav/TokenRetention-v0": "fastav_eval.envs.retention:TokenRetentionEnv",
-    "fastav/TokenExchange-v0": "fastav_eval.envs.exchange:TokenExchangeEnv",
-}
+ENV_IDS = {env.env_id: env.entry_point for env in ENVIRONMENTS.values()}
+"""Gymnasium id -> entry point (:data:`fastav_eval.env_ids.ENVIRONMENTS`)."""
 
 
 def register() -> None:

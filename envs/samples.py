@@ -8,7 +8,6 @@ wrappers, one sample at a time, under a chooser whose decision the environment s
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from fastav_eval.avsynth import TASKS, build_documents
 from fastav_eval.avsynth.dataset import DEFAULT_SEED, request_visuals
 from fastav_eval.avsynth.scoring import SampleCider, score_choice
 from fastav_eval.evaluation import PrunedRunner
+from fastav_eval.models import registry
 from fastav_eval.models.base import ModelAdapter, Request
 from fastav_eval.pruning import PruneContext, PruneDecision, PruningConfig, SampleInfo
 
@@ -39,35 +39,29 @@ REWARDS = ("score", "loglik", "mixed")
 1, for captions); ``loglik``: the reference answer's per-token probability, ``exp(mean log p)``, over the pruned
 prompt; ``mixed``: ``loglik`` for choice answers, ``score`` (CIDEr-D) for captions, whose per-token probability
 barely moves with what is kept. All lie in [0, 1]."""
-MODEL_KEYS = ("pretrained", "device", "dtype", "attn_implementation")
+MODEL_KEYS = registry.LOAD_ARGS
 CHOICE_TOKENS, CAPTION_TOKENS = 4, 40
 """``max_new_tokens`` of a choice answer and of a caption (what the AV-Synth task YAMLs ask for)."""
 
 
 def parse_model_args(model_args: str | dict[str, Any] | None) -> dict[str, Any]:
     """``"k=v,k=v"`` (lmms-eval's ``--model_args`` syntax) or a dict -> a dict with typed values, read as every
-    FastAV wrapper reads them (:mod:`fastav_eval.lmms.model_args`: declared types, a key given twice refused)."""
-    from fastav_eval.lmms.model_args import any_wrapper_kinds, check_model_args
-    from fastav_eval.lmms.model_args import parse_model_args as parse
+    FastAV wrapper reads them (:mod:`fastav_eval.models.model_args`: declared types, a key given twice refused)."""
+    from fastav_eval.models.model_args import check_model_args
+    from fastav_eval.models.model_args import parse_model_args as parse
 
     if model_args is None or model_args == "":
         return {}
     if isinstance(model_args, dict):
-        return check_model_args(model_args, any_wrapper_kinds())
-    return parse(model_args, any_wrapper_kinds())
+        return check_model_args(model_args, registry.any_model_kinds())
+    return parse(model_args, registry.any_model_kinds())
 
 
 def build_adapter(model: str, model_args: str | dict[str, Any] | None = None) -> ModelAdapter:
     """The adapter behind the lmms-eval model ``model`` (``fastav_tiny``, ...), loaded with ``model_args``: the
-    adapter's own keys and ``pretrained``, ``device``, ``dtype``, ``attn_implementation``. Pruning keys are refused:
-    the environment decides the pruning."""
-    from fastav_eval.lmms.registry import MODELS
-    from fastav_eval.lmms.wrapper import DTYPES
-
-    if model not in MODELS:
-        raise ValueError(f"model={model!r}; accepted: {sorted(MODELS)}")
-    module_name, class_name = MODELS[model].rsplit(".", 1)
-    adapter_class: type[ModelAdapter] = getattr(importlib.import_module(module_name), class_name).adapter_class
+    adapter's own keys and ``pretrained``, ``device``, ``dtype``, ``attn_implementation`` (device default: cpu).
+    Pruning keys are refused: the environment decides the pruning."""
+    adapter_class = registry.adapter_class(model)
     args = parse_model_args(model_args)
     unknown = sorted(set(args) - set(MODEL_KEYS) - set(adapter_class.model_args))
     if unknown:
@@ -75,16 +69,7 @@ def build_adapter(model: str, model_args: str | dict[str, Any] | None = None) ->
             f"model_args {unknown} are not accepted here (the environment chooses the pruning); accepted: "
             f"{sorted({*MODEL_KEYS, *adapter_class.model_args})}"
         )
-    dtype = args.pop("dtype", adapter_class.default_dtype)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}; accepted: {list(DTYPES)}")
-    return adapter_class(
-        args.pop("pretrained", None) or adapter_class.default_pretrained,
-        args.pop("device", "cpu"),
-        DTYPES[dtype],
-        args.pop("attn_implementation", "sdpa"),
-        **args,
-    )
+    return registry.build_adapter(model, args)
 
 
 def training_documents(

@@ -136,7 +136,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     from fastav_eval.analysis.calibrate import calibrate, choose_profile, test_split_warning, write_outputs
     from fastav_eval.analysis.tasks import build_model, model_class, task_documents, task_names, task_objects
-    from fastav_eval.lmms.model_args import ENGINE_ARGS, arg_kinds, join_model_args, parse_model_args
+    from fastav_eval.models.model_args import ENGINE_ARGS, arg_kinds, join_model_args, parse_model_args
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     given = parse_model_args(args.model_args, arg_kinds(model_class(args.model).adapter_class))
@@ -181,7 +181,7 @@ def _sweep(args: argparse.Namespace) -> int:
         parse_vary,
         run_sweep,
     )
-    from fastav_eval.lmms.model_args import split_items
+    from fastav_eval.models.model_args import split_items
 
     axes = parse_vary(args.vary) if args.vary else DEFAULT_AXES
     try:

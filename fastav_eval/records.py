@@ -16,22 +16,26 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from fastav_eval.decoder_shape import SHAPE_FIELDS
+
+if TYPE_CHECKING:
+    from fastav_eval.pruning.plan import SampleStats
 
 SAMPLE_FORMAT = "fastav-sample/1"
 RUN_FORMAT = "fastav-run/1"
 RUN_SUFFIX = "_fastav.json"
 """The run record of ``<date>_results.json`` is ``<date>_fastav.json`` in the same folder."""
 
-SHAPE_FIELDS = ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
-"""``decoder_shape``'s keys: :class:`fastav_eval.pruning.DecoderShape`'s fields (kept here: records import no torch)."""
-
 MEAN_FIELDS: tuple[str, ...] = ("relative_flops", "relative_flops_exact", "prefill_ms", "peak_memory_mb",
                                 "video_tokens", "audio_tokens", "video_kept_mean", "audio_kept_mean")  # fmt: skip
 """The per-sample figures whose means a run reports (per task and pooled)."""
+DERIVED_FIELDS: tuple[str, ...] = ("input_tokens", "video_tokens", "audio_tokens", "video_kept_mean", "audio_kept_mean")
+"""The :class:`SampleRecord` fields that follow from its ``kept_per_layer`` (:func:`derived_fields`)."""
 
 
 def _fail(where: str, value: Any, accepted: str) -> ValueError:
@@ -65,14 +69,19 @@ def read_json(path: str | Path, what: str) -> Any:
         raise ValueError(f"{what} {str(path)!r} cannot be read as JSON: {error}") from error
 
 
-def write_json(path: str | Path, data: Any, indent: int = 2, sort_keys: bool = False) -> Path:
-    """Write ``data`` as JSON (strict: no NaN) to ``path`` atomically: a reader never sees half a file, and two
-    processes writing the same path (sweep shards) each rename a whole file of their own into place."""
+def write_atomic(path: str | Path, content: bytes | str) -> Path:
+    """Write ``content`` (text as UTF-8) to ``path`` atomically: a reader never sees half a file, and two processes
+    writing the same path (sweep shards) each rename a whole file of their own into place."""
     path = Path(path)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(data, indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n", encoding="utf-8")
+    partial.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
     partial.replace(path)
     return path
+
+
+def write_json(path: str | Path, data: Any, indent: int = 2, sort_keys: bool = False) -> Path:
+    """Write ``data`` as JSON (strict: no NaN) to ``path`` atomically (:func:`write_atomic`)."""
+    return write_atomic(path, json.dumps(data, indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n")
 
 
 def sha256_of(data: bytes | str) -> str:
@@ -82,6 +91,19 @@ def sha256_of(data: bytes | str) -> str:
 def canonical_hash(value: Any) -> str:
     """sha256 of ``value`` as canonical JSON (sorted keys, no spaces): equal settings hash equal."""
     return sha256_of(json.dumps(value, sort_keys=True, separators=(",", ":")))
+
+
+def derived_fields(kept_per_layer: Mapping[str, Sequence[int]]) -> dict[str, int | float]:
+    """The :data:`DERIVED_FIELDS` of a sample that kept ``kept_per_layer`` (modality -> ``[num_layers]`` counts):
+    the prompt's tokens (layer 0's, all modalities), each audio-visual modality's tokens before pruning and their
+    mean over layers (0 for a modality the sample lacks). Both the record's writer and ``verify`` derive them here."""
+    num_layers = len(next(iter(kept_per_layer.values()), ()))
+    derived: dict[str, int | float] = {"input_tokens": sum(int(counts[0]) for counts in kept_per_layer.values())}
+    for modality in ("video", "audio"):
+        counts = kept_per_layer.get(modality, [0])
+        derived[f"{modality}_tokens"] = int(counts[0])
+        derived[f"{modality}_kept_mean"] = sum(counts) / num_layers
+    return derived
 
 
 @dataclass(frozen=True)
@@ -122,29 +144,27 @@ class SampleRecord:
     def measured(
         cls,
         prune: str,
-        summary: Mapping[str, Any],
+        stats: SampleStats,
         output_tokens: int,
         prefill_ms: float,
         peak_memory_mb: float | None = None,
         decision: dict[str, Any] | None = None,
     ) -> SampleRecord:
-        """The record of an answered sample from the engine's per-sample summary (``PrefillStats.sample``)."""
-        kept = {name: [int(c) for c in counts] for name, counts in summary["kept_per_layer"].items()}
-        num_layers = len(summary["tokens_per_layer"])
+        """The record of an answered sample from the engine's per-sample statistics (``PrefillStats.sample``,
+        given the decoder's shape); the :data:`DERIVED_FIELDS` come from :func:`derived_fields`."""
+        if stats.relative_flops is None or stats.relative_flops_exact is None:
+            raise ValueError("SampleStats without relative FLOPs; accepted: PrefillStats.sample(index, shape)")
+        kept = {name: [int(c) for c in counts] for name, counts in stats.kept_per_layer.items()}
         return cls(
             prune=prune,
-            input_tokens=int(summary["prompt_tokens"]),
             output_tokens=int(output_tokens),
             kept_per_layer=kept,
-            relative_flops=float(summary["relative_flops_fastv"]),
-            relative_flops_exact=float(summary["relative_flops_exact"]),
+            relative_flops=float(stats.relative_flops),
+            relative_flops_exact=float(stats.relative_flops_exact),
             prefill_ms=float(prefill_ms),
-            video_tokens=kept.get("video", [0])[0],
-            audio_tokens=kept.get("audio", [0])[0],
-            video_kept_mean=sum(kept.get("video", [0])) / num_layers,
-            audio_kept_mean=sum(kept.get("audio", [0])) / num_layers,
             peak_memory_mb=peak_memory_mb,
             decision=decision,
+            **derived_fields(kept),
         )
 
     @classmethod
@@ -241,8 +261,9 @@ class RunRecord:
         weights: ``{"name", "files": {relative path: sha256}, "revision"}`` of the model's weights.
         versions: fastav-eval (and its git commit when run from a checkout), torch, transformers, lmms-eval, python.
         device, dtype, attn_implementation: where and how it ran (``device``: type, name, count).
-        language_model: the text decoder's family and size, e.g. ``qwen2 (28 layers, d 3584)``.
-        decoder_shape: the text decoder's sizes (:class:`fastav_eval.pruning.DecoderShape` fields), from which
+        language_model: the text decoder's family and size (:meth:`~fastav_eval.decoder_shape.DecoderShape.label`),
+            e.g. ``qwen2 (28 layers, d 3584)``.
+        decoder_shape: the text decoder's sizes (:meth:`fastav_eval.decoder_shape.DecoderShape.to_dict`), from which
             ``verify`` recomputes each sample's FLOPs.
         tasks: task -> the :func:`means` of its sample records; ``overall``: the means over all samples.
         seed: the engine's seed (random rules); lmms-eval's seeds are in its results JSON.

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastav_eval.records import write_atomic
+
 if TYPE_CHECKING:
     from gymnasium import spaces
     from stable_baselines3.common.policies import ActorCriticPolicy
@@ -233,10 +235,7 @@ def save_weights(policy: ActorCriticPolicy, path: Path, metadata: dict[str, str]
 
     weights = policy.state_dict()
     state = {name: tensor.detach().to("cpu", WEIGHTS_DTYPE).contiguous() for name, tensor in weights.items()}
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(save(state, metadata=metadata))
-    partial.replace(path)
-    return path
+    return write_atomic(path, save(state, metadata=metadata))
 
 
 def load_weights(policy: ActorCriticPolicy, path: Path) -> ActorCriticPolicy:

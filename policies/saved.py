@@ -15,6 +15,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fastav_eval.decoder_shape import DecoderShape
+from fastav_eval.env_ids import ENVIRONMENTS
 from fastav_eval.policies.network import check_network, save_weights
 from fastav_eval.records import read_json, sha256_of, write_json
 
@@ -29,7 +31,8 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 SHIPPED: dict[str, str] = {"fastav_tiny_retention": "TokenRetention policy for fastav_tiny (the AV-Synth testbed)"}
 """Policies shipped with the package: ``policy=<name>`` finds them under ``policies/shipped/<name>``."""
 ALGORITHMS = ("PPO", "A2C")
-ENV_KINDS = {"fastav/TokenRetention-v0": "retention", "fastav/TokenExchange-v0": "exchange"}
+ENV_KINDS = {env.env_id: env.kind for env in ENVIRONMENTS.values()}
+"""Gymnasium id -> the policy's kind (:data:`fastav_eval.env_ids.ENVIRONMENTS`)."""
 
 
 class PolicyNotFoundError(FileNotFoundError, ValueError):
@@ -63,7 +66,7 @@ class PolicyMeta:
         algorithm: one of :data:`ALGORITHMS`.
         coding: the environment's coding (``RetentionCoding`` / ``ExchangeCoding`` ``to_dict()``).
         model: the lmms-eval model name it was trained on.
-        decoder: ``{"model_type", "num_layers", "hidden_size"}`` of that model's text decoder.
+        decoder: that model's text decoder (:func:`decoder_identity`: ``{"model_type", "num_layers", "hidden_size"}``).
         modalities: the audio-visual modalities its samples had.
         env_kwargs: the environment's keyword arguments (tasks, split, λ, reward, ...).
         network: the policy network's spaces and architecture (:func:`~fastav_eval.policies.network.check_network`).
@@ -162,9 +165,8 @@ def resolve_policy(where: str | Path) -> Path:
 
 
 def decoder_identity(text_config: Any) -> dict[str, Any]:
-    """What a policy is bound to: the text decoder's type, depth and width."""
-    return {"model_type": getattr(text_config, "model_type", None), "num_layers": int(text_config.num_hidden_layers),
-            "hidden_size": int(text_config.hidden_size)}  # fmt: skip
+    """What a policy is bound to: the text decoder's type, depth and width (:meth:`DecoderShape.identity`)."""
+    return DecoderShape.from_config(text_config).identity(getattr(text_config, "model_type", None))
 
 
 def policy_hash(directory: Path) -> str:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from fastav_eval.avsynth import TASKS
+from fastav_eval.env_ids import ENVIRONMENTS
 from fastav_eval.envs.samples import DOCUMENTS_PER_TASK, REWARDS, SECONDS_PER_DOCUMENT
 from fastav_eval.policies.network import describe_network, save_weights
 from fastav_eval.policies.saved import (
@@ -52,11 +53,12 @@ from fastav_eval.policies.saved import (
     decoder_identity,
     policy_hash,
 )
-from fastav_eval.records import read_json
+from fastav_eval.records import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-ENVS = {"retention": "fastav/TokenRetention-v0", "exchange": "fastav/TokenExchange-v0"}
+ENVS = {kind: env.env_id for kind, env in ENVIRONMENTS.items()}
+"""``--env`` kind -> Gymnasium id (:data:`fastav_eval.env_ids.ENVIRONMENTS`)."""
 VAL_SET_FILE = "val_set.json"
 """``eval/val_set.json``: what the val evaluations in ``eval/evaluations.npz`` were computed on."""
 RESUMED_HYPERPARAMETERS = {"learning_rate": "learning_rate", "n_steps": "n_steps", "entropy": "ent_coef",
@@ -489,7 +491,7 @@ def _run(settings: TrainSettings, resumed: dict[str, Any] | None) -> None:
     try:
         for sub in ("checkpoints", "eval", "monitor", "best"):
             (out / sub).mkdir(parents=True, exist_ok=True)
-        (out / "eval" / VAL_SET_FILE).write_text(json.dumps(settings.val_set(), indent=1, sort_keys=True) + "\n")
+        write_json(out / "eval" / VAL_SET_FILE, settings.val_set(), indent=1, sort_keys=True)
         val_documents = len(eval_env.envs[0].unwrapped.documents)
         logger.info(
             "building %d training environment(s): %d train documents per task each (about %.0f s of rendering)",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from fastav_eval.pruning.plan import SampleStats
 from fastav_eval.records import (
     SAMPLE_FORMAT,
     SHAPE_FIELDS,
@@ -16,13 +19,12 @@ from fastav_eval.records import (
 
 SHAPE = dict(num_layers=6, hidden_size=128, intermediate_size=384, num_heads=4, num_kv_heads=2, head_dim=32)
 
-SUMMARY = {
-    "prompt_tokens": 20,
-    "tokens_per_layer": [20, 20, 12, 10],
-    "kept_per_layer": {"text": [4, 4, 4, 4], "video": [8, 8, 4, 3], "audio": [8, 8, 4, 3]},
-    "relative_flops_fastv": 77.5,
-    "relative_flops_exact": 78.0,
-}
+SUMMARY = SampleStats(
+    tokens_per_layer=[20, 20, 12, 10],
+    kept_per_layer={"text": [4, 4, 4, 4], "video": [8, 8, 4, 3], "audio": [8, 8, 4, 3]},
+    relative_flops=77.5,
+    relative_flops_exact=78.0,
+)
 
 
 def test_measured_record_round_trips_and_derives_its_figures():
@@ -57,7 +59,7 @@ def test_bad_sample_fields_are_named(change, named):
 
 def test_means_skip_failed_samples_but_count_them():
     answered = SampleRecord.measured("fastav", SUMMARY, 3, 1.0)
-    other = SampleRecord.measured("fastav", {**SUMMARY, "relative_flops_fastv": 57.5}, 3, 3.0)
+    other = SampleRecord.measured("fastav", dataclasses.replace(SUMMARY, relative_flops=57.5), 3, 3.0)
     result = means([answered, other, SampleRecord.failed("fastav", "x")])
     assert result["n"] == 3 and result["failed"] == 1
     assert result["relative_flops"] == pytest.approx(67.5) and result["prefill_ms"] == pytest.approx(2.0)
@@ -107,3 +109,57 @@ def test_write_json_is_atomic_strict_and_leaves_no_partial_file(tmp_path):
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         write_json(tmp_path / "nan.json", {"x": float("nan")})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+def test_the_engines_sample_stats_become_the_record_with_one_derivation():
+    import torch
+
+    from fastav_eval.pruning.flops import DecoderShape
+    from fastav_eval.pruning.plan import PrefillStats
+    from fastav_eval.records import DERIVED_FIELDS, derived_fields
+
+    kept = {"text": [[4, 4, 4], [2, 2, 2]], "video": [[6, 3, 3], [0, 0, 0]], "audio": [[5, 5, 1], [9, 4, 4]]}
+    modality = {name: torch.tensor(rows) for name, rows in kept.items()}
+    stats = PrefillStats(sum(modality.values()), modality, slots_per_layer=[15, 15, 8], kv_positions=[])
+    shape = DecoderShape(num_layers=3, hidden_size=8, intermediate_size=16, num_heads=2, num_kv_heads=1, head_dim=4)
+    sample = stats.sample(1, shape)
+    assert sample.tokens_per_layer == [11, 6, 6] and sample.prompt_tokens == 11
+    assert sample.relative_flops == float(stats.relative_flops(shape)[1])
+    assert stats.sample(1).relative_flops is None
+    record = SampleRecord.measured("fastav", sample, 2, 1.0)
+    assert derived_fields(record.kept_per_layer) == {name: getattr(record, name) for name in DERIVED_FIELDS}
+    assert (record.input_tokens, record.video_tokens, record.audio_tokens) == (11, 0, 9)
+    assert record.video_kept_mean == 0.0 and record.audio_kept_mean == pytest.approx(17 / 3)
+    assert derived_fields({"text": [3, 3]}) == {"input_tokens": 3, "video_tokens": 0, "audio_tokens": 0,
+                                                "video_kept_mean": 0.0, "audio_kept_mean": 0.0}  # fmt: skip
+    with pytest.raises(ValueError, match=r"PrefillStats\.sample"):
+        SampleRecord.measured("fastav", stats.sample(1), 2, 1.0)
+
+
+def test_one_decoder_identity_gives_the_shape_the_label_and_a_policys_binding():
+    from types import SimpleNamespace
+
+    from fastav_eval.decoder_shape import DecoderShape
+    from fastav_eval.policies.saved import decoder_identity
+
+    config = SimpleNamespace(model_type="qwen2", num_hidden_layers=28, hidden_size=3584, intermediate_size=18944,
+                             num_attention_heads=28, num_key_value_heads=4)  # fmt: skip
+    shape = DecoderShape.from_config(config)
+    assert tuple(shape.to_dict()) == SHAPE_FIELDS and shape.head_dim == 128
+    assert shape.label(config.model_type) == "qwen2 (28 layers, d 3584)"
+    assert decoder_identity(config) == {"model_type": "qwen2", "num_layers": 28, "hidden_size": 3584}
+
+
+def test_records_and_a_saved_policy_read_without_torch_or_gymnasium():
+    """The run and sample records (report) load without torch; a saved policy's metadata without Gymnasium."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import fastav_eval.records, fastav_eval.analysis.results\n"
+        "assert 'torch' not in sys.modules, 'records import torch'\n"
+        "import fastav_eval.policies.saved\n"
+        "assert 'gymnasium' not in sys.modules, 'policies.saved imports gymnasium'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

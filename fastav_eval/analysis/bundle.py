@@ -34,7 +34,16 @@ from fastav_eval.analysis.tasks import FROM_INCLUDE_PATH, FROM_PACKAGE, TaskSour
 from fastav_eval.provenance import file_sha256
 from fastav_eval.pruning import DecoderShape
 from fastav_eval.pruning.flops import relative_flops
-from fastav_eval.records import MEAN_FIELDS, SampleRecord, canonical_hash, means, read_json, run_record_path
+from fastav_eval.records import (
+    MEAN_FIELDS,
+    SampleRecord,
+    canonical_hash,
+    derived_fields,
+    means,
+    read_json,
+    run_record_path,
+    write_json,
+)
 from fastav_eval.resources import tasks_path
 
 MANIFEST = "MANIFEST.sha256"
@@ -187,12 +196,12 @@ def _write_bundle(run: RunResults, others: list[RunResults], out: Path) -> None:
     record = run.record
     config = {"model": record.model, "model_args": record.model_args, "prune": record.prune, "pruning": record.pruning,
               "pruning_hash": record.pruning_hash, "lmms_eval": run.results.get("config", {})}  # fmt: skip
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_json(out / "config.json", config)
     profile_file = Path(record.profile["path"]) if record.profile else None
     if profile_file is not None and profile_file.is_file() and file_sha256(profile_file) == record.profile["sha256"]:
         shutil.copy2(profile_file, out / "profile.json")
     elif isinstance(record.pruning.get("profile"), dict):
-        (out / "profile.json").write_text(json.dumps(record.pruning["profile"], indent=2) + "\n")
+        write_json(out / "profile.json", record.pruning["profile"])
     bundled = RunResults.load(results / run.path.name)
     write_report([bundled, *others], out)
     row = leaderboard_row(bundled)
@@ -303,18 +312,11 @@ def _check_flops(run: RunResults, parsed: dict[str, list[SampleRecord]], result:
                     result.problems.append(
                         f"{where}: {name} {getattr(sample, name)} != {recomputed} from kept_per_layer"
                     )
-            for modality in ("video", "audio"):
-                kept = sample.kept_per_layer.get(modality, [0] * shape.num_layers)
-                if kept[0] != getattr(sample, f"{modality}_tokens") or not _close(
-                    sum(kept) / len(kept), getattr(sample, f"{modality}_kept_mean")
-                ):
-                    result.problems.append(
-                        f"{where}: {modality}_tokens / {modality}_kept_mean disagree with kept_per_layer"
-                    )
-            if sample.input_tokens != int(tokens[0]):
-                result.problems.append(
-                    f"{where}: input_tokens {sample.input_tokens} != layer 0's {int(tokens[0])} tokens"
-                )
+            for name, derived in derived_fields(sample.kept_per_layer).items():
+                stored = getattr(sample, name)
+                same = stored == derived if isinstance(derived, int) else _close(stored, derived)
+                if not same:
+                    result.problems.append(f"{where}: {name} {stored} != {derived} from kept_per_layer")
             result.count("sample FLOPs")
         task_means = means(records)
         stored = record.tasks.get(task)

@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 
 from fastav_eval.analysis.results import SWEEP_RUN_FILE as RUN_FILE
 from fastav_eval.analysis.tasks import model_class
-from fastav_eval.lmms.model_args import (
+from fastav_eval.models.model_args import (
     ENGINE_ARGS,
     arg_kinds,
+    greedy_settings,
     join_model_args,
     parse_model_args,
     split_items,
@@ -190,8 +191,6 @@ def check_tasks(model: str, tasks: str, include_path: str | None) -> list[str]:
 def check_gen_kwargs(gen_kwargs: str) -> None:
     """``--gen_kwargs`` as the wrappers read it (greedy decoding only), before any run starts."""
     from lmms_eval.utils import simple_parse_args_string
-
-    from fastav_eval.lmms.wrapper import greedy_settings
 
     try:
         parsed = simple_parse_args_string(gen_kwargs)

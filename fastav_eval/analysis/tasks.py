@@ -188,7 +188,7 @@ def model_class(model: str) -> Any:
     """The wrapper class of a FastAV lmms-eval model name (not instantiated)."""
     from lmms_eval.models import get_model
 
-    from fastav_eval.lmms.registry import MODELS
+    from fastav_eval.models.registry import MODELS
 
     if model not in MODELS:
         raise ValueError(f"model={model!r} is not a FastAV wrapper; accepted: {sorted(MODELS)}")

@@ -1,5 +1,6 @@
 """Scoring the paper benchmarks' answers: yes/no judgments (AVHBench), answers from a fixed vocabulary
-(MUSIC-AVQA), lettered multiple choice (AVQA) and captions (AVHBench AV captioning).
+(MUSIC-AVQA) and lettered multiple choice (AVQA); captions (AVHBench AV captioning) are scored by
+:mod:`fastav_eval.captions`.
 
 Every reader returns the answer it found or None: an answer that cannot be read is counted as invalid (and
 wrong), never guessed.
@@ -7,19 +8,13 @@ wrong), never guessed.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 from collections.abc import Sequence
 
-_WORD = re.compile(r"[a-z0-9]+")
+from fastav_eval.captions import words
+
 _NUMBERS = dict(enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")))
 _NUMERALS = {str(number): word for number, word in _NUMBERS.items()}
-
-
-def words(text: str) -> list[str]:
-    """Lower-case alphanumeric words: ``"No, it's  the_piano."`` -> ``["no", "it", "s", "the", "piano"]``."""
-    return _WORD.findall(text.lower().replace("_", " "))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -207,41 +202,3 @@ def _named_option(response: str, options: Sequence[str]) -> int | None:
         if not any(s <= start and end <= e and (e - s) > (end - start) for s, e, _ in spans)
     }
     return kept.pop() if len(kept) == 1 else None
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Captions
-
-
-def _caption_inputs(items: Sequence[tuple[str, str]]) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
-    if not items:
-        raise ValueError("caption metrics need at least one (reference, prediction) pair")
-    references = {i: [" ".join(words(reference))] for i, (reference, _) in enumerate(items)}
-    predictions = {i: [" ".join(words(prediction))] for i, (_, prediction) in enumerate(items)}
-    return references, predictions
-
-
-def caption_cider(items: Sequence[tuple[str, str]]) -> float:
-    """Corpus CIDEr-D (pycocoevalcap; 1.0 is the usual "100") over ``(reference, prediction)`` pairs, on
-    :func:`words` tokens (pycocoevalcap's PTB tokenizer needs Java, which these machines need not have)."""
-    from pycocoevalcap.cider.cider import Cider
-
-    score, _ = Cider().compute_score(*_caption_inputs(items))
-    return float(score)
-
-
-def caption_bleu4(items: Sequence[tuple[str, str]]) -> float:
-    """Corpus BLEU-4 (pycocoevalcap) over ``(reference, prediction)`` pairs."""
-    from pycocoevalcap.bleu.bleu import Bleu
-
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints its n-gram counts
-        scores, _ = Bleu(4).compute_score(*_caption_inputs(items), verbose=0)
-    return float(scores[3])
-
-
-def caption_rouge_l(items: Sequence[tuple[str, str]]) -> float:
-    """Mean ROUGE-L F (beta 1.2, pycocoevalcap) over ``(reference, prediction)`` pairs."""
-    from pycocoevalcap.rouge.rouge import Rouge
-
-    score, _ = Rouge().compute_score(*_caption_inputs(items))
-    return float(score)

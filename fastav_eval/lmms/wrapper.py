@@ -12,7 +12,6 @@ computes what the stock decoder computes and reports 100% FLOPs.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -26,24 +25,22 @@ from loguru import logger as log  # lmms-eval's own log, shown at INFO
 from tqdm import tqdm
 
 from fastav_eval.evaluation import PrunedRunner
-from fastav_eval.lmms.model_args import (
-    DTYPES,
+from fastav_eval.lmms.run_record import find_evaluation
+from fastav_eval.models.base import ModelAdapter, Request, SampleError
+from fastav_eval.models.model_args import (
     KEEP_ARGS,
     arg_kinds,
-    check_known,
     convert,
+    greedy_settings,
     join_model_args,
     parse_model_args,
     wrapper_settings,
 )
-from fastav_eval.lmms.registry import MODELS
-from fastav_eval.lmms.run_record import find_evaluation
-from fastav_eval.models.base import ModelAdapter, Request, SampleError
+from fastav_eval.models.registry import build_adapter
 from fastav_eval.provenance import device_info, profile_identity, versions, weights_identity
 from fastav_eval.pruning import SampleInfo, find_text_model
 from fastav_eval.records import RunRecord, SampleRecord, canonical_hash, means
 
-GREEDY_KWARGS = ("max_new_tokens", "temperature", "do_sample", "until", "top_p", "num_beams")
 CLI_DEFAULTS = {"batch_size": 1}
 """Values lmms-eval passes for options the user did not give (``--batch_size`` defaults to 1)."""
 CLI_KEYS = ("batch_size", "device")
@@ -85,29 +82,6 @@ def throughput_entry(record: SampleRecord, task: str, elapsed: float, batch: int
     speed = record.output_tokens * batch / elapsed if elapsed > 0 else 0.0
     return {"total_elapsed_time": elapsed / batch, "total_gen_tokens": record.output_tokens, "avg_speed": speed,
             "additional_metrics": extra}  # fmt: skip
-
-
-def greedy_settings(gen_kwargs: dict[str, Any]) -> tuple[int, list[str]]:
-    """A task's (or ``--gen_kwargs``') generation settings -> ``(max_new_tokens, stop strings)``; sampling, beams
-    and unknown keys are refused: the wrappers decode greedily."""
-    check_known(gen_kwargs, GREEDY_KWARGS, "generation_kwargs")
-    try:
-        sampling = bool(gen_kwargs.get("do_sample")) or float(gen_kwargs.get("temperature") or 0) > 0
-        beams, max_new_tokens = int(gen_kwargs.get("num_beams", 1)), int(gen_kwargs.get("max_new_tokens", 32))
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"generation_kwargs {gen_kwargs}; accepted: temperature a number, num_beams and max_new_tokens ints"
-        ) from None
-    if sampling:
-        raise ValueError(
-            f"generation_kwargs {gen_kwargs}: FastAV wrappers decode greedily (do_sample=false, temperature=0)"
-        )
-    if beams != 1:
-        raise ValueError(f"generation_kwargs num_beams={gen_kwargs['num_beams']!r}; accepted: 1")
-    if max_new_tokens < 1:
-        raise ValueError(f"generation_kwargs max_new_tokens={max_new_tokens!r}; accepted: an int >= 1")
-    until = gen_kwargs.get("until") or []
-    return max_new_tokens, [until] if isinstance(until, str) else list(until)
 
 
 @dataclass
@@ -166,13 +140,16 @@ def rank_device(device: str | None) -> torch.device:
 
 
 class FastAVLMM(lmms):
-    """Subclasses set ``adapter_class`` (a :class:`~fastav_eval.models.ModelAdapter`)."""
+    """The lmms-eval model of one registered model: :mod:`fastav_eval.lmms.models` makes one subclass per name of
+    :data:`fastav_eval.models.registry.MODELS`, setting ``model_name`` (the lmms-eval name) and ``adapter_class``
+    (its :class:`~fastav_eval.models.ModelAdapter`)."""
 
+    model_name: ClassVar[str]
     adapter_class: ClassVar[type[ModelAdapter]]
 
     def __init__(self, **model_args: Any) -> None:
         """``model_args``: the ``--model_args`` keys (text or Python values), read by
-        :func:`~fastav_eval.lmms.model_args.wrapper_settings` (types, conflicts, vocabularies) before loading."""
+        :func:`~fastav_eval.models.model_args.wrapper_settings` (types, conflicts, vocabularies) before loading."""
         super().__init__()
         adapter_class = self.adapter_class
         settings = wrapper_settings(adapter_class, model_args)
@@ -182,8 +159,9 @@ class FastAVLMM(lmms):
         self.model_args = join_model_args(settings.given)
         self._records: list[tuple[str, SampleRecord]] = []  # (task, record) of every counted request of this rank
         self._device = rank_device(settings.device)
-        self.adapter = adapter_class(settings.pretrained, str(self._device), DTYPES[settings.dtype],
-                                     settings.attn_implementation, **settings.adapter_args)  # fmt: skip
+        load = {"pretrained": settings.pretrained, "device": str(self._device), "dtype": settings.dtype,
+                "attn_implementation": settings.attn_implementation}  # fmt: skip
+        self.adapter = build_adapter(self.model_name, {**load, **settings.adapter_args})
         self.runner = PrunedRunner(self.adapter, settings.config, settings.prune)  # the one evaluation loop
         self.engine = self.runner.engine
         self.prune, self.on_error = settings.prune, settings.on_error
@@ -197,7 +175,7 @@ class FastAVLMM(lmms):
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> FastAVLMM:
         """lmms-eval's constructor path: ``--model_args`` plus the CLI's own ``--batch_size`` / ``--device``.
 
-        ``--model_args`` is read by :func:`~fastav_eval.lmms.model_args.parse_model_args` (declared types, a key
+        ``--model_args`` is read by :func:`~fastav_eval.models.model_args.parse_model_args` (declared types, a key
         given twice refused). A key given both ways must agree; a CLI value that is only lmms-eval's default
         (``--batch_size`` 1) yields to ``--model_args``. lmms-eval's ``--max_batch_size`` (a cap for
         ``--batch_size auto``) is refused: the wrappers take a fixed batch size.
@@ -328,14 +306,13 @@ class FastAVLMM(lmms):
     def run_record(self, records: list[tuple[str, SampleRecord]], date: str) -> RunRecord:
         """This run's provenance and the per-task means of ``records`` ((task, record) pairs)."""
         config = self.engine.config.to_dict()
-        model_id = next((name for name, path in MODELS.items() if path.endswith(f".{type(self).__qualname__}")), "")
         by_task: dict[str, list[SampleRecord]] = {}
         for task, record in records:
             by_task.setdefault(task, []).append(record)
         described = self.engine.config.describe()
         shape, text_config = self.engine.shape, find_text_model(self.adapter.decoder).config
         return RunRecord(
-            model=model_id or type(self).__name__,
+            model=self.model_name,
             adapter=self.adapter.name,
             model_args=self.model_args,
             prune=self.prune,
@@ -347,8 +324,8 @@ class FastAVLMM(lmms):
             device={**device_info(self._device), "processes": self.world_size},
             dtype=self._settings["dtype"],
             attn_implementation=self._settings["attn_implementation"],
-            language_model=f"{text_config.model_type} ({shape.num_layers} layers, d {shape.hidden_size})",
-            decoder_shape=dataclasses.asdict(shape),
+            language_model=shape.label(text_config.model_type),
+            decoder_shape=shape.to_dict(),
             tasks={task: means(items) for task, items in sorted(by_task.items())},
             overall=means(record for _, record in records),
             seed=self.engine.config.seed,

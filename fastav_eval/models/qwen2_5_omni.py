@@ -1,5 +1,7 @@
 """Adapter for Qwen2.5-Omni (7B, 3B): transformers' own thinker, loaded without the talker or token2wav.
 
+``lmms-eval --model fastav_qwen2_5_omni`` (7B by default, 3B alike), soundtracks fed.
+
 A request's visuals (a video path, an audio dict / file, a PIL image, in the task's order) become one user turn
 of the model's chat template, media first. A video's soundtrack is decoded with PyAV and fed interleaved with
 its frames in 2-s chunks (``load_audio_from_video`` in the processor, ``use_audio_in_video`` in ``generate``:

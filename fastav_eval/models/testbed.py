@@ -1,4 +1,7 @@
-"""Adapter for the AV-Synth testbed (the small AV-LLM shipped in ``fastav_eval/testbed/weights``)."""
+"""Adapter for the AV-Synth testbed (the small AV-LLM shipped in ``fastav_eval/testbed/weights``).
+
+``lmms-eval --model fastav_tiny``: runnable anywhere (CPU, no downloads).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """Adapter for VideoLLaMA2.1-AV (``DAMO-NLP-SG/VideoLLaMA2.1-7B-AV``): the model of the FastAV paper's headline.
 
+``lmms-eval --model fastav_videollama2``, soundtracks fed. ``prune=fastav`` (the default) is the paper's setting:
+the global stage at half the depth (layer 14 of 28) keeps every video token and the first 10 audio tokens,
+then the fine stage drops P = 20% before every later layer.
+
 The model is :mod:`fastav_eval.models.videollama2_model` (transformers' Qwen2 and SigLIP, our STC connector and
 BEATs). This file reproduces the official inference path (``videollama2.mm_infer`` on ``process_video(...,
 va=True)``) on our media stack:

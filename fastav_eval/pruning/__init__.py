@@ -13,14 +13,15 @@ from fastav_eval.pruning.config import FINE_RULES, GLOBAL_RULES, PruningConfig
 from fastav_eval.pruning.decoder import FastAVDecoder, find_text_model, install, uninstall
 from fastav_eval.pruning.flops import DecoderShape, layer_flops, prefill_flops, relative_flops
 from fastav_eval.pruning.layout import Modality, ModalityLayout
-from fastav_eval.pruning.plan import PrefillPlan, PrefillStats, simulate_prefill
+from fastav_eval.pruning.plan import PrefillPlan, PrefillStats, SampleStats, simulate_prefill
 from fastav_eval.pruning.profile import PrefixKeep, PruningProfile
-from fastav_eval.pruning.rules import Chooser, PruneContext, PruneDecision, SampleInfo
+from fastav_eval.pruning.rules import RULES, Chooser, PruneContext, PruneDecision, PruningRule, SampleInfo
 from fastav_eval.pruning.scoring import last_query_scores
 
 __all__ = [
     "FINE_RULES",
     "GLOBAL_RULES",
+    "RULES",
     "Chooser",
     "DecoderShape",
     "FastAVDecoder",
@@ -33,7 +34,9 @@ __all__ = [
     "PruneDecision",
     "PruningConfig",
     "PruningProfile",
+    "PruningRule",
     "SampleInfo",
+    "SampleStats",
     "find_text_model",
     "install",
     "last_query_scores",

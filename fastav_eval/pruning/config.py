@@ -9,16 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastav_eval.pruning.profile import PruningProfile
+from fastav_eval.pruning.rules import FINE_RULES as FINE_RULES  # re-exported: the CLI and the sweep read them here
+from fastav_eval.pruning.rules import GLOBAL_RULES as GLOBAL_RULES
+from fastav_eval.pruning.rules import check_rule
 
 if TYPE_CHECKING:
     from fastav_eval.pruning.rules import Chooser
-
-GLOBAL_RULES: tuple[str, ...] = ("positional", "random", "top_attentive", "low_attentive")
-"""Global-stage rules. The attentive names say what is *dropped*, as in the paper's tables: ``low_attentive``
-drops the tokens the last query attends to least (at the layer before ``global_layer``)."""
-
-FINE_RULES: tuple[str, ...] = ("low_attentive", "top_attentive", "random")
-"""Fine-stage rules; ``low_attentive`` (drop the least-attended) is FastAV's."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +26,8 @@ class PruningConfig:
     the remaining audio-visual tokens before every later layer, using the last-query scores of the layer before.
 
     Attributes:
-        global_rule: one of :data:`GLOBAL_RULES`, or None for no global stage.
+        global_rule: one of :data:`GLOBAL_RULES` (the global-stage rules of
+            :data:`fastav_eval.pruning.rules.RULES`), or None for no global stage.
         global_layer: first layer that sees the globally pruned sequence; None means half the depth.
         profile: the per-modality prefix the global stage keeps (a :class:`PruningProfile` or a JSON path).
             ``positional`` keeps exactly that prefix; the other global rules keep the same number of
@@ -54,10 +51,8 @@ class PruningConfig:
     chooser: Chooser | Callable | None = None
 
     def __post_init__(self) -> None:
-        if self.global_rule is not None and self.global_rule not in GLOBAL_RULES:
-            raise ValueError(f"global_rule={self.global_rule!r}; accepted: {[*GLOBAL_RULES, None]}")
-        if self.fine_rule not in FINE_RULES:
-            raise ValueError(f"fine_rule={self.fine_rule!r}; accepted: {list(FINE_RULES)}")
+        check_rule("global_rule", self.global_rule, "global", off=(None,))
+        check_rule("fine_rule", self.fine_rule, "fine")
         if not isinstance(self.fine_ratio, int | float) or not 0.0 <= self.fine_ratio < 1.0:
             raise ValueError(f"fine_ratio={self.fine_ratio!r}; accepted: a number in [0, 1)")
         if (

@@ -10,43 +10,18 @@ decode steps:
 
 Relative FLOPs = 100 · Σ_l f(n_l) / (L · f(n_0)): the unpruned prefill (every layer sees the n_0 prompt
 tokens that layer 0 saw) is 100.
+
+The sizes a layer's cost depends on are :class:`~fastav_eval.decoder_shape.DecoderShape` (defined in a torch-free
+leaf so the records read it too; importable from here and from :mod:`fastav_eval.pruning`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 
+from fastav_eval.decoder_shape import DecoderShape
+
 CONVENTIONS: tuple[str, ...] = ("fastv", "exact")
-
-
-@dataclass(frozen=True)
-class DecoderShape:
-    """The sizes that set a decoder layer's cost."""
-
-    num_layers: int
-    hidden_size: int
-    intermediate_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-
-    @classmethod
-    def from_config(cls, config: Any) -> DecoderShape:
-        """Read the shape from a transformers text config (or a config with a ``text_config``)."""
-        config = getattr(config, "text_config", None) or config
-        num_heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
-        return cls(
-            num_layers=config.num_hidden_layers,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_heads=num_heads,
-            num_kv_heads=getattr(config, "num_key_value_heads", None) or num_heads,
-            head_dim=head_dim,
-        )
 
 
 def layer_flops(tokens: torch.Tensor, shape: DecoderShape, convention: str = "fastv") -> torch.Tensor:

@@ -31,9 +31,32 @@ from fastav_eval.pruning.rules import (
     as_decisions,
     fine_keep,
     global_keep,
+    rule_needs_scores,
 )
 
-ATTENTIVE_RULES = ("low_attentive", "top_attentive")
+
+@dataclass(frozen=True)
+class SampleStats:
+    """What one sample's prefill processed (:meth:`PrefillStats.sample`): the engine's hand-off to the sample's
+    record (:meth:`fastav_eval.records.SampleRecord.measured`), which derives the rest from it.
+
+    Attributes:
+        tokens_per_layer: ``[num_layers]`` real tokens each layer processed, all modalities together.
+        kept_per_layer: modality name -> ``[num_layers]`` tokens of that modality each layer processed.
+        relative_flops: prefill FLOPs against the unpruned prefill (= 100), FastV's convention; None without a
+            decoder shape.
+        relative_flops_exact: the same in the ``exact`` convention (:mod:`fastav_eval.pruning.flops`).
+    """
+
+    tokens_per_layer: list[int]
+    kept_per_layer: dict[str, list[int]]
+    relative_flops: float | None = None
+    relative_flops_exact: float | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The tokens layer 0 processed: the whole prompt, padding excluded."""
+        return self.tokens_per_layer[0]
 
 
 @dataclass(frozen=True)
@@ -65,17 +88,18 @@ class PrefillStats:
         """``[B]`` prefill FLOPs of each sample relative to its unpruned prefill (= 100)."""
         return relative_flops(self.tokens_per_layer, shape, convention)
 
-    def sample(self, index: int, shape: DecoderShape | None = None) -> dict[str, object]:
-        """JSON-ready summary of sample ``index``: kept tokens per modality per layer, and FLOPs if ``shape``."""
-        summary: dict[str, object] = {
-            "prompt_tokens": int(self.tokens_per_layer[index, 0]),
-            "tokens_per_layer": self.tokens_per_layer[index].tolist(),
-            "kept_per_layer": {name: counts[index].tolist() for name, counts in self.modality_per_layer.items()},
-        }
+    def sample(self, index: int, shape: DecoderShape | None = None) -> SampleStats:
+        """Sample ``index``'s counts per layer (per modality too), and its relative FLOPs if ``shape`` is given."""
+        fastv = exact = None
         if shape is not None:
-            for convention in ("fastv", "exact"):
-                summary[f"relative_flops_{convention}"] = float(self.relative_flops(shape, convention)[index])
-        return summary
+            fastv = float(self.relative_flops(shape, "fastv")[index])
+            exact = float(self.relative_flops(shape, "exact")[index])
+        return SampleStats(
+            tokens_per_layer=self.tokens_per_layer[index].tolist(),
+            kept_per_layer={name: counts[index].tolist() for name, counts in self.modality_per_layer.items()},
+            relative_flops=fastv,
+            relative_flops_exact=exact,
+        )
 
 
 class PrefillPlan:
@@ -156,12 +180,12 @@ class PrefillPlan:
         if self.config.chooser is not None:
             return True
         fine_here = stage == "fine" or bool(self._fine_rows(layer_idx + 1).any())
-        if fine_here and self.config.fine_rule in ATTENTIVE_RULES:
+        if fine_here and rule_needs_scores(self.config.fine_rule):
             return True
         return (
             stage == "global"
             and layer_idx + 1 == self.config.global_layer
-            and (self.config.global_rule in ATTENTIVE_RULES)
+            and rule_needs_scores(self.config.global_rule)
         )
 
     # ------------------------------------------------------------------ steps

@@ -2,7 +2,8 @@
 
 At every prune point the engine builds a :class:`PruneContext` over the tokens currently in the sequence and
 asks, in order: the outside chooser (if any), then the stage's built-in rule. Each returns a keep mask over
-the current tokens; the engine then forces protected tokens back in.
+the current tokens; the engine then forces protected tokens back in. The built-in rules are the entries of
+:data:`RULES`, the one table that config validation, the planner and the dispatch read.
 
 An outside chooser decides each sample's *cut* once: it is asked before every layer from 1 up to ``global_layer``
 while some sample is undecided (``PruneContext.undecided``) and may return None to wait for a later layer. A
@@ -17,8 +18,9 @@ original position.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 import torch
@@ -222,31 +224,120 @@ def select_top(priority: torch.Tensor, eligible: torch.Tensor, budget: torch.Ten
     return eligible & (ranks < budget.to(ranks.device)[:, None])
 
 
-def rule_priority(rule: str, context: PruneContext) -> torch.Tensor:
-    """``[B, L_cur]`` keep priority of a rule: higher is kept first.
+# ---------------------------------------------------------------------------------------------- the rules
+def _positional(context: PruneContext) -> torch.Tensor:
+    return -context.rank.float()
 
-    ``positional`` prefers earlier tokens of each modality; ``low_attentive`` drops the least-attended,
-    so it keeps by score; ``top_attentive`` drops the most-attended; ``random`` draws from the context RNG.
+
+def _random(context: PruneContext) -> torch.Tensor:
+    noise = torch.rand(context.valid.shape, generator=context.generator, device=context.generator.device)
+    return noise.to(context.valid.device)
+
+
+def _low_attentive(context: PruneContext) -> torch.Tensor:
+    assert context.scores is not None, "rule_priority checks needs_scores"
+    return context.scores
+
+
+def _top_attentive(context: PruneContext) -> torch.Tensor:
+    assert context.scores is not None, "rule_priority checks needs_scores"
+    return -context.scores
+
+
+@dataclass(frozen=True)
+class PruningRule:
+    """One built-in rule of the engine; :data:`RULES` is the only place a rule's name and traits are written.
+
+    Config validation, the planner (which layers record scores) and the dispatch (:func:`rule_priority`) all read it.
+
+    Attributes:
+        name: what ``global_rule`` / ``fine_rule`` (and ``--model_args``, ``--fine-rule``) call it.
+        priority: ``context -> [B, L_cur]`` keep priority, higher is kept first.
+        needs_scores: whether ``priority`` reads the last query's attention scores (``PruneContext.scores``), so the
+            planner records them at the layer before the prune point.
+        global_row: the rule's place among the global-stage rules (the paper's Table 2, which error messages and the
+            sweep's default axis follow); None when the rule cannot serve the global stage.
+        fine_row: the same among the fine-stage rules (the paper's Table 3); None when it cannot serve the fine stage.
+        keeps_prefix: at the global stage, keep exactly the profile's per-modality prefix instead of as many tokens
+            pooled over modalities and ranked by ``priority``.
+        description: one line for humans.
     """
-    if rule == "positional":
-        return -context.rank.float()
-    if rule == "random":
-        noise = torch.rand(context.valid.shape, generator=context.generator, device=context.generator.device)
-        return noise.to(context.valid.device)
-    if context.scores is None:
+
+    name: str
+    priority: Callable[[PruneContext], torch.Tensor]
+    needs_scores: bool
+    global_row: int | None
+    fine_row: int | None
+    description: str
+    keeps_prefix: bool = False
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The stages the rule may serve."""
+        rows: dict[Stage, int | None] = {"global": self.global_row, "fine": self.fine_row}
+        return tuple(stage for stage, row in rows.items() if row is not None)
+
+
+RULES: Mapping[str, PruningRule] = MappingProxyType({rule.name: rule for rule in (
+    PruningRule("positional", _positional, needs_scores=False, global_row=0, fine_row=None, keeps_prefix=True,
+                description="keeps the earliest tokens of each modality: the profile's prefix"),
+    PruningRule("random", _random, needs_scores=False, global_row=1, fine_row=2,
+                description="keeps tokens drawn at random (seeded by the config's seed)"),
+    PruningRule("top_attentive", _top_attentive, needs_scores=True, global_row=2, fine_row=1,
+                description="drops the tokens the last query attends to most"),
+    PruningRule("low_attentive", _low_attentive, needs_scores=True, global_row=3, fine_row=0,
+                description="drops the tokens the last query attends to least (FastAV's fine rule)"),
+)})  # fmt: skip
+"""Every built-in rule by name. The attentive names say what is *dropped*, as in the paper's tables."""
+
+
+def rule_names(stage: Stage) -> tuple[str, ...]:
+    """The names of the rules that may serve ``stage``, in the order of that stage's table in the paper."""
+    rows = {rule.name: rule.global_row if stage == "global" else rule.fine_row for rule in RULES.values()}
+    return tuple(sorted((name for name, row in rows.items() if row is not None), key=lambda name: rows[name]))
+
+
+GLOBAL_RULES: tuple[str, ...] = rule_names("global")
+"""Global-stage rule names, derived from :data:`RULES`."""
+
+FINE_RULES: tuple[str, ...] = rule_names("fine")
+"""Fine-stage rule names, derived from :data:`RULES`."""
+
+
+def check_rule(field: str, value: object, stage: Stage, off: tuple[object, ...] = ()) -> None:
+    """Raise a ValueError naming ``field``, ``value`` and what is accepted unless ``value`` names a rule of ``stage``
+    or is one of ``off``, the caller's spellings of "no such stage" (e.g. ``(None,)``)."""
+    if value in off or (isinstance(value, str) and value in rule_names(stage)):
+        return
+    raise ValueError(f"{field}={value!r}; accepted: {[*rule_names(stage), *off]}")
+
+
+def rule_needs_scores(rule: str | None) -> bool:
+    """Whether rule ``rule`` reads last-query scores; False for None (its stage is off)."""
+    return rule is not None and rule_named(rule).needs_scores
+
+
+def rule_named(rule: str) -> PruningRule:
+    """The entry of :data:`RULES` called ``rule``; a ValueError lists the names otherwise."""
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r}; accepted: {list(RULES)}")
+    return RULES[rule]
+
+
+def rule_priority(rule: str, context: PruneContext) -> torch.Tensor:
+    """``[B, L_cur]`` keep priority of the rule named ``rule`` (see :data:`RULES`): higher is kept first."""
+    entry = rule_named(rule)
+    if entry.needs_scores and context.scores is None:
         raise RuntimeError(f"rule {rule!r} needs last-query scores, and none were recorded")
-    if rule == "low_attentive":
-        return context.scores
-    if rule == "top_attentive":
-        return -context.scores
-    raise ValueError(f"rule={rule!r}; accepted: positional, random, low_attentive, top_attentive")
+    return entry.priority(context)
 
 
 def global_keep(context: PruneContext, rule: str, profile: PruningProfile) -> torch.Tensor:
     """``[B, L_cur]`` bool keep mask of the global stage.
 
-    ``positional`` keeps the profile's per-modality prefix. The other rules keep, per sample, as many
-    audio-visual tokens as that prefix holds, pooled over modalities and chosen by :func:`rule_priority`.
+    A rule that ``keeps_prefix`` (``positional``) keeps the profile's per-modality prefix. The other rules keep, per
+    sample, as many audio-visual tokens as that prefix holds, pooled over modalities and chosen by
+    :func:`rule_priority`.
     """
     eligible = context.eligible
     prefix = ~eligible
@@ -258,7 +349,7 @@ def global_keep(context: PruneContext, rule: str, profile: PruningProfile) -> to
             if rule_for_modality is None
             else rule_for_modality.keep_mask(context.rank, context.chunk, of_modality)
         )
-    if rule == "positional":
+    if rule_named(rule).keeps_prefix:
         return prefix
     budget = (prefix & eligible).sum(1)
     return ~eligible | select_top(rule_priority(rule, context), eligible, budget)

@@ -1,19 +1,15 @@
 """lmms-eval hooks for the AVHBench tasks: the prepared documents (``fastav_eval.data``) and their scoring
-(``fastav_eval.data.scoring``). ``doc_to_visual`` gives the clip's path; the models read its soundtrack."""
+(``fastav_eval.data.scoring``; captions: ``fastav_eval.captions``). ``doc_to_visual`` gives the clip's path; the
+models read its soundtrack."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from fastav_eval.captions import corpus_bleu4, corpus_cider, corpus_rouge_l
 from fastav_eval.data import between_prompts, checked_video, task_documents
 from fastav_eval.data.avhbench import NAME as DATASET
-from fastav_eval.data.scoring import (
-    caption_bleu4,
-    caption_cider,
-    caption_rouge_l,
-    judgment_metrics,
-    parse_yes_no,
-)
+from fastav_eval.data.scoring import judgment_metrics, parse_yes_no
 
 
 def a2v_docs(dataset: Any) -> Any:
@@ -72,12 +68,12 @@ def process_caption(doc: dict, results: list[str]) -> dict:
 
 
 def aggregate_cider(items: list[tuple[str, str]]) -> float:
-    return caption_cider(items)
+    return corpus_cider(items)
 
 
 def aggregate_bleu4(items: list[tuple[str, str]]) -> float:
-    return caption_bleu4(items)
+    return corpus_bleu4(items)
 
 
 def aggregate_rouge_l(items: list[tuple[str, str]]) -> float:
-    return caption_rouge_l(items)
+    return corpus_rouge_l(items)

@@ -16,8 +16,8 @@ from fastav_eval.analysis import sweep as sweeping
 from fastav_eval.analysis.bundle import MANIFEST, submit, verify, write_manifest
 from fastav_eval.analysis.report import paired_difference, pareto_front, select, write_report
 from fastav_eval.analysis.results import RunResults, find_runs
-from fastav_eval.lmms.model_args import pruning_config
 from fastav_eval.models import testbed
+from fastav_eval.models.model_args import pruning_config
 from fastav_eval.pruning import DecoderShape, PruningConfig
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
 from tests.analysis.sweep_fixture import TASKS

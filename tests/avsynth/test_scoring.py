@@ -35,14 +35,15 @@ def test_sample_cider_equals_pycocoevalcaps_per_sample_scores():
     from pycocoevalcap.cider.cider import Cider
 
     from fastav_eval.avsynth import build_documents
-    from fastav_eval.avsynth.scoring import SampleCider, _pycoco_inputs
+    from fastav_eval.avsynth.scoring import SampleCider
+    from fastav_eval.captions import pycoco_inputs
 
     documents = build_documents("val", "avsynth_caption", 30)
     pairs = []
     for i, doc in enumerate(documents):
         words = doc["answer"].split()
         pairs.append((doc["answer"], " ".join(words[i % 3 :] if i % 4 else words[::-1])))
-    _, per_sample = Cider().compute_score(*_pycoco_inputs(pairs))
+    _, per_sample = Cider().compute_score(*pycoco_inputs(pairs))
     scorer = SampleCider([reference for reference, _ in pairs])
     mine = [scorer(prediction, reference) for reference, prediction in pairs]
     assert max(abs(a - b) for a, b in zip(mine, per_sample, strict=True)) < 1e-9

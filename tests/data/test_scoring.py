@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from fastav_eval.captions import corpus_bleu4, corpus_cider, corpus_rouge_l
 from fastav_eval.data.music_avqa import ANSWERS, vocabulary
 from fastav_eval.data.scoring import (
-    caption_bleu4,
-    caption_cider,
-    caption_rouge_l,
     exact_match,
     judgment_metrics,
     match_answer,
@@ -178,14 +176,14 @@ def test_bleu4_by_hand():
     # reference "the cat sat on the mat", candidate "the cat sat on a mat" (equal lengths: no brevity penalty)
     # clipped n-gram precisions: 1-grams 5/6, 2-grams 3/5, 3-grams 2/4, 4-grams 1/3
     expected = (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25  # 0.53728
-    assert caption_bleu4([("The cat sat on the mat.", "the cat sat on a mat")]) == pytest.approx(expected, abs=1e-6)
+    assert corpus_bleu4([("The cat sat on the mat.", "the cat sat on a mat")]) == pytest.approx(expected, abs=1e-6)
 
 
 def test_rouge_l_by_hand():
     # LCS("the cat sat on the mat", "the cat on mat") = 4: precision 4/4, recall 4/6; F with beta 1.2
     precision, recall, beta = 1.0, 4 / 6, 1.2
     expected = (1 + beta**2) * precision * recall / (recall + beta**2 * precision)  # 0.77215
-    assert caption_rouge_l([("the cat sat on the mat", "The cat, on mat!")]) == pytest.approx(expected, abs=1e-9)
+    assert corpus_rouge_l([("the cat sat on the mat", "The cat, on mat!")]) == pytest.approx(expected, abs=1e-9)
 
 
 def test_cider_by_hand():
@@ -195,12 +193,12 @@ def test_cider_by_hand():
         ("a dog barks loudly outside", "A dog barks loudly outside."),
         ("rain falls on the roof", "rain falls on the roof"),
     ]
-    assert caption_cider(pairs) == pytest.approx(10.0)
+    assert corpus_cider(pairs) == pytest.approx(10.0)
     # ... and a candidate sharing no word with its reference scores 0
-    assert caption_cider([pairs[0], ("rain falls on the roof", "music plays in a hall")]) == pytest.approx(5.0)
+    assert corpus_cider([pairs[0], ("rain falls on the roof", "music plays in a hall")]) == pytest.approx(5.0)
 
 
 def test_caption_metrics_need_pairs():
-    for metric in (caption_cider, caption_bleu4, caption_rouge_l):
+    for metric in (corpus_cider, corpus_bleu4, corpus_rouge_l):
         with pytest.raises(ValueError, match="at least one"):
             metric([])

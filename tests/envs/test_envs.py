@@ -12,12 +12,12 @@ import torch
 from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 
 import fastav_eval.envs  # noqa: F401 (registers the environments)
+from fastav_eval.analysis.testbed_runs import run_condition
 from fastav_eval.avsynth import build_documents
 from fastav_eval.envs import TokenExchangeEnv, TokenRetentionEnv
 from fastav_eval.envs.exchange import SWAPS
 from fastav_eval.pruning import PruningConfig, PruningProfile
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
-from fastav_eval.testbed.evaluate import run_condition
 
 SMALL = {"tasks": ["avsynth_qa", "avsynth_caption"], "per_task": 2}
 

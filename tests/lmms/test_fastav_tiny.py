@@ -11,15 +11,15 @@ import sys
 import pytest
 import torch
 
+from fastav_eval.analysis.testbed_runs import run_condition, summarise
 from fastav_eval.avsynth import build_documents
-from fastav_eval.lmms.fastav_tiny import FastAVTiny
-from fastav_eval.lmms.model_args import pruning_config
+from fastav_eval.lmms.models import FastAVTiny
+from fastav_eval.models.model_args import pruning_config
 from fastav_eval.models.testbed import TestbedAdapter
 from fastav_eval.pruning import PruningConfig
 from fastav_eval.pruning.config import LAST_LAYER
 from fastav_eval.resources import tasks_path
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
-from fastav_eval.testbed.evaluate import run_condition, summarise
 from fastav_eval.testbed.model import media_tensors
 
 lmms_eval = pytest.importorskip("lmms_eval")
@@ -268,7 +268,7 @@ def test_the_shipped_policy_runs_through_the_lmms_eval_cli_with_its_decisions_an
 
 def test_every_wrapper_takes_policy_and_refuses_one_trained_for_another_model():
     """fastav_videollama2 (its tiny checkpoint) with the testbed's policy: refused when the engine is installed."""
-    from fastav_eval.lmms.fastav_videollama2 import FastAVVideoLLaMA2
+    from fastav_eval.lmms.models import FastAVVideoLLaMA2
     from tests.models.videollama2_fixtures import FIXTURE, VISION_TOWER
 
     with pytest.raises(ValueError, match=r"trained on fastav_tiny .*this decoder is"):

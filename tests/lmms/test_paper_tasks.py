@@ -17,14 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from fastav_eval.captions import corpus_bleu4, corpus_cider, corpus_rouge_l
 from fastav_eval.cli import main
 from fastav_eval.data import DATA_ENV, avqa, music_avqa
 from fastav_eval.data.common import read_prepared
 from fastav_eval.data.music_avqa import vocabulary
 from fastav_eval.data.scoring import (
-    caption_bleu4,
-    caption_cider,
-    caption_rouge_l,
     exact_match,
     judgment_metrics,
     match_answer,
@@ -136,9 +134,9 @@ def test_judgment_prompts_are_the_official_text(run):
 def test_caption_metrics_match_the_samples(run):
     pairs = [(s["target"], s["filtered_resps"]) for s in run["samples"]["avhbench_caption"]]
     assert pairs[0][0].startswith("A young man with no shirt on")
-    assert metric(run, "avhbench_caption", "cider") == pytest.approx(caption_cider(pairs))
-    assert metric(run, "avhbench_caption", "bleu4") == pytest.approx(caption_bleu4(pairs))
-    assert metric(run, "avhbench_caption", "rouge_l") == pytest.approx(caption_rouge_l(pairs))
+    assert metric(run, "avhbench_caption", "cider") == pytest.approx(corpus_cider(pairs))
+    assert metric(run, "avhbench_caption", "bleu4") == pytest.approx(corpus_bleu4(pairs))
+    assert metric(run, "avhbench_caption", "rouge_l") == pytest.approx(corpus_rouge_l(pairs))
 
 
 def test_music_avqa_metrics_and_prompts(run):
@@ -236,8 +234,8 @@ def test_avqa_yaml_aggregates_per_question_type():
 def test_caption_yaml_aggregates_to_the_scorers():
     pairs = [("the cat sat on the mat", "the cat sat on a mat"), ("a dog barks loudly outside", "a dog barks")]
     metrics = aggregate(REPO / "tasks" / "avhbench" / "avhbench_caption.yaml", [({"answer": r}, p) for r, p in pairs])
-    assert metrics == pytest.approx({"cider": caption_cider(pairs), "bleu4": caption_bleu4(pairs),
-                                     "rouge_l": caption_rouge_l(pairs)})  # fmt: skip
+    assert metrics == pytest.approx({"cider": corpus_cider(pairs), "bleu4": corpus_bleu4(pairs),
+                                     "rouge_l": corpus_rouge_l(pairs)})  # fmt: skip
     assert 0 < metrics["bleu4"] < 1 and metrics["cider"] > 0
 
 

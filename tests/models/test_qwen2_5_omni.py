@@ -209,11 +209,11 @@ def test_fastav_never_drops_text_or_the_last_token(media):
         answers = model.generate(inputs, 4, [])
     assert all(answer.num_tokens > 0 for answer in answers)
     for b in range(2):
-        kept = engine.last_stats.sample(b, engine.shape)["kept_per_layer"]
+        kept = engine.last_stats.sample(b, engine.shape).kept_per_layer
         assert kept["text"] == [int(inputs.layout.count("text")[b])] * 4
         assert kept["video"][2] == 32 and kept["audio"][2] == 50  # the first 2-s chunk of each modality
         assert kept["audio"][-1] < 50
-    assert engine.last_stats.sample(0, engine.shape)["relative_flops_exact"] < 100
+    assert engine.last_stats.sample(0, engine.shape).relative_flops_exact < 100
 
 
 def test_a_clip_without_sound_fails_its_sample_unless_asked_otherwise(media):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fastav_eval.lmms.model_args import pruning_config
 from fastav_eval.models.base import Request, SampleError
+from fastav_eval.models.model_args import pruning_config
 from fastav_eval.models.stc_connector import STCConnectorV35
 from fastav_eval.models.videollama2 import PLACEHOLDER, VideoLLaMA2Adapter
 from fastav_eval.models.videollama2_model import VideoLLaMA2Spec, load_videollama2, mlp_gelu
@@ -79,8 +79,8 @@ def test_the_fine_stage_never_drops_text_and_flops_match_the_schedule():
     text = inputs.layout.count("text")
     for b in range(2):
         summary = stats.sample(b, engine.shape)
-        assert summary["kept_per_layer"]["text"] == [int(text[b])] * 4
-        assert summary["kept_per_layer"]["audio"][:3] == [AUDIO_TOKENS, AUDIO_TOKENS, 10]
+        assert summary.kept_per_layer["text"] == [int(text[b])] * 4
+        assert summary.kept_per_layer["audio"][:3] == [AUDIO_TOKENS, AUDIO_TOKENS, 10]
     simulated = simulate_prefill(inputs.layout, engine.config, 4)  # what `fastav-eval flops` runs
     assert torch.equal(simulated.tokens_per_layer, stats.tokens_per_layer)
     assert torch.equal(relative_flops(simulated.tokens_per_layer, engine.shape), stats.relative_flops(engine.shape))

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import fastav_eval.policies.train as train_module
+from fastav_eval.analysis.testbed_runs import run_condition
 from fastav_eval.avsynth import build_documents
 from fastav_eval.cli import main
 from fastav_eval.envs import TokenRetentionEnv
@@ -31,7 +32,6 @@ from fastav_eval.policies.saved import (
 from fastav_eval.policies.train import TrainSettings, check_output, train
 from fastav_eval.pruning import PruningConfig, install
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
-from fastav_eval.testbed.evaluate import run_condition
 
 TINY = {"tasks": ("avsynth_qa",), "train_per_task": 3, "val_per_task": 2, "n_envs": 1, "n_steps": 16,
         "batch_size": 8, "eval_every": 16, "checkpoint_every": 16}  # fmt: skip

@@ -117,7 +117,7 @@ def test_the_planted_payload_is_live_under_sb3s_own_load(legacy: Path, tmp_path:
 
 
 def _wrapper(where: str) -> Any:
-    from fastav_eval.lmms.fastav_tiny import FastAVTiny
+    from fastav_eval.lmms.models import FastAVTiny
 
     return FastAVTiny.create_from_arg_string(f"policy={where},batch_size=2")
 
@@ -484,3 +484,17 @@ def test_the_static_guard_catches_an_added_load(planted: str) -> None:
 def test_the_static_guard_leaves_other_loads_alone() -> None:
     safe = "PolicyMeta.load(d)\nnp.load(f)\njson.load(f)\nPruningProfile.load(p)\nself.meta.load()\nload(path)\n"
     assert unsafe_loads(safe) == []
+
+
+def test_the_environment_ids_are_one_table_that_registration_training_and_policies_read():
+    import gymnasium
+
+    from fastav_eval.env_ids import ENVIRONMENTS
+    from fastav_eval.envs import ENV_IDS
+    from fastav_eval.policies.saved import ENV_KINDS
+    from fastav_eval.policies.train import ENVS
+
+    assert {kind: env.env_id for kind, env in ENVIRONMENTS.items()} == ENVS
+    assert {ENVS[kind]: kind for kind in ENVS} == ENV_KINDS
+    for kind, env_id in ENVS.items():
+        assert gymnasium.spec(env_id).entry_point == ENV_IDS[env_id] == ENVIRONMENTS[kind].entry_point

@@ -17,10 +17,10 @@ from fastav_eval.pruning import (
     scoring,
 )
 from fastav_eval.pruning.compat import output_cache
+from fastav_eval.pruning.oracle import kept_masks, masked_forward
 from fastav_eval.pruning.rules import evenly_spaced
 from fastav_eval.pruning.scoring import register_wrapper
 from tests.conftest import VOCAB, tiny_llama, tiny_qwen2, with_cache
-from tests.pruning.oracle import kept_masks, masked_forward
 
 SEGMENTS = [("text", 3), ("video", 16), ("audio", 24), ("text", 5)]  # 48 tokens, VideoLLaMA2's order
 FASTAV = PruningConfig(global_layer=3, profile=PruningProfile.prefix(audio=4), fine_ratio=0.3, sink_tokens=1)

@@ -7,7 +7,7 @@ from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditio
 
 from fastav_eval.pruning import Modality, ModalityLayout, PrefixKeep, PruningConfig, PruningProfile, install
 from fastav_eval.pruning.compat import output_cache
-from tests.pruning.oracle import kept_masks, masked_decoder
+from fastav_eval.pruning.oracle import kept_masks, masked_decoder
 
 AUDIO, VIDEO = 101, 103
 

@@ -10,7 +10,8 @@ its :class:`~fastav_eval.models.base.AdapterArg` declarations.
 
 Unlike lmms-eval's ``simple_parse_args_string`` (which guesses each value's type, reads ``-1`` as ``-1.0`` and keeps
 the last of two equal keys), :func:`parse_model_args` converts each value by its key's declared kind, refuses a key
-given twice, an unknown key, an empty value and the combinations of :data:`CONFLICTS`.
+given twice, an unknown key, an empty value and the combinations of :data:`CONFLICTS`. A task's generation
+settings (``--gen_kwargs``) are read here too (:func:`greedy_settings`: the wrappers decode greedily).
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fastav_eval.pruning import GLOBAL_RULES, PrefixKeep, PruningConfig, PruningProfile
+from fastav_eval.pruning import PrefixKeep, PruningConfig, PruningProfile
+from fastav_eval.pruning.rules import check_rule
 from fastav_eval.pruning.scoring import check_attention_kernel
 
 if TYPE_CHECKING:
     from fastav_eval.models.base import ModelAdapter
 
 PRUNE_MODES = ("fastav", "none", "rule:<name>")
-RULES: dict[str, str] = {"avsynth_senses": "fastav_eval.avsynth.rule:AVSynthSenseRule"}
+NAMED_CHOOSERS: dict[str, str] = {"avsynth_senses": "fastav_eval.avsynth.rule:AVSynthSenseRule"}
 """``prune=rule:<name>``: hand-written per-sample choosers (``module:class``, built with no arguments)."""
 POLICY_LOADER = "fastav_eval.policies.chooser:policy_config"
 """``policy=<path or shipped name>``: a saved learned policy decides each sample (``fastav-eval train-policy``)."""
@@ -170,21 +172,6 @@ def arg_kinds(adapter_class: type[ModelAdapter] | None) -> dict[str, str]:
     """Every key a wrapper around ``adapter_class`` accepts -> its kind (None: the wrapper's and engine's only)."""
     adapter = {} if adapter_class is None else adapter_class.model_args
     return {**WRAPPER_KINDS, **ENGINE_KINDS, **{name: ADAPTER_KINDS[arg.kind] for name, arg in adapter.items()}}
-
-
-def any_wrapper_kinds() -> dict[str, str]:
-    """Every key some registered FastAV wrapper accepts -> its kind (for a caller that does not know the model yet);
-    a key two adapters declare with different kinds is an error here, since one text could not serve both."""
-    from fastav_eval.lmms.registry import MODELS
-
-    kinds = arg_kinds(None)
-    for path in MODELS.values():
-        module_name, class_name = path.rsplit(".", 1)
-        adapter_class = getattr(importlib.import_module(module_name), class_name).adapter_class
-        for key, kind in arg_kinds(adapter_class).items():
-            if kinds.setdefault(key, kind) != kind:
-                raise ValueError(f"--model_args key {key} is declared as {kinds[key]} and {kind} by two adapters")
-    return kinds
 
 
 # ------------------------------------------------------------------------------------------------------ conflicts
@@ -340,9 +327,9 @@ def rule_config(name: str, engine_args: Mapping[str, Any]) -> PruningConfig:
     """``prune=rule:<name>``: the named chooser decides every sample's cut (layer, keep set, fine ratio); no global
     rule and no profile. The latest cut it may schedule is the decoder's last layer (``global_layer`` resolves to it).
     """
-    if name not in RULES:
-        raise ValueError(f"prune=rule:{name}; accepted rules: {sorted(RULES)}")
-    module_name, class_name = RULES[name].split(":")
+    if name not in NAMED_CHOOSERS:
+        raise ValueError(f"prune=rule:{name}; accepted rules: {sorted(NAMED_CHOOSERS)}")
+    module_name, class_name = NAMED_CHOOSERS[name].split(":")
     chooser = getattr(importlib.import_module(module_name), class_name)()
     return PruningConfig.chosen_by(chooser, **engine_args)
 
@@ -382,7 +369,7 @@ def pruning_config(prune: str | None, engine_args: Mapping[str, Any], default_pr
         return rule_config(mode.removeprefix("rule:"), args)
     if mode not in PRUNE_MODES:
         raise ValueError(
-            f"prune={mode!r}; accepted: fastav, none, rule:<name> with <name> in {sorted(RULES)}; "
+            f"prune={mode!r}; accepted: fastav, none, rule:<name> with <name> in {sorted(NAMED_CHOOSERS)}; "
             "for a learned policy give policy=<path>"
         )
     if mode == "none":
@@ -391,8 +378,8 @@ def pruning_config(prune: str | None, engine_args: Mapping[str, Any], default_pr
     global_rule = args.pop("global_rule", "positional")
     if global_rule.lower() == "none":
         global_rule = None
-    if global_rule is not None and global_rule not in GLOBAL_RULES:
-        raise ValueError(f"global_rule={global_rule!r}; accepted: {[*GLOBAL_RULES, 'none']}")
+    else:
+        check_rule("global_rule", global_rule, "global", off=("none",))
     args.pop("profile", None)
     profile = PruningProfile.load(profile_path) if profile_path is not None else None
     overrides = _keep_overrides(args)
@@ -476,3 +463,31 @@ def wrapper_settings(adapter_class: type[ModelAdapter], model_args: Mapping[str,
         profile_file=profile_file(prune, engine_args, default_profile),
         adapter_args=adapter_args,
     )
+
+
+# ------------------------------------------------------------------------------------------- generation settings
+GREEDY_KWARGS = ("max_new_tokens", "temperature", "do_sample", "until", "top_p", "num_beams")
+"""The generation settings a task (or ``--gen_kwargs``) may give a FastAV wrapper."""
+
+
+def greedy_settings(gen_kwargs: dict[str, Any]) -> tuple[int, list[str]]:
+    """A task's (or ``--gen_kwargs``') generation settings -> ``(max_new_tokens, stop strings)``; sampling, beams
+    and unknown keys are refused: the wrappers decode greedily."""
+    check_known(gen_kwargs, GREEDY_KWARGS, "generation_kwargs")
+    try:
+        sampling = bool(gen_kwargs.get("do_sample")) or float(gen_kwargs.get("temperature") or 0) > 0
+        beams, max_new_tokens = int(gen_kwargs.get("num_beams", 1)), int(gen_kwargs.get("max_new_tokens", 32))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"generation_kwargs {gen_kwargs}; accepted: temperature a number, num_beams and max_new_tokens ints"
+        ) from None
+    if sampling:
+        raise ValueError(
+            f"generation_kwargs {gen_kwargs}: FastAV wrappers decode greedily (do_sample=false, temperature=0)"
+        )
+    if beams != 1:
+        raise ValueError(f"generation_kwargs num_beams={gen_kwargs['num_beams']!r}; accepted: 1")
+    if max_new_tokens < 1:
+        raise ValueError(f"generation_kwargs max_new_tokens={max_new_tokens!r}; accepted: an int >= 1")
+    until = gen_kwargs.get("until") or []
+    return max_new_tokens, [until] if isinstance(until, str) else list(until)
