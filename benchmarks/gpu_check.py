@@ -511,7 +511,10 @@ def recompute_logits(
     else:  # layers sharing a mask share one tensor, so the oracle builds each additive mask once
         tail = torch.ones(1, steps - 1, dtype=torch.bool, device=device)
         built: dict[int, torch.Tensor] = {}
-        visible = [built.setdefault(id(m), torch.cat([m.to(device), tail], 1)) for m in visible_prompt]
+        for mask in visible_prompt:
+            if id(mask) not in built:
+                built[id(mask)] = torch.cat([mask.to(device), tail], 1)
+        visible = [built[id(mask)] for mask in visible_prompt]
     hidden, _ = masked_decoder(text_model, embeds, positions, visible)
     rows = hidden[:, prompt_length - 1 :]
     logits = model.get_output_embeddings()(rows).float()

@@ -6,7 +6,8 @@
 #
 # Writes <out_dir>/gpu_check.json and <out_dir>/gpu_check.md; exits non-zero if any check fails.
 # Wheels in <repo>/.whl (e.g. transformers 5.25 for a GPU image that ships an older one) are installed into a
-# private folder first and put ahead of the image's packages; nothing is installed into the system.
+# private folder first and put ahead of the image's packages (not with --smoke, which runs on the installed
+# versions, as CI does); nothing is installed into the system.
 set -euo pipefail
 
 usage() {
@@ -33,7 +34,7 @@ done
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-python3}"
-if compgen -G "$repo/.whl/*.whl" >/dev/null; then
+if [[ ${#smoke[@]} -eq 0 ]] && compgen -G "$repo/.whl/*.whl" >/dev/null; then  # --smoke runs what is installed
     site="${TMPDIR:-/tmp}/fastav-gpu-check-site"
     echo "[gpu_check] installing $repo/.whl/*.whl into $site" >&2
     "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastav_eval.data import CONVERTERS, DATA_ENV, data_root, prepare
 from fastav_eval.data.common import MANIFEST_FILE, MISSING_NOTE
+from fastav_eval.env_ids import ENVIRONMENTS
 from fastav_eval.plots import plot_tokens_per_layer
 from fastav_eval.pruning.config import FINE_RULES
 from fastav_eval.pruning.flops import CONVENTIONS
@@ -361,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     policy = commands.add_parser(
         "train-policy",
-        help="train a pruning policy (PPO / A2C) in fastav/TokenRetention-v0 or TokenExchange-v0",
+        help=f"train a pruning policy (PPO / A2C) in {' or '.join(env.env_id for env in ENVIRONMENTS.values())}",
     )
     convert = commands.add_parser(
         "convert-policy",

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from fastav_eval.analysis.tasks import TaskDocument
 from fastav_eval.models.base import SampleError
 from fastav_eval.pruning import DecoderShape, ModalityLayout, PruningConfig, PruningProfile, simulate_prefill
-from fastav_eval.pruning.config import resolve_global_layer
+from fastav_eval.pruning.config import GLOBAL_RULES, resolve_global_layer
 from fastav_eval.pruning.decoder import find_text_model
 from fastav_eval.pruning.layout import modality_code
 from fastav_eval.pruning.rollout import RolloutCurves, binned_mass, modality_mass_curves, rollout_last_rows
@@ -95,7 +95,7 @@ class Calibration:
             "tokens evenly over their positions, so a positional profile cuts information evenly too: whatever lies "
             "past the kept prefix is lost, not only what matters least. Before trusting the profile, compare it with "
             "global_rule=random and global_rule=low_attentive at the same budget (fastav-eval sweep --vary "
-            "global_rule=positional,random,top_attentive,low_attentive)."
+            f"global_rule={','.join(GLOBAL_RULES)})."
         )
 
 

@@ -37,9 +37,8 @@ def __getattr__(name: str) -> type[FastAVLMM]:
         "model_name": model,
         "adapter_class": adapter,
     }
-    made = type(name, (FastAVLMM,), namespace)
-    globals()[name] = made  # later lookups find the attribute, not this hook
-    return made
+    # Later lookups find the attribute, not this hook; setdefault keeps the first class if two threads race here.
+    return globals().setdefault(name, type(name, (FastAVLMM,), namespace))
 
 
 def __dir__() -> list[str]:

@@ -161,7 +161,7 @@ class FastAVLMM(lmms):
         self._device = rank_device(settings.device)
         load = {"pretrained": settings.pretrained, "device": str(self._device), "dtype": settings.dtype,
                 "attn_implementation": settings.attn_implementation}  # fmt: skip
-        self.adapter = build_adapter(self.model_name, {**load, **settings.adapter_args})
+        self.adapter = build_adapter(adapter_class, {**load, **settings.adapter_args})
         self.runner = PrunedRunner(self.adapter, settings.config, settings.prune)  # the one evaluation loop
         self.engine = self.runner.engine
         self.prune, self.on_error = settings.prune, settings.on_error

@@ -54,11 +54,12 @@ def any_model_kinds() -> dict[str, str]:
     return kinds
 
 
-def build_adapter(name: str, args: Mapping[str, Any] | None = None) -> ModelAdapter:
-    """The adapter of the registered model ``name``, loaded: the one place an adapter is constructed.
+def build_adapter(model: str | type[ModelAdapter], args: Mapping[str, Any] | None = None) -> ModelAdapter:
+    """The adapter of ``model``, loaded: the one place an adapter is constructed.
 
     Args:
-        name: a key of :data:`MODELS` (``fastav_tiny``, ...).
+        model: a key of :data:`MODELS` (``fastav_tiny``, ...), or an adapter class (what an lmms-eval class
+            carries as ``adapter_class``, so a subclass that names its own adapter loads that one).
         args: typed ``--model_args`` values (as :mod:`fastav_eval.models.model_args` reads them): any of
             :data:`LOAD_ARGS` and the adapter's own keys. Missing ones take the defaults: ``pretrained`` the
             adapter's ``default_pretrained``, ``device`` cpu, ``dtype`` the adapter's ``default_dtype``,
@@ -66,12 +67,13 @@ def build_adapter(name: str, args: Mapping[str, Any] | None = None) -> ModelAdap
     """
     from fastav_eval.models.model_args import DTYPES
 
-    adapter = adapter_class(name)
+    adapter = model if isinstance(model, type) else adapter_class(model)
+    label = adapter.__name__ if isinstance(model, type) else model
     given = dict(args or {})
     accepted = {*LOAD_ARGS, *adapter.model_args}
     unknown = sorted(set(given) - accepted)
     if unknown:
-        raise ValueError(f"model_args {unknown} are not read when loading {name}; accepted: {sorted(accepted)}")
+        raise ValueError(f"model_args {unknown} are not read when loading {label}; accepted: {sorted(accepted)}")
     dtype = given.pop("dtype", None) or adapter.default_dtype
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}; accepted: {list(DTYPES)}")

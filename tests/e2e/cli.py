@@ -1,7 +1,7 @@
 """Running the real ``lmms-eval`` / ``fastav-eval`` commands for the end-to-end tests (subprocesses, CPU, offline).
 
 lmms-eval exits 0 even when the evaluation fails (it logs the error): :func:`results` asserts that the results JSON
-exists, and every failed assertion on a command shows the command's output tail.
+exists, and every failed assertion on a command shows the command's output tails.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +21,36 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def tail(result: subprocess.CompletedProcess) -> str:
-    """The command line and the end of what it printed, for an assertion message."""
+    """The command line and the end of what it printed (stdout, then stderr), for an assertion message."""
     command = " ".join(str(arg) for arg in result.args)
-    return f"$ {command}\n(exit {result.returncode})\n{result.stdout[-TAIL_CHARS:]}"
+    return (
+        f"$ {command}\n(exit {result.returncode})\n--- stdout\n{result.stdout[-TAIL_CHARS:]}\n"
+        f"--- stderr\n{result.stderr[-TAIL_CHARS:]}"
+    )
+
+
+def printed(result: subprocess.CompletedProcess) -> str:
+    """All a command printed, stdout and stderr (for messages that go to a log on either stream)."""
+    return result.stdout + result.stderr
 
 
 def run(*args: Any, cwd: Path = REPO, env: dict[str, str] | None = None, check: bool = True):
-    """Run a command (stdout and stderr together); with ``check``, assert that it exited 0."""
-    environment = {**os.environ, **OFFLINE, **(env or {})}
+    """Run a command (stdout and stderr captured apart: stdout is what callers parse); with ``check``, assert that it
+    exited 0. The commands come from the interpreter running the tests (its folder first on PATH, ``PYTHON`` set to
+    it), so an unactivated ``.venv/bin/python -m pytest`` still runs this virtualenv's ``lmms-eval``."""
+    bin_folder = str(Path(sys.executable).parent)
+    environment = {
+        **os.environ,
+        **OFFLINE,
+        "PATH": os.pathsep.join([bin_folder, os.environ.get("PATH", "")]),
+        "PYTHON": sys.executable,
+        **(env or {}),
+    }
     result = subprocess.run(
         [str(arg) for arg in args],
         cwd=cwd,
         env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
     )

@@ -25,6 +25,7 @@ def main_job(output: Path, cwd: Path = REPO) -> None:
     assert record["pruning"]["global_layer"] == 3, record["pruning"]
     assert record["tasks"]["avsynth_qa"]["n"] == 8 and record["versions"]["lmms_eval"], record["tasks"]
     assert record["use_kernels"] is False, "the run record must state that no hub kernels were swapped in"
+    assert len(record["pruning_hash"]) == 64, record.get("pruning_hash")
 
 
 def shipped_policy(output: Path, cwd: Path = REPO) -> None:

@@ -88,3 +88,7 @@ def test_build_adapter_refuses_what_loading_does_not_read():
     with pytest.raises(ValueError, match=r"dtype='float64'; accepted: \['float32', 'bfloat16', 'float16'\]"):
         build_adapter("fastav_tiny", {"dtype": "float64"})
     assert isinstance(build_adapter("fastav_tiny"), ModelAdapter)
+    loaded = build_adapter(adapter_class("fastav_tiny"))  # the class an lmms-eval class carries, as the wrapper does
+    assert type(loaded) is adapter_class("fastav_tiny")
+    with pytest.raises(ValueError, match=r"model_args \['prune'\] are not read when loading TestbedAdapter"):
+        build_adapter(adapter_class("fastav_tiny"), {"prune": "none"})
