@@ -7,11 +7,13 @@ and a prompt) and nothing of pruning (the wrapper installs the engine on :attr:`
 :meth:`~fastav_eval.pruning.FastAVEngine.layout` around :meth:`ModelAdapter.generate`).
 
 A new model family is one file: subclass :class:`ModelAdapter`, declare ``model_args``, implement
-``__init__``, ``decoder``, ``load_request``, ``prepare`` and ``generate``.
+``__init__``, ``decoder``, ``load_request``, ``prepare``, ``generate`` and ``reference_logprob`` (usually one call
+of :func:`teacher_forced_logprob`).
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -21,7 +23,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 from transformers import StoppingCriteria
+from transformers.cache_utils import DynamicCache
 
+from fastav_eval.pruning.compat import CACHE_NAMES
 from fastav_eval.pruning.layout import ModalityLayout
 
 
@@ -101,16 +105,22 @@ def cut_at_stop(text: str, until: list[str]) -> str:
 @dataclass(frozen=True)
 class ChatEnds:
     """The ids that end an answer of a Qwen-style chat model (``<|im_end|>``, ``<|endoftext|>``, the tokenizer's
-    eos; those it has) and the id ``generate`` pads finished rows with, and how to read answers off them."""
+    eos; those it has), the id ``generate`` pads finished rows with, and ``end_id``, the one a reference answer is
+    scored with: ``<|im_end|>`` where the tokenizer has it (the chat template closes every assistant turn with it,
+    so it is the end the model was tuned to emit, and one of ``stop_ids``), else the tokenizer's eos."""
 
     stop_ids: list[int]
     pad_id: int
+    end_id: int
 
     @classmethod
     def of(cls, tokenizer: Any) -> ChatEnds:
         ends = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")] + [tokenizer.eos_token_id]
-        stop_ids = sorted({i for i in ends if i is not None and i != tokenizer.unk_token_id})
-        return cls(stop_ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0])
+        known = [i for i in ends if i is not None and i != tokenizer.unk_token_id]
+        stop_ids = sorted(set(known))
+        im_end, _, eos = ends
+        end_id = next(i for i in (im_end, eos, *stop_ids) if i in known)
+        return cls(stop_ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0], end_id)
 
     def answers(self, tokenizer: Any, rows: list[list[int]], until: list[str]) -> list[Answer]:
         """Generated ids ``[B][new tokens]`` -> each row's answer up to and including its end token."""
@@ -121,6 +131,11 @@ class ChatEnds:
             text = tokenizer.decode(row[:count], skip_special_tokens=True)
             answers.append(Answer(cut_at_stop(text, until).strip(), count))
         return answers
+
+    def reference_ids(self, tokenizer: Any, reference: str) -> list[int]:
+        """A reference answer as the model would generate it: its text's tokens (no special tokens added), then
+        :attr:`end_id`. ``[tokens + 1]``"""
+        return [*tokenizer(reference, add_special_tokens=False).input_ids, self.end_id]
 
 
 class StopOnStrings(StoppingCriteria):
@@ -221,10 +236,74 @@ class ModelAdapter(ABC):
     def generate(self, inputs: ModelInputs, max_new_tokens: int, until: list[str]) -> list[Answer]:
         """Greedy answers for the batch, each cut at the first of the ``until`` stop strings."""
 
+    @abstractmethod
     def reference_logprob(self, inputs: ModelInputs, references: list[str]) -> torch.Tensor:
         """``[B]`` mean log-probability per token of each reference answer (its end token included), teacher-forced
-        over the cache of the prompt's prefill, so an installed engine scores the pruned prompt. Optional: an
-        adapter that does not implement it cannot give the RL environments' ``reward="loglik"``."""
-        raise NotImplementedError(
-            f"the {self.name} adapter does not score reference answers; use reward='score' with it"
-        )
+        over the cache of the prompt's prefill as :meth:`generate` runs it, so an installed engine scores the
+        pruned prompt (the RL environments' ``reward="loglik"``). Most adapters call :func:`teacher_forced_logprob`.
+
+        Args:
+            inputs: a :meth:`prepare` batch (the engine's layout, when one is entered, is ``inputs.layout``).
+            references: one answer text per row, without its end token (the adapter appends the one its model's
+                answers end with).
+        """
+
+
+def generate_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` position ids ``generate`` gives a left-padded prompt ``attention_mask [B, L]``: counted from each
+    row's first real token, padding at 0."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword ``model.forward`` takes its KV cache by (``past_key_values`` up to transformers 5.23, ``cache``
+    from 5.24)."""
+    parameters = inspect.signature(type(model).forward).parameters
+    names = [name for name in CACHE_NAMES if name in parameters]
+    if not names:
+        raise ValueError(f"{type(model).__name__}.forward takes no KV cache; expected one of {list(CACHE_NAMES)}")
+    return names[-1]
+
+
+@torch.no_grad()
+def teacher_forced_logprob(
+    model: nn.Module, prompt: dict[str, Any], positions: torch.Tensor, answers: list[list[int]], pad_id: int
+) -> torch.Tensor:
+    """``[B]`` mean log-probability per token of each row's answer after its prompt, over the prompt's KV cache.
+
+    Two forwards of ``model``, as ``generate`` runs it: the prompt's prefill into a fresh :class:`DynamicCache`
+    (so an installed engine prunes it exactly as in ``generate``), then every answer token but the last over that
+    cache at once, at the positions ``generate`` would give them (one past the prompt's last position per step,
+    on every rotary axis). Answers are right-padded with ``pad_id`` and the padding masked out.
+
+    Args:
+        model: what ``generate`` is called on (a causal LM or a multimodal LM holding one).
+        prompt: the prefill's keyword arguments as ``generate`` gets them (an adapter's ``generate_kwargs``, with
+            ``attention_mask [B, L]``, left padding).
+        positions: the prompt's position ids as ``generate`` derives them: ``[B, L]``, or ``[K, B, L]`` for
+            multi-axis rotary positions (the Qwen2.5-Omni thinker's ``[4, B, L]``: text, then TMRoPE's three).
+        answers: per row the answer's token ids, its end token included (at least one id each).
+        pad_id: the id padding the shorter answers (never scored).
+    """
+    if not answers or min(len(row) for row in answers) == 0:
+        raise ValueError("every answer needs at least one token (its end token); got an empty one")
+    mask = prompt["attention_mask"]
+    device, width = mask.device, max(len(row) for row in answers)
+    targets = torch.full((len(answers), width), pad_id, dtype=torch.long, device=device)  # [B, W]
+    counted = torch.zeros(len(answers), width, dtype=torch.bool, device=device)  # [B, W]
+    for i, row in enumerate(answers):
+        targets[i, : len(row)] = torch.tensor(row, device=device)
+        counted[i, : len(row)] = True
+    cache, cache_name = DynamicCache(), cache_keyword(model)
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(model).forward).parameters else {}
+    prefill = model(**prompt, position_ids=positions, use_cache=True, **keep, **{cache_name: cache})
+    logits = [prefill.logits[:, -1:]]  # [B, 1, V]: the last prompt token predicts the first answer token
+    if width > 1:
+        follow = positions[..., -1:] + torch.arange(1, width, device=device)  # [..., B, W - 1]
+        continued = model(
+            input_ids=targets[:, :-1], attention_mask=torch.cat([mask, counted[:, :-1].to(mask.dtype)], dim=1),
+            position_ids=follow, use_cache=True, **{cache_name: cache},
+        )  # fmt: skip
+        logits.append(continued.logits)  # [B, W - 1, V]
+    logprob = torch.log_softmax(torch.cat(logits, dim=1).float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    return (logprob * counted).sum(1) / counted.sum(1)  # [B]

@@ -37,6 +37,8 @@ from fastav_eval.models.base import (
     Request,
     SampleError,
     StopOnStrings,
+    generate_positions,
+    teacher_forced_logprob,
 )
 from fastav_eval.models.media import (
     AUDIO_EXTENSIONS,
@@ -278,17 +280,7 @@ class Qwen25OmniAdapter(ModelAdapter):
         """The prompt's highest TMRoPE position must fit the thinker's context (a silent hour of video holds few
         tokens but positions up to 25 per second)."""
         processed = sample.processed
-        positions, _ = self.model.get_rope_index(
-            processed["input_ids"],
-            image_grid_thw=processed.get("image_grid_thw"),
-            video_grid_thw=processed.get("video_grid_thw"),
-            attention_mask=processed["attention_mask"],
-            use_audio_in_video=sample.audio_in_video,
-            audio_seqlens=processed["feature_attention_mask"].sum(-1)
-            if "feature_attention_mask" in processed
-            else None,
-            second_per_grids=processed.get("video_second_per_grid"),
-        )
+        positions = self.rope_positions(processed, sample.audio_in_video)
         context = self.model.config.get_text_config().max_position_embeddings
         highest = int(positions.max()) + 1
         if highest > context:
@@ -298,6 +290,22 @@ class Qwen25OmniAdapter(ModelAdapter):
                 f"context of {context}; lower fps, max_frames or max_pixels, or use a shorter clip (TMRoPE gives "
                 "25 positions per second of video or audio)",
             )
+
+    def rope_positions(self, processed: dict[str, torch.Tensor], use_audio_in_video: bool) -> torch.Tensor:
+        """``[3, B, L]`` TMRoPE positions of a processor output or a :meth:`prepare` batch (the thinker's own
+        ``get_rope_index``, fed what ``generate`` feeds it)."""
+        positions, _ = self.model.get_rope_index(
+            processed["input_ids"],
+            image_grid_thw=processed.get("image_grid_thw"),
+            video_grid_thw=processed.get("video_grid_thw"),
+            attention_mask=processed["attention_mask"],
+            use_audio_in_video=use_audio_in_video,
+            audio_seqlens=processed["feature_attention_mask"].sum(-1)
+            if "feature_attention_mask" in processed
+            else None,
+            second_per_grids=processed.get("video_second_per_grid"),
+        )
+        return positions
 
     def _add_visual(self, sample: OmniSample, visual: Any) -> None:
         rate = self.processor.feature_extractor.sampling_rate
@@ -479,3 +487,17 @@ class Qwen25OmniAdapter(ModelAdapter):
             stopping_criteria=StoppingCriteriaList([StopOnStrings(tokenizer, until, prompt_length)]),
         )
         return self.ends.answers(tokenizer, output[:, prompt_length:].tolist(), until)
+
+    def reference_logprob(self, inputs: ModelInputs, references: list[str]) -> torch.Tensor:
+        """``[B]``, teacher-forced over the prompt's cache as :meth:`generate` runs the thinker: the prefill takes the
+        batch's ``generate_kwargs`` (media, ``use_audio_in_video``) and the ``[4, B, L]`` positions ``generate``
+        derives (text positions over TMRoPE's three axes); each answer token then sits one past the previous on
+        every axis, as ``generate`` places decode steps (the prompt's rope delta carried on). Each reference ends
+        with ``<|im_end|>`` (:attr:`ChatEnds.end_id`): the chat template closes every assistant turn with it, so
+        it is the end token the model's answers carry, and the first that stops ``generate``."""
+        kwargs = inputs.generate_kwargs
+        tokenizer = self.processor.tokenizer
+        answers = [self.ends.reference_ids(tokenizer, reference) for reference in references]
+        text = generate_positions(kwargs["attention_mask"])[None]  # [1, B, L]
+        positions = torch.cat([text, self.rope_positions(kwargs, kwargs["use_audio_in_video"]).to(text)])
+        return teacher_forced_logprob(self.model, kwargs, positions, answers, self.ends.pad_id)

@@ -5,17 +5,25 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache
 
 from fastav_eval.avsynth.world import FRAME_SIZE, NUM_FRAMES, NUM_SAMPLES, SAMPLE_RATE
-from fastav_eval.models.base import AdapterArg, Answer, ModelAdapter, ModelInputs, Request, SampleError, cut_at_stop
+from fastav_eval.models.base import (
+    AdapterArg,
+    Answer,
+    ModelAdapter,
+    ModelInputs,
+    Request,
+    SampleError,
+    cut_at_stop,
+    generate_positions,
+    teacher_forced_logprob,
+)
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
 
 PROFILE_FILE = "profile.json"
@@ -143,33 +151,9 @@ class TestbedAdapter(ModelAdapter):
             answers.append(Answer(cut_at_stop(tokenizer.decode(row), until).strip(), generated))
         return answers
 
-    @torch.no_grad()
     def reference_logprob(self, inputs: ModelInputs, references: list[str]) -> torch.Tensor:
-        tokenizer, decoder = self.model.tokenizer, self.model.decoder
-        mask = inputs.generate_kwargs["attention_mask"]
-        rows = [[*tokenizer.encode(reference), tokenizer.eos_id] for reference in references]
-        width = max(len(row) for row in rows)
-        targets = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long, device=mask.device)
-        counted = torch.zeros(len(rows), width, dtype=torch.bool, device=mask.device)
-        for i, row in enumerate(rows):
-            targets[i, : len(row)] = torch.tensor(row, device=mask.device)
-            counted[i, : len(row)] = True
-        # Positions as generate() gives them for a left-padded batch: counted from each row's first real token.
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        cache = DynamicCache()
-        cache_name = "cache" if "cache" in inspect.signature(type(decoder).forward).parameters else "past_key_values"
-        prefill = decoder(
-            inputs_embeds=inputs.generate_kwargs["inputs_embeds"], attention_mask=mask, position_ids=positions,
-            use_cache=True, **{cache_name: cache},
-        )  # fmt: skip
-        logits = prefill.logits[:, -1:]
-        if width > 1:
-            follow = mask.sum(1, keepdim=True) + torch.arange(width - 1, device=mask.device)
-            answer_mask = torch.cat([mask, counted[:, :-1].long()], dim=1)
-            continued = decoder(
-                input_ids=targets[:, :-1], attention_mask=answer_mask, position_ids=follow, use_cache=True,
-                **{cache_name: cache},
-            )  # fmt: skip
-            logits = torch.cat([logits, continued.logits], dim=1)
-        logprob = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-        return (logprob * counted).sum(1) / counted.sum(1)
+        """``[B]``; each reference ends with the tokenizer's EOS, the one token the testbed's answers end with."""
+        tokenizer = self.model.tokenizer
+        answers = [[*tokenizer.encode(reference), tokenizer.eos_id] for reference in references]
+        positions = generate_positions(inputs.generate_kwargs["attention_mask"])
+        return teacher_forced_logprob(self.model.decoder, inputs.generate_kwargs, positions, answers, tokenizer.pad_id)

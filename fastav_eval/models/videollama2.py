@@ -49,6 +49,8 @@ from fastav_eval.models.base import (
     Request,
     SampleError,
     StopOnStrings,
+    generate_positions,
+    teacher_forced_logprob,
 )
 from fastav_eval.models.fbank import beats_fbank
 from fastav_eval.models.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, _open
@@ -440,3 +442,13 @@ class VideoLLaMA2Adapter(ModelAdapter):
             stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, until, 0)]),
         )  # [B, new tokens]: inputs_embeds alone returns only the generated ids
         return self.ends.answers(self.tokenizer, output.tolist(), until)
+
+    def reference_logprob(self, inputs: ModelInputs, references: list[str]) -> torch.Tensor:
+        """``[B]``, teacher-forced over the prompt's cache as :meth:`generate` runs the LLM (``inputs_embeds`` and
+        the left-padded mask; positions counted from each row's first real token). Each reference ends with
+        ``<|im_end|>`` (:attr:`ChatEnds.end_id`): Qwen2's chat template closes every assistant turn with it, so it
+        is the end token the model's answers carry, and the first that stops ``generate``."""
+        kwargs = inputs.generate_kwargs
+        answers = [self.ends.reference_ids(self.tokenizer, reference) for reference in references]
+        positions = generate_positions(kwargs["attention_mask"])
+        return teacher_forced_logprob(self.model.llm, kwargs, positions, answers, self.ends.pad_id)

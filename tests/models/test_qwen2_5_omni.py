@@ -368,3 +368,97 @@ def test_unreadable_media_and_prompts_past_the_context_fail_their_sample(media, 
     model.model.config.get_text_config().max_position_embeddings = 120
     with pytest.raises(SampleError, match=r"reaches position \d+ .*past the thinker's context of 120"):
         model.load_request(Request([str(media["clip4"])], QUESTION), 0)
+
+
+# ---------------------------------------------------------------------------------------------- reference_logprob
+REFERENCES = ["a dog", "yes the cat and a bird , no car"]  # 2 and 9 words (+ <|im_end|>)
+
+
+def answer_ids(model: Qwen25OmniAdapter, reference: str) -> list[int]:
+    tokenizer = model.processor.tokenizer
+    return [*tokenizer(reference, add_special_tokens=False).input_ids, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_reference_logprob_is_minus_the_teacher_forced_loss(media):
+    """Oracle: the stock thinker's own loss over one forward of [prompt + answer] per sample, its TMRoPE positions
+    computed by the thinker over the whole sequence (no cache, no padding)."""
+    model = adapter(media)
+    loaded = requests(model, [media["clip2"]], [media["clip5"]])
+    inputs = model.prepare(loaded)
+    assert inputs.generate_kwargs["attention_mask"].sum(1).unique().numel() == 2  # left padding in play
+    logprob = model.reference_logprob(inputs, REFERENCES)
+    assert logprob.shape == (2,)
+    for i, (sample, reference) in enumerate(zip(loaded, REFERENCES, strict=True)):
+        kwargs = model.prepare([sample]).generate_kwargs
+        answer = torch.tensor([answer_ids(model, reference)])
+        ids = torch.cat([kwargs["input_ids"], answer], 1)
+        labels = torch.cat([torch.full_like(kwargs["input_ids"], -100), answer], 1)
+        with torch.no_grad():
+            loss = model.model(**{**kwargs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}, labels=labels)
+        assert float(logprob[i]) == pytest.approx(-float(loss.loss), abs=1e-4), i
+
+
+def test_reference_logprob_of_a_batch_of_two_equals_each_alone(media):
+    model = adapter(media)
+    loaded = requests(model, [media["clip2"]], [media["clip5"]])
+    together = model.reference_logprob(model.prepare(loaded), REFERENCES)
+    pairs = zip(loaded, REFERENCES, strict=True)
+    alone = torch.cat([model.reference_logprob(model.prepare([sample]), [r]) for sample, r in pairs])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+def test_reference_logprob_under_fastav_is_the_masked_recompute_of_the_pruned_prompt(media):
+    """Through the runner with both stages on: the value moves, and equals the thinker's stock layers over [prompt
+    + answer] (TMRoPE positions from get_rope_index over the whole sequence) with each layer's keys limited to what
+    the engine kept (``pruning.oracle``), answer tokens seen."""
+    from fastav_eval.evaluation import PrunedRunner
+    from fastav_eval.pruning.oracle import kept_masks, masked_decoder
+
+    model = adapter(media)
+    loaded = requests(model, [media["clip2"]], [media["clip5"]])
+    inputs = model.prepare(loaded)
+    unpruned = model.reference_logprob(inputs, REFERENCES)
+    profile = PruningProfile(keep={"video": PrefixKeep(first_chunks=1), "audio": PrefixKeep(first_chunks=1)})
+    text_model = model.model.model.language_model
+    embeds = []  # what the thinker hands its text model: the prefill's merged embeddings, then the answer's
+    hook = text_model.register_forward_pre_hook(
+        lambda _module, _args, kwargs: embeds.append(kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    runner = PrunedRunner(model, PruningConfig(global_layer=2, profile=profile, fine_ratio=0.3), "fastav")
+    try:
+        scored = runner.score_references(loaded, REFERENCES)
+        stats = runner.engine.last_stats
+    finally:
+        runner.close()
+        hook.remove()
+    pruned = torch.tensor([value for value, _ in scored])
+    assert stats.kv_positions[-1].shape[1] < stats.kv_positions[0].shape[1]  # the prefill was pruned
+    assert all(record.relative_flops < 100 for _, record in scored)
+    assert not torch.allclose(pruned, unpruned, atol=1e-3)
+
+    kwargs, length = inputs.generate_kwargs, inputs.layout.length
+    answers = [answer_ids(model, reference) for reference in REFERENCES]
+    width = max(len(a) for a in answers)
+    ids = torch.tensor([a + [a[-1]] * (width - len(a)) for a in answers])  # [B, W], right-padded
+    answer_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers])
+    full_ids = torch.cat([kwargs["input_ids"], ids[:, :-1]], 1)
+    full_mask = torch.cat([kwargs["attention_mask"], answer_mask[:, :-1]], 1)
+    positions, _ = model.model.get_rope_index(
+        full_ids,
+        video_grid_thw=kwargs["video_grid_thw"],
+        attention_mask=full_mask,
+        use_audio_in_video=True,
+        audio_seqlens=kwargs["feature_attention_mask"].sum(-1),
+        second_per_grids=kwargs["video_second_per_grid"],
+    )
+    hidden_in = torch.cat(embeds, 1)  # [B, L + W - 1, D]
+    assert hidden_in.shape[1] == full_ids.shape[1]
+    visible = [
+        torch.cat([m, torch.ones(2, width - 1, dtype=torch.bool)], 1) for m in kept_masks(stats.kv_positions, length)
+    ]
+    with torch.no_grad():
+        hidden, _ = masked_decoder(text_model, hidden_in, positions, visible, full_mask)
+        logits = model.model.lm_head(hidden[:, length - 1 :]).float()  # [B, W, V]
+    logprob = torch.log_softmax(logits, -1).gather(-1, ids[..., None]).squeeze(-1)
+    expected = (logprob * answer_mask).sum(1) / answer_mask.sum(1)
+    torch.testing.assert_close(pruned, expected, atol=1e-4, rtol=0)

@@ -251,3 +251,84 @@ def test_a_config_this_model_was_not_written_for_is_refused(tmp_path, change, me
     (folder / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(ValueError, match=message):
         load_videollama2(folder, vision_tower=str(VISION_TOWER), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------- reference_logprob
+REFERENCES = ["A dog barks.", "The red car drives past while its engine roars loudly."]  # 5 and 11 tokens
+
+
+def reference_batch(adapter):
+    """Two samples of different prompt lengths (the batch is left-padded) and their references."""
+    return [load(adapter, FIXTURE / "clip.mp4"), load(adapter, FIXTURE / "clip_long.mp4", prompt="Which one?")]
+
+
+def answer_ids(adapter, reference: str) -> list[int]:
+    return [*adapter.tokenizer(reference, add_special_tokens=False).input_ids, adapter.tokenizer.eos_token_id]
+
+
+def test_reference_logprob_is_minus_the_teacher_forced_loss(adapter):
+    """Oracle: the stock LLM's own loss over one forward of [prompt + answer] per sample (no cache, no padding)."""
+    samples = reference_batch(adapter)
+    inputs = adapter.prepare(samples)
+    assert inputs.generate_kwargs["attention_mask"].sum(1).unique().numel() == 2  # left padding in play
+    assert adapter.tokenizer.eos_token == "<|im_end|>"
+    logprob = adapter.reference_logprob(inputs, REFERENCES)
+    assert logprob.shape == (2,)
+    llm = adapter.model.llm
+    for i, (sample, reference) in enumerate(zip(samples, REFERENCES, strict=True)):
+        prompt = adapter.prepare([sample]).generate_kwargs["inputs_embeds"]  # [1, L, D]
+        answer = torch.tensor([answer_ids(adapter, reference)])
+        with torch.no_grad():
+            embeds = torch.cat([prompt, llm.get_input_embeddings()(answer)], 1)
+            labels = torch.cat([torch.full((1, prompt.shape[1]), -100), answer], 1)
+            loss = llm(inputs_embeds=embeds, labels=labels).loss
+        assert float(logprob[i]) == pytest.approx(-float(loss), abs=1e-4), i
+
+
+def test_reference_logprob_of_a_batch_of_two_equals_each_alone(adapter):
+    samples = reference_batch(adapter)
+    together = adapter.reference_logprob(adapter.prepare(samples), REFERENCES)
+    pairs = zip(samples, REFERENCES, strict=True)
+    alone = torch.cat([adapter.reference_logprob(adapter.prepare([s]), [r]) for s, r in pairs])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+def test_reference_logprob_under_fastav_is_the_masked_recompute_of_the_pruned_prompt():
+    """Through the runner with the paper's pruning: the value moves, and equals the stock layers over [prompt +
+    answer] with each layer's keys limited to what the engine kept (``pruning.oracle``), answer tokens seen."""
+    from fastav_eval.evaluation import PrunedRunner
+    from fastav_eval.pruning.oracle import kept_masks, masked_decoder
+
+    model = tiny_adapter()
+    samples = reference_batch(model)
+    inputs = model.prepare(samples)
+    unpruned = model.reference_logprob(inputs, REFERENCES)
+    runner = PrunedRunner(model, pruning_config("fastav", {}, VideoLLaMA2Adapter.default_profile(None)), "fastav")
+    try:
+        scored = runner.score_references(samples, REFERENCES)
+        stats = runner.engine.last_stats
+    finally:
+        runner.close()
+    pruned = torch.tensor([value for value, _ in scored])
+    assert stats.kv_positions[-1].shape[1] < stats.kv_positions[0].shape[1]  # the prefill was pruned
+    assert all(record.relative_flops < 100 for _, record in scored)
+    assert not torch.allclose(pruned, unpruned, atol=1e-3)
+
+    mask, length = inputs.generate_kwargs["attention_mask"], inputs.layout.length
+    answers = [answer_ids(model, reference) for reference in REFERENCES]
+    width = max(len(a) for a in answers)
+    ids = torch.tensor([a + [a[-1]] * (width - len(a)) for a in answers])  # [B, W], right-padded
+    answer_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers])
+    llm = model.model.llm
+    with torch.no_grad():
+        embeds = torch.cat([inputs.generate_kwargs["inputs_embeds"], llm.get_input_embeddings()(ids)], 1)
+        full_mask = torch.cat([mask, answer_mask], 1)
+        positions = (full_mask.cumsum(-1) - 1).clamp_min(0)
+        visible = [
+            torch.cat([m, torch.ones(2, width, dtype=torch.bool)], 1) for m in kept_masks(stats.kv_positions, length)
+        ]
+        hidden, _ = masked_decoder(llm.model, embeds, positions, visible, full_mask)
+        logits = llm.lm_head(hidden[:, length - 1 : length + width - 1]).float()  # [B, W, V]
+    logprob = torch.log_softmax(logits, -1).gather(-1, ids[..., None]).squeeze(-1)
+    expected = (logprob * answer_mask).sum(1) / answer_mask.sum(1)
+    torch.testing.assert_close(pruned, expected, atol=1e-4, rtol=0)
