@@ -20,7 +20,10 @@ va=True)``) on our media stack:
 
 A request may hold one video (its soundtrack fed per ``video_audio``), one video or image plus one audio (which
 replaces the soundtrack), or one audio alone. An image is a still video of ``num_frames`` copies (the official
-``encode_images_or_videos``).
+``encode_images_or_videos``). A video is a file path or decoded frames in memory, ``{"type": "video", "frames":
+uint8 [T, H, W, 3], "fps": float}`` (AV-Synth's ``doc_to_visual``): sampled at the same :func:`frame_indices` of its
+``T`` frames as a file's decoded frames (the official sampling reads only the frame count, not ``fps``); it carries
+no soundtrack, so the sample's audio is a separate audio item (or silence / none per ``video_audio``).
 """
 
 from __future__ import annotations
@@ -137,6 +140,42 @@ def decode_video_frames(path: str | Path, num_frames: int) -> list[np.ndarray]:
         wanted = frame_indices(decoded, num_frames)
         picked, _ = _decode_at(path, wanted)
     return [picked[index] for index in wanted]
+
+
+VIDEO_DICT = '{"type": "video", "frames": uint8 [T, H, W, 3], "fps": float > 0}'
+"""The in-memory video this adapter takes (AV-Synth's ``doc_to_visual``), as error messages name it."""
+
+
+def is_video_dict(visual: Any) -> bool:
+    """Whether ``visual`` is meant as an in-memory video: a dict typed ``video`` or holding ``frames``."""
+    return isinstance(visual, dict) and (visual.get("type") == "video" or "frames" in visual)
+
+
+def checked_frames(video: dict[str, Any]) -> np.ndarray:
+    """The ``frames`` ``[T, H, W, 3]`` uint8 of an in-memory video (:data:`VIDEO_DICT`); a ValueError naming the
+    field and what is accepted otherwise."""
+    missing = [name for name in ("frames", "fps") if name not in video]
+    if missing:
+        raise ValueError(f"video dict lacks {missing} (got keys {sorted(video)}); accepted: {VIDEO_DICT}")
+    if video.get("type", "video") != "video":
+        raise ValueError(f"video 'type'={video['type']!r}; accepted: 'video' ({VIDEO_DICT})")
+    frames = np.asarray(video["frames"])
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise ValueError(
+            f"video 'frames' is {frames.dtype} {tuple(frames.shape)}; accepted: uint8 [T, H, W, 3] RGB with T, H, "
+            "W >= 1"
+        )
+    fps = video["fps"]
+    if isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating) or not 0 < fps < np.inf:
+        raise ValueError(f"video 'fps'={fps!r}; accepted: a finite number > 0 (frames per second of 'frames')")
+    return frames
+
+
+def sample_video_frames(video: dict[str, Any], num_frames: int) -> list[np.ndarray]:
+    """``num_frames`` RGB frames ``[H, W, 3]`` of an in-memory video (:data:`VIDEO_DICT`) at the
+    :func:`frame_indices` of its ``T`` frames, as :func:`decode_video_frames` samples a file's decoded frames."""
+    frames = checked_frames(video)
+    return [frames[index] for index in frame_indices(len(frames), num_frames)]
 
 
 def soundtrack(path: str | Path) -> np.ndarray | None:
@@ -305,16 +344,28 @@ class VideoLLaMA2Adapter(ModelAdapter):
         images = [Image.fromarray(f) if isinstance(f, np.ndarray) else f.convert("RGB") for f in frames]
         return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
-    def _video(self, path: str, soundtrack_wanted: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pixels = self._pixels(decode_video_frames(path, self.num_frames))
+    def _video(self, video: str | dict[str, Any], soundtrack_wanted: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``pixel_values [num_frames, 3, S, S]`` of a video file or in-memory video (:data:`VIDEO_DICT`), and the
+        fbank ``[2998, 128]`` of its soundtrack when one is wanted (None otherwise)."""
+        in_memory = isinstance(video, dict)
+        if in_memory:
+            pixels = self._pixels(sample_video_frames(video, self.num_frames))
+        else:
+            pixels = self._pixels(decode_video_frames(video, self.num_frames))
         mode = self.options["video_audio"]
         if mode == "off" or not soundtrack_wanted:
             return pixels, None
-        track = soundtrack(path)
+        track = None if in_memory else soundtrack(video)
         if track is None:
             if mode == "required":
+                what = (
+                    "an in-memory video carries no soundtrack: give the sample's audio as a separate "
+                    '{"type": "audio", "array", "sampling_rate"} item'
+                    if in_memory
+                    else f"{video} has no audio track"
+                )
                 raise ValueError(
-                    f"{path} has no audio track, and this model is asked to hear each clip (video_audio=required); "
+                    f"{what}, and this model is asked to hear each clip (video_audio=required); "
                     "video_audio=if_present feeds 30 s of silence instead, as the official code does"
                 )
             track = np.zeros(AUDIO_SECONDS * SAMPLE_RATE, np.float32)
@@ -343,13 +394,16 @@ class VideoLLaMA2Adapter(ModelAdapter):
             return (
                 "audio" if name.endswith(AUDIO_EXTENSIONS) else "image" if name.endswith(IMAGE_EXTENSIONS) else "video"
             )
+        if is_video_dict(visual):
+            checked_frames(visual)
+            return "video"
         if isinstance(visual, dict) and "array" in visual:
             return "audio"
         if isinstance(visual, Image.Image):
             return "image"
         raise ValueError(
             f"a {type(visual).__name__} is not a visual this model takes; accepted: a video, image or audio file "
-            'path, {"array", "sampling_rate"} audio, a PIL image'
+            f'path, an in-memory video {VIDEO_DICT}, {{"array", "sampling_rate"}} audio, a PIL image'
         )
 
     def _still(self, visual: Any) -> torch.Tensor:
@@ -384,7 +438,8 @@ class VideoLLaMA2Adapter(ModelAdapter):
             if kind == "image":
                 pixels = self._decoded(index, position, lambda: self._still(visual))
             else:
-                pixels, track = self._decoded(index, position, lambda: self._video(str(visual), fbank is None))
+                video = visual if isinstance(visual, dict) else str(visual)
+                pixels, track = self._decoded(index, position, lambda: self._video(video, fbank is None))
                 fbank = track if fbank is None else fbank
         try:
             input_ids = self.prompt_ids(request.prompt, audio_only=pixels is None)
