@@ -14,7 +14,7 @@ at K shows (scores, the current keep set), never on rewards.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from gymnasium import spaces
 
 from fastav_eval.avsynth import TASKS
 from fastav_eval.avsynth.dataset import DEFAULT_SEED
+from fastav_eval.envs.cache import decode_array, encode_array
 from fastav_eval.envs.coding import OBSERVATION_BOUND, OBSERVATION_SIZE, RetentionCoding
 from fastav_eval.envs.samples import (
     DocumentPicker,
@@ -189,6 +190,32 @@ class ExchangeCoding:
         return PruneDecision(keep_positions=positions.to(device), notes=notes)
 
 
+STATE_ARRAYS = ("positions", "modality", "scores", "kept")
+"""The ``[L]`` arrays of an :class:`ExchangeState` a first-pass cache entry holds (with ``base_observation``)."""
+
+
+def _encode_state(state: ExchangeState) -> dict[str, Any]:
+    """A starting state (no swaps yet) as cache data."""
+    return {name: encode_array(getattr(state, name)) for name in (*STATE_ARRAYS, "base_observation")}
+
+
+def _decode_state(data: Mapping[str, Any], observation_size: int) -> ExchangeState:
+    """The starting state :func:`_encode_state` wrote, each array checked (one length ``L`` for all four)."""
+    if not isinstance(data, Mapping) or set(data) != {*STATE_ARRAYS, "base_observation"}:
+        raise ValueError(f"state: not an object of {[*STATE_ARRAYS, 'base_observation']}")
+    integers = ("int64", "int32", "int16", "int8", "uint8")
+    positions = decode_array(data["positions"], "state.positions", integers, (None,))
+    size = (len(positions),)
+    return ExchangeState(
+        positions=positions,
+        modality=decode_array(data["modality"], "state.modality", integers, size),
+        scores=decode_array(data["scores"], "state.scores", ("float64",), size),
+        kept=decode_array(data["kept"], "state.kept", ("bool",), size),
+        base_observation=decode_array(data["base_observation"], "state.base_observation", ("float32",),
+                                      (observation_size,)),
+    )  # fmt: skip
+
+
 class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
     """Swaps that refine FastAV's selection of one sample.
 
@@ -201,6 +228,7 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         max_swaps: swap steps before the episode is truncated.
         profile: FastAV's profile (default: the model's shipped one); its global layer is K.
         fine_ratio: FastAV's fine ratio after K.
+        cache_dir: a folder of first passes (FastAV's) on disk, shared by processes and runs (None: in memory only).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's own attribute)
@@ -222,6 +250,7 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         fine_ratio: float = 0.2,
         order: str = "random",
         threads: int | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         if isinstance(flops_weight, bool) or not isinstance(flops_weight, int | float) or flops_weight < 0:
@@ -248,6 +277,9 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         self.flops_weight, self.step_cost = float(flops_weight), float(step_cost)
         self.action_space = self.coding.action_space()
         self.observation_space = self.coding.observation_space()
+        self.cache = self.samples.first_pass_cache(
+            cache_dir, model, model_args, env="exchange", coding=self.coding.to_dict()
+        )
         self._first: dict[int, tuple[ExchangeState, Outcome]] = {}
         self._outcomes: dict[tuple[int, tuple[int, ...]], Outcome] = {}
         self._state: ExchangeState | None = None
@@ -255,19 +287,32 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         self._current: Outcome | None = None
 
     def first_pass(self, index: int) -> tuple[ExchangeState, Outcome]:
-        """FastAV's pass of document ``index``: its starting state and outcome (computed once)."""
+        """FastAV's pass of document ``index``: its starting state and outcome (computed once; read from
+        ``cache_dir`` when it holds them)."""
         if index not in self._first:
-            seen: list[ExchangeState] = []
-
-            def watch(context: PruneContext) -> None:
-                if context.stage == "global" and context.layer_idx == self.global_layer:
-                    seen.append(self.coding.start(context, self.profile)[0])
-
-            outcome = self.samples.run(index, watch=watch)
-            self._first[index] = (seen[0], outcome)
+            if self.cache is None:
+                self._first[index] = self._compute_first_pass(index)
+            else:
+                self._first[index] = self.cache.fetch(
+                    self.documents[index],
+                    lambda: self._compute_first_pass(index),
+                    lambda value: {"state": _encode_state(value[0]), "outcome": value[1].to_dict()},
+                    lambda data: (_decode_state(data["state"], self.observation_space.shape[0] - STATE_SIZE),
+                                  self.samples.cached_outcome(index, data["outcome"])),
+                )  # fmt: skip
         state, outcome = self._first[index]
         return ExchangeState(state.positions, state.modality, state.scores, state.kept.copy(),
                              state.base_observation), outcome  # fmt: skip
+
+    def _compute_first_pass(self, index: int) -> tuple[ExchangeState, Outcome]:
+        seen: list[ExchangeState] = []
+
+        def watch(context: PruneContext) -> None:
+            if context.stage == "global" and context.layer_idx == self.global_layer:
+                seen.append(self.coding.start(context, self.profile)[0])
+
+        outcome = self.samples.run(index, watch=watch)
+        return seen[0], outcome
 
     def outcome(self, index: int, state: ExchangeState) -> Outcome:
         """Document ``index`` with ``state``'s keep set at K (computed once per keep set)."""

@@ -4,12 +4,14 @@ order, where to cut and the fine ratio after the cut; the reward is the pruned a
 An episode is one step (a contextual bandit). ``reset`` draws a document and returns its observation, read at
 layer 1 of an unpruned pass (:class:`~fastav_eval.envs.coding.RetentionCoding`); ``step(action)`` runs the pruned
 pass and ends the episode. The unpruned pass (observation, full-token quality) is cached per document, and so is
-each (document, action) outcome: pruning is deterministic, so a repeated pair gives the same answer.
+each (document, action) outcome: pruning is deterministic, so a repeated pair gives the same answer. With
+``cache_dir`` the unpruned pass is also kept on disk, shared by processes and runs (:mod:`fastav_eval.envs.cache`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium
@@ -17,6 +19,7 @@ import numpy as np
 
 from fastav_eval.avsynth import TASKS
 from fastav_eval.avsynth.dataset import DEFAULT_SEED
+from fastav_eval.envs.cache import decode_array, encode_array
 from fastav_eval.envs.coding import RetentionCoding
 from fastav_eval.envs.samples import (
     DocumentPicker,
@@ -59,6 +62,7 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         global_layer: the latest cut layer (default: the model's calibrated one, 3 for fastav_tiny).
         order: ``random`` (default) or ``cycle``: each document in turn (an evaluation pass over all of them).
         threads: torch threads of this process (None: unchanged).
+        cache_dir: a folder of first passes on disk, shared by processes and runs (None: in memory only).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's own attribute)
@@ -77,6 +81,7 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         global_layer: int | None = None,
         order: str = "random",
         threads: int | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         if isinstance(flops_weight, bool) or not isinstance(flops_weight, int | float) or flops_weight < 0:
@@ -98,23 +103,43 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._chooser = ScriptedChooser()
         config = PruningConfig.chosen_by(self._chooser, global_layer=layer)
         self.samples = SampleRunner(adapter, config, self._chooser, self.documents, reward)
+        self.cache = self.samples.first_pass_cache(
+            cache_dir, model, model_args, env="retention", coding=self.coding.to_dict()
+        )
         self._first: dict[int, tuple[np.ndarray, Outcome]] = {}
         self._outcomes: dict[tuple[int, tuple[int, ...]], Outcome] = {}
         self._index: int | None = None
 
     # ------------------------------------------------------------------ cached passes
     def first_pass(self, index: int) -> tuple[np.ndarray, Outcome]:
-        """Document ``index``'s observation and its unpruned outcome (computed once)."""
+        """Document ``index``'s observation and its unpruned outcome (computed once; read from ``cache_dir`` when
+        it holds them)."""
         if index not in self._first:
-            seen: list[np.ndarray] = []
-
-            def watch(context: PruneContext) -> None:
-                if context.layer_idx == 1 and context.stage == "global":
-                    seen.append(self.coding.observe(context)[0])
-
-            outcome = self.samples.run(index, watch=watch)
-            self._first[index] = (seen[0], outcome)
+            if self.cache is None:
+                self._first[index] = self._compute_first_pass(index)
+            else:
+                self._first[index] = self.cache.fetch(
+                    self.documents[index],
+                    lambda: self._compute_first_pass(index),
+                    lambda value: {"observation": encode_array(value[0]), "outcome": value[1].to_dict()},
+                    lambda data: self._decode_first_pass(index, data),
+                )
         return self._first[index]
+
+    def _compute_first_pass(self, index: int) -> tuple[np.ndarray, Outcome]:
+        seen: list[np.ndarray] = []
+
+        def watch(context: PruneContext) -> None:
+            if context.layer_idx == 1 and context.stage == "global":
+                seen.append(self.coding.observe(context)[0])
+
+        outcome = self.samples.run(index, watch=watch)
+        return seen[0], outcome
+
+    def _decode_first_pass(self, index: int, data: Mapping[str, Any]) -> tuple[np.ndarray, Outcome]:
+        shape = self.observation_space.shape
+        observation = decode_array(data["observation"], "observation", ("float32",), shape)
+        return observation, self.samples.cached_outcome(index, data["outcome"])
 
     def outcome(self, index: int, action: np.ndarray) -> Outcome:
         """Document ``index`` pruned as ``action`` asks (computed once per pair)."""

@@ -9,8 +9,10 @@ wrappers, one sample at a time, under a chooser whose decision the environment s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 from fastav_eval.avsynth import TASKS, build_documents
 from fastav_eval.avsynth.dataset import DEFAULT_SEED, request_visuals
 from fastav_eval.avsynth.scoring import SampleCider, score_choice
+from fastav_eval.envs.cache import FirstPassCache, model_identity
 from fastav_eval.evaluation import PrunedRunner
 from fastav_eval.models import registry
 from fastav_eval.models.base import ModelAdapter, Request
@@ -126,6 +129,29 @@ class Outcome:
     decision: dict[str, Any] | None
     kept: dict[str, int]
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Outcome:
+        """An outcome :meth:`to_dict` wrote, each field checked (a ValueError names the first one that is not)."""
+        if not isinstance(data, Mapping) or set(data) != {"quality", "relative_flops", "answer", "decision", "kept"}:
+            raise ValueError("outcome: not an object of quality, relative_flops, answer, decision, kept")
+        for name in ("quality", "relative_flops"):
+            value = data[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"outcome.{name}={value!r}; accepted: a finite number >= 0")
+        if data["answer"] is not None and not isinstance(data["answer"], str):
+            raise ValueError(f"outcome.answer={data['answer']!r}; accepted: a string or null")
+        if data["decision"] is not None and not isinstance(data["decision"], dict):
+            raise ValueError("outcome.decision: accepted: an object or null")
+        kept = data["kept"]
+        if not isinstance(kept, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in kept.items()
+        ):
+            raise ValueError(f"outcome.kept={kept!r}; accepted: modality -> an int >= 0")
+        return cls(float(data["quality"]), float(data["relative_flops"]), data["answer"], data["decision"], dict(kept))
+
 
 class SampleRunner:
     """Runs single samples through one model under a chooser-driven config, with the media loaded once per sample.
@@ -191,13 +217,42 @@ class SampleRunner:
             limit = CHOICE_TOKENS if doc["choices"] else CAPTION_TOKENS
             answered = self.runner.answer(loaded, limit, [], samples)[0]
             record, answer = answered.record, answered.text
-            if doc["choices"]:
-                quality = score_choice(answer, doc["answer"], doc["choices"])["accuracy"]
-            else:
-                assert self._cider is not None
-                quality = min(self._cider(answer, doc["answer"]) / 10.0, 1.0)
+            quality = self.score(index, answer)
         kept = {name: int(counts[-1]) for name, counts in record.kept_per_layer.items()}
         return Outcome(float(quality), float(record.relative_flops), answer, record.decision, kept)
+
+    def score(self, index: int, answer: str) -> float:
+        """The quality of a generated ``answer`` to document ``index``: accuracy for a choice, per-sample CIDEr-D /
+        10 (capped at 1) for a caption, with this runner's caption references as the corpus."""
+        doc = self.documents[index]
+        if doc["choices"]:
+            return float(score_choice(answer, doc["answer"], doc["choices"])["accuracy"])
+        assert self._cider is not None
+        return float(min(self._cider(answer, doc["answer"]) / 10.0, 1.0))
+
+    def cached_outcome(self, index: int, data: Mapping[str, Any]) -> Outcome:
+        """An outcome read from a first-pass cache entry (:meth:`Outcome.from_dict`), a generated answer's quality
+        scored again here: a caption's CIDEr-D depends on the corpus of the environment's references, which the
+        cache key does not hold."""
+        outcome = Outcome.from_dict(data)
+        if outcome.answer is None:
+            return outcome
+        return Outcome(self.score(index, outcome.answer), outcome.relative_flops, outcome.answer, outcome.decision,
+                       outcome.kept)  # fmt: skip
+
+    def first_pass_cache(
+        self, folder: str | Path | None, model: str, model_args: str | dict[str, Any] | None, **setting: Any
+    ) -> FirstPassCache | None:
+        """The on-disk cache of this runner's first passes in ``folder`` (None: none), keyed by the model
+        (:func:`~fastav_eval.envs.cache.model_identity`), the resolved engine config, the reward kind, the answer
+        lengths and ``setting`` (the environment's own: its kind, its coding)."""
+        if folder is None:
+            return None
+        identity = model_identity(model, parse_model_args(model_args), self.adapter)
+        return FirstPassCache(folder, {
+            "model": identity, "engine": self.runner.engine.config.to_dict(), "reward": self.reward,
+            "max_new_tokens": {"choice": CHOICE_TOKENS, "caption": CAPTION_TOKENS}, **setting,
+        })  # fmt: skip
 
     def close(self) -> None:
         self.runner.close()

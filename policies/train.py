@@ -19,7 +19,12 @@ be run again. The output folder holds:
 - ``tensorboard/``: SB3's logs (``tensorboard --logdir <out>/tensorboard``);
 - ``eval/evaluations.npz`` + ``eval/val_set.json``, ``monitor/``: the val evaluations (and which val set they are
   of) and the training episodes;
-- ``training_curves.png``: the training reward and the val reward over the steps.
+- ``training_curves.png``: the training reward and the val reward over the steps;
+- ``cache/``: each document's first pass (unpruned, or FastAV's for exchange), computed once and shared by the
+  workers (``--cache-dir`` puts it elsewhere, to share it across runs; :mod:`fastav_eval.envs.cache`).
+
+``--devices cuda:0,cuda:1`` spreads the workers' models: worker k on ``devices[k % len(devices)]``, the val
+environment on the first (default: the device of ``--model_args``, else cpu).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import torch
 
 from fastav_eval.avsynth import TASKS
 from fastav_eval.env_ids import ENVIRONMENTS
-from fastav_eval.envs.samples import DOCUMENTS_PER_TASK, REWARDS, SECONDS_PER_DOCUMENT
+from fastav_eval.envs.samples import DOCUMENTS_PER_TASK, REWARDS, SECONDS_PER_DOCUMENT, parse_model_args
 from fastav_eval.policies.network import describe_network, save_weights
 from fastav_eval.policies.saved import (
     ALGORITHMS,
@@ -92,6 +97,8 @@ class TrainSettings:
     seed: int = 0
     resume: Path | None = None
     env_options: dict[str, Any] = field(default_factory=dict)
+    devices: tuple[str, ...] = ()
+    cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.env not in ENVS:
@@ -119,6 +126,9 @@ class TrainSettings:
         for name in ("entropy", "flops_weight"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name}={getattr(self, name)}; accepted: a number >= 0")
+        if not self.devices:
+            self.devices = (default_device(self.model_args),)
+        self.devices = check_devices(self.devices, self.n_envs)
         rollout = self.n_steps * self.n_envs
         if self.algorithm == "PPO" and not 2 <= self.batch_size <= rollout:
             raise ValueError(
@@ -132,6 +142,14 @@ class TrainSettings:
                 "per_task": per_task, "flops_weight": self.flops_weight, "reward": self.reward,
                 "order": "random" if split == "train" else "cycle", **self.env_options}  # fmt: skip
 
+    def device_of(self, rank: int) -> str:
+        """The device of training worker ``rank``: ``devices[rank % len(devices)]``."""
+        return self.devices[rank % len(self.devices)]
+
+    def first_pass_cache(self) -> Path:
+        """The first-pass cache folder: ``--cache-dir``, else ``<out>/cache``."""
+        return self.cache_dir if self.cache_dir is not None else self.out / "cache"
+
     def val_set(self) -> dict[str, Any]:
         """What a val evaluation's reward depends on (``eval/val_set.json``): evaluations of another are not
         comparable."""
@@ -139,6 +157,60 @@ class TrainSettings:
 
 
 # ---------------------------------------------------------------------------------------------- checks before work
+def default_device(model_args: str) -> str:
+    """``--devices``' default: the ``device`` of ``model_args``, else cpu (model args that do not parse are left to
+    the val environment, which names what is wrong with them)."""
+    try:
+        device = parse_model_args(model_args).get("device")
+    except ValueError:
+        device = None
+    return str(device) if device else "cpu"
+
+
+def check_devices(devices: tuple[str, ...] | list[str], n_envs: int) -> tuple[str, ...]:
+    """``devices`` as the workers use them, or a ValueError naming ``--devices`` and what it accepts.
+
+    Rule: each entry ``cpu``, ``cuda`` or ``cuda:<index>`` (``cuda`` means ``cuda:0``), each device once; CUDA
+    entries need a CUDA device of that index on this machine; at most ``n_envs`` entries (worker k uses
+    ``devices[k % len(devices)]``, so a device past the ``n_envs``-th would get no worker)."""
+    accepted = "a comma-separated list of cpu, cuda or cuda:<index>, each once"
+    names: list[str] = []
+    for entry in devices:
+        text = str(entry).strip()
+        try:
+            device = torch.device(text)
+        except (RuntimeError, ValueError):
+            device = None
+        if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and text != "cpu"):
+            raise ValueError(
+                f"--devices={','.join(map(str, devices))!r}: {text!r} is not a device; accepted: {accepted}"
+            )
+        if device.type == "cuda":
+            index = device.index or 0
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    f"--devices={','.join(devices)!r}: {text!r} needs CUDA, which this machine does not have; "
+                    "accepted: cpu"
+                )
+            if index >= torch.cuda.device_count():
+                raise ValueError(
+                    f"--devices={','.join(devices)!r}: {text!r}; accepted: cpu or cuda:0..cuda:"
+                    f"{torch.cuda.device_count() - 1} (the CUDA devices of this machine)"
+                )
+            text = f"cuda:{index}"
+        names.append(text)
+    if not names:
+        raise ValueError(f"--devices=''; accepted: {accepted}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--devices={','.join(devices)!r} names a device twice; accepted: {accepted}")
+    if len(names) > n_envs:
+        raise ValueError(
+            f"--devices={','.join(devices)!r}: {len(names)} devices for n_envs={n_envs} workers; accepted: at most "
+            f"{n_envs} devices (worker k uses devices[k % len(devices)]; a device past the {n_envs}th would be unused)"
+        )
+    return tuple(names)
+
+
 def check_output(settings: TrainSettings) -> dict[str, Any] | None:
     """Refuse what this run cannot do faithfully, before anything is built or written; returns the ``--resume``
     checkpoint's ``data`` (plain JSON), or None.
@@ -320,14 +392,27 @@ def _trim_evaluations(saved: Path, steps: int, checkpoints: Path) -> tuple[list[
 
 
 # ---------------------------------------------------------------------------------------------- pieces of a run
-def _make_env(env_id: str, kwargs: dict[str, Any], monitor_file: Path | None, threads: int | None) -> Any:
+def _make_env(
+    env_id: str,
+    kwargs: dict[str, Any],
+    monitor_file: Path | None,
+    threads: int | None,
+    device: str | None = None,
+    cache_dir: Path | None = None,
+) -> Any:
+    """A builder of one environment (in a worker process, for SubprocVecEnv): its model on ``device`` (None: the
+    model args' own), its first passes shared through ``cache_dir`` (None: in memory only)."""
+
     def build() -> Any:
         import gymnasium
         from stable_baselines3.common.monitor import Monitor
 
         import fastav_eval.envs  # noqa: F401 (registers the environments in a worker process)
 
-        env = gymnasium.make(env_id, **kwargs, threads=threads)
+        arguments = dict(kwargs)
+        if device is not None:
+            arguments["model_args"] = {**parse_model_args(arguments.get("model_args")), "device": device}
+        env = gymnasium.make(env_id, **arguments, threads=threads, cache_dir=cache_dir)
         return Monitor(env, str(monitor_file) if monitor_file else None)
 
     return build
@@ -486,7 +571,8 @@ def _run(settings: TrainSettings, resumed: dict[str, Any] | None) -> None:
     env_id = ENVS[settings.env]
     # The val environment first, in this process: a wrong model or model_args is refused here, not in a worker.
     logger.info("building the val environment (%s, %d documents per task)", settings.model, settings.val_per_task)
-    eval_env = DummyVecEnv([_make_env(env_id, settings.env_kwargs("val"), None, None)])
+    cache = settings.first_pass_cache()
+    eval_env = DummyVecEnv([_make_env(env_id, settings.env_kwargs("val"), None, None, settings.devices[0], cache)])
     train_env = None
     try:
         for sub in ("checkpoints", "eval", "monitor", "best"):
@@ -500,9 +586,10 @@ def _run(settings: TrainSettings, resumed: dict[str, Any] | None) -> None:
         )  # fmt: skip
         threads = 1 if settings.n_envs > 1 else None
         builders = [
-            _make_env(env_id, settings.env_kwargs("train"), out / "monitor" / f"train_{rank}", threads)
+            _make_env(env_id, settings.env_kwargs("train"), out / "monitor" / f"train_{rank}", threads,
+                      settings.device_of(rank), cache)
             for rank in range(settings.n_envs)
-        ]
+        ]  # fmt: skip
         train_env = SubprocVecEnv(builders) if settings.n_envs > 1 else DummyVecEnv(builders)
         train_env.seed(settings.seed)
         model = _build_model(settings, train_env, str(out / "tensorboard"))
@@ -584,6 +671,8 @@ def write_meta(settings: TrainSettings, env: Any, model: Any, seconds: float, ev
             "seconds_this_run": round(seconds, 1),
             "seed": settings.seed,
             "n_envs": settings.n_envs,
+            "devices": list(settings.devices),
+            "cache_dir": str(settings.first_pass_cache()),
             "n_steps": settings.n_steps,
             "batch_size": settings.batch_size if settings.algorithm == "PPO" else None,
             "learning_rate": settings.learning_rate,
@@ -659,6 +748,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward", default=defaults.reward, choices=list(REWARDS), help="what quality is")
     parser.add_argument("--timesteps", type=int, default=defaults.timesteps, help="environment steps in all")
     parser.add_argument("--n-envs", type=int, default=defaults.n_envs, help="SubprocVecEnv workers (1: in process)")
+    parser.add_argument(
+        "--devices", type=device_list, default=argparse.SUPPRESS,
+        help="comma-separated devices of the workers' models (cpu, cuda:0, ...): worker k on devices[k %% len], the "
+        "val environment on the first; at most --n-envs of them (default: --model_args' device, else cpu)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cache-dir", type=Path, default=argparse.SUPPRESS,
+        help="folder of the per-document first passes, shared by the workers; name one to share it across runs "
+        "(default: <out>/cache)",
+    )  # fmt: skip
     parser.add_argument("--n-steps", type=int, default=defaults.n_steps, help="rollout steps per env per update")
     parser.add_argument(
         "--batch_size", type=int, default=defaults.batch_size, help="PPO minibatch, 2..n_steps*n_envs (A2C: unused)"
@@ -682,6 +781,11 @@ def task_list(text: str) -> tuple[str, ...]:
             f"--tasks {text!r}; accepted: comma-separated AV-Synth tasks, each once, from {sorted(TASKS)}"
         )
     return names
+
+
+def device_list(text: str) -> tuple[str, ...]:
+    """``--devices cuda:0,cuda:1``: comma-separated, checked with the number of workers by :func:`check_devices`."""
+    return tuple(name.strip() for name in text.split(","))
 
 
 def settings_from(args: argparse.Namespace) -> TrainSettings:

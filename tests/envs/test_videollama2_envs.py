@@ -4,6 +4,8 @@ and a policy of another decoder (the shipped fastav_tiny one) refused on it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gymnasium_check_env
@@ -57,3 +59,19 @@ def test_a_policy_of_another_decoder_is_refused() -> None:
     shipped = LearnedChooser("fastav_tiny_retention")
     with pytest.raises(ValueError, match=r"was trained on fastav_tiny \(.*'num_layers': 6.*this decoder is .*4"):
         install(adapter.decoder, shipped.config())
+
+
+def test_the_first_pass_cache_serves_a_second_environment(tmp_path: Path) -> None:
+    """On the tiny VideoLLaMA2 checkpoint: a second environment reads the unpruned pass instead of computing it."""
+    first = TokenRetentionEnv(**SMALL, cache_dir=tmp_path)
+    computed = first.first_pass(0)
+    first.close()
+    second = TokenRetentionEnv(**SMALL, cache_dir=tmp_path)
+    calls: list[int] = []
+    run = second.samples.run
+    second.samples.run = lambda index, *args, **kwargs: calls.append(index) or run(index, *args, **kwargs)
+    observation, outcome = second.first_pass(0)
+    second.close()
+    assert calls == [] and second.cache.hits == 1
+    assert outcome == computed[1] and np.array_equal(observation, computed[0])
+    assert observation.dtype == computed[0].dtype == np.float32

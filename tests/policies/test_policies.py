@@ -473,3 +473,83 @@ def test_resume_refusals_come_before_anything_is_built_or_written(
         error = capsys.readouterr().err
         assert f"were made on another val set, as its {run / META_FILE} records: {message}" in error, error
     assert not (run / "eval" / "val_set.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- devices and the cache
+def fake_cuda(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+@pytest.mark.parametrize(
+    ("argv", "cuda", "message"),
+    [
+        (
+            ["--devices", "gpu0"],
+            0,
+            r"--devices='gpu0': 'gpu0' is not a device; accepted: a comma-separated list of cpu",
+        ),
+        (["--devices", "cpu,,cpu"], 0, r"'' is not a device; accepted: a comma-separated list of cpu, cuda"),
+        (["--devices", "cuda:0"], 0, r"--devices='cuda:0': 'cuda:0' needs CUDA, which this machine does not have"),
+        (["--devices", "cuda:2", "--n-envs", "2"], 2, r"'cuda:2'; accepted: cpu or cuda:0\.\.cuda:1"),
+        (["--devices", "cuda,cuda:0", "--n-envs", "2"], 2, r"names a device twice"),
+        (["--devices", "cuda:0,cuda:1", "--n-envs", "1"], 2, r"2 devices for n_envs=1 workers; accepted: at most 1"),
+    ],
+)
+def test_train_policy_refuses_devices_it_cannot_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], cuda: int,
+    message: str,
+) -> None:  # fmt: skip
+    fake_cuda(monkeypatch, cuda)
+    assert main(["train-policy", "--out", str(tmp_path / "run"), *argv]) == 2
+    assert not (tmp_path / "run").exists()
+    assert re.search(message, capsys.readouterr().err), message
+
+
+def test_devices_default_to_the_model_args_and_spread_over_the_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert TrainSettings(out=tmp_path).devices == ("cpu",)
+    fake_cuda(monkeypatch, 2)
+    assert TrainSettings(out=tmp_path, model_args="device=cuda:1", n_envs=1).devices == ("cuda:1",)
+    settings = TrainSettings(out=tmp_path, devices=("cuda", "cuda:1"), n_envs=3)
+    assert settings.devices == ("cuda:0", "cuda:1")
+    assert [settings.device_of(rank) for rank in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert settings.first_pass_cache() == tmp_path / "cache"
+    assert TrainSettings(out=tmp_path, cache_dir=tmp_path / "shared").first_pass_cache() == tmp_path / "shared"
+
+
+def test_training_records_its_devices_and_fills_the_cache(trained: Path) -> None:
+    meta = PolicyMeta.load(trained)
+    assert meta.training["devices"] == ["cpu"] and meta.training["cache_dir"] == str(trained / "cache")
+    assert "devices" not in meta.env_kwargs and "cache_dir" not in meta.env_kwargs  # not part of the val set
+    assert len(list((trained / "cache").glob("*.json"))) == 5  # 3 train + 2 val documents, each computed once
+
+
+def test_a_shared_cache_serves_a_second_run_and_resume_takes_other_devices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second run on the same --cache-dir computes no first pass (its entries are read, not rewritten); devices
+    are where the work runs, not a hyperparameter: a resumed run may name others."""
+    shared = tmp_path / "shared"
+    first = train(TrainSettings(out=tmp_path / "a", timesteps=16, cache_dir=shared, **TINY))
+    entries = {path: path.stat().st_mtime_ns for path in shared.glob("*.json")}
+    assert len(entries) == 5 and not (first / "cache").exists()
+    from fastav_eval.envs.samples import SampleRunner
+
+    passes: list[int] = []
+    run = SampleRunner.run
+
+    def counting(self: SampleRunner, index: int, decide: object = None, watch: object = None) -> object:
+        if decide is None:  # a first pass (no chooser decision): what the cache holds
+            passes.append(index)
+        return run(self, index, decide, watch)
+
+    monkeypatch.setattr(SampleRunner, "run", counting)
+    second = train(TrainSettings(out=tmp_path / "b", timesteps=16, cache_dir=shared, **TINY))
+    assert passes == [] and {path: path.stat().st_mtime_ns for path in shared.glob("*.json")} == entries
+    assert PolicyMeta.load(second).training["cache_dir"] == str(shared)
+    fake_cuda(monkeypatch, 1)
+    resumed = TrainSettings(out=first, timesteps=48, resume=first / "checkpoints" / "policy_16_steps.zip",
+                            devices=("cuda:0",), **TINY)  # fmt: skip
+    assert check_output(resumed) is not None  # checked like any resume; the other device is accepted
