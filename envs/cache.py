@@ -7,7 +7,11 @@ of them (``--cache-dir``) instead of each computing every document again.
 
 Format: one JSON file per (setting, document), ``<folder>/<sha256 of the key>.json``::
 
-    {"format": "fastav-first-pass/1", "key": {...}, "value": {...}}
+    {"format": "fastav-first-pass/2", "key": {...}, "value": {...}}
+
+(``/2``: an outcome holds the tokens of each modality every layer processed, ``kept_per_layer``, from which both
+the kept counts and the retention budget follow; ``/1`` held the last layer's counts only. A ``/1`` entry has
+another key, hence another file name, and is never read as a ``/2`` one.)
 
 The key holds everything the value depends on (:meth:`FirstPassCache.key`): the model (name, model args other than
 the device, the sha256 of every weight file, dtype, the device type and GPU model, torch / transformers /
@@ -41,7 +45,7 @@ from fastav_eval.records import canonical_hash, write_json
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "fastav-first-pass/1"
+FORMAT = "fastav-first-pass/2"
 """Bump when what a first pass computes changes in a way its key does not show."""
 DTYPES = ("float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 """The array dtypes an entry may hold."""

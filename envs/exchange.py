@@ -5,7 +5,8 @@ a bucket of the lowest-scored kept tokens of one modality out for as many of the
 the same or the other modality (scores: layer K-1's last-query attention, the "confidence"). The kept count stays
 FastAV's, and so does the fine stage after K (FastAV's own budget). The reward is the change in answer quality
 (``loglik``: the reference answer's per-token probability; ``score``: accuracy, or CIDEr-D for captions) minus a
-cost per step and λ·ΔFLOPs. The episode ends on stop, or is truncated after ``max_swaps`` steps.
+cost per step and λ·Δbudget (relative FLOPs by default, or the audio-visual token retention with
+``budget="retention"``). The episode ends on stop, or is truncated after ``max_swaps`` steps.
 
 The observation and the swap mechanics live in :class:`ExchangeCoding` / :class:`ExchangeState`, shared with the
 learned chooser that deploys a trained policy, which needs no reference answer: a policy acts on what the context
@@ -34,6 +35,7 @@ from fastav_eval.envs.samples import (
     SampleRunner,
     ScriptedChooser,
     build_adapter,
+    check_budget,
     set_threads,
     training_documents,
 )
@@ -221,7 +223,9 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
 
     Args:
         model, model_args, tasks, split, per_task, data_seed, order, threads: as :class:`TokenRetentionEnv`.
-        flops_weight: λ on the change of relative FLOPs (/100).
+        flops_weight: λ on the change of the budget's cost (%, /100).
+        budget: ``flops`` (default: relative prefill FLOPs) or ``retention`` (the share of audio-visual tokens
+            kept, mean over layers: :func:`fastav_eval.records.retention`), as :class:`TokenRetentionEnv`.
         reward: ``mixed`` (default: the reference answer's likelihood, CIDEr-D for captions), ``loglik``, ``score``.
         step_cost: subtracted from every swap step's reward.
         bucket_tokens: tokens moved each way per swap.
@@ -251,10 +255,12 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         order: str = "random",
         threads: int | None = None,
         cache_dir: str | Path | None = None,
+        budget: str = "flops",
     ) -> None:
         super().__init__()
         if isinstance(flops_weight, bool) or not isinstance(flops_weight, int | float) or flops_weight < 0:
             raise ValueError(f"flops_weight={flops_weight!r}; accepted: a number >= 0")
+        self.budget = check_budget(budget)
         set_threads(threads)
         self.documents = training_documents(tasks, split, per_task, data_seed)
         self._picker = DocumentPicker(len(self.documents), order)
@@ -335,7 +341,8 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         index = self._index = self._picker.pick(self.np_random, options)
         self._state, self._current = self.first_pass(index)
         doc = self.documents[index]
-        info = {"sample_id": f"{doc['task']}/{doc['id']}", "kind": doc["kind"], "quality": self._current.quality}
+        info = {"sample_id": f"{doc['task']}/{doc['id']}", "kind": doc["kind"], "quality": self._current.quality,
+                "relative_flops": self._current.relative_flops, "retention": self._current.retention}  # fmt: skip
         return self.coding.observe(self._state), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -345,16 +352,19 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         state, before = self._state, self._current
         if value == 0:
             self._state = None
-            return self.coding.observe(state), 0.0, True, False, {"quality": before.quality, "swapped": 0}
+            info = {"quality": before.quality, "relative_flops": before.relative_flops,
+                    "retention": before.retention, "swapped": 0}  # fmt: skip
+            return self.coding.observe(state), 0.0, True, False, info
         swapped = state.swap(value, self.coding.bucket_tokens)
         after = self.outcome(self._index, state) if swapped else before
         reward = (after.quality - before.quality) - self.step_cost
-        reward -= self.flops_weight * (after.relative_flops - before.relative_flops) / 100.0
+        reward -= self.flops_weight * (after.cost(self.budget) - before.cost(self.budget)) / 100.0
         self._current = after
         truncated = state.swaps >= self.coding.max_swaps
         if truncated:
             self._state = None
-        info = {"quality": after.quality, "relative_flops": after.relative_flops, "swapped": swapped,
+        info = {"quality": after.quality, "relative_flops": after.relative_flops, "retention": after.retention,
+                "kept_per_layer": {name: list(c) for name, c in after.kept_per_layer.items()}, "swapped": swapped,
                 "swaps": state.swaps}  # fmt: skip
         return self.coding.observe(state), float(reward), False, truncated, info
 

@@ -1,5 +1,6 @@
 """``fastav/TokenRetention-v0``: one sample per episode; the policy picks how much of each modality to keep, in which
-order, where to cut and the fine ratio after the cut; the reward is the pruned answer's quality minus λ·FLOPs.
+order, where to cut and the fine ratio after the cut; the reward is the pruned answer's quality minus λ times the
+budget: relative FLOPs (default) or the audio-visual token retention (``budget="retention"``).
 
 An episode is one step (a contextual bandit). ``reset`` draws a document and returns its observation, read at
 layer 1 of an unpruned pass (:class:`~fastav_eval.envs.coding.RetentionCoding`); ``step(action)`` runs the pruned
@@ -27,6 +28,7 @@ from fastav_eval.envs.samples import (
     SampleRunner,
     ScriptedChooser,
     build_adapter,
+    check_budget,
     set_threads,
     training_documents,
 )
@@ -55,7 +57,9 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         split: ``train`` or ``val`` (never ``test``).
         per_task: documents per task.
         data_seed: the AV-Synth generator seed of the split.
-        flops_weight: λ; the reward is ``quality - baseline - λ · relative FLOPs / 100``.
+        flops_weight: λ; the reward is ``quality - baseline - λ · cost / 100``, the cost in % by ``budget``.
+        budget: ``flops`` (default: relative prefill FLOPs) or ``retention`` (the share of audio-visual tokens
+            kept, mean over layers: :func:`fastav_eval.records.retention`); :data:`~fastav_eval.envs.samples.BUDGETS`.
         reward: ``mixed`` (default), ``loglik`` or ``score`` (:data:`~fastav_eval.envs.samples.REWARDS`).
         relative_to_full: subtract the document's full-token quality (a per-sample baseline: same optimum,
             lower variance).
@@ -82,10 +86,12 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         order: str = "random",
         threads: int | None = None,
         cache_dir: str | Path | None = None,
+        budget: str = "flops",
     ) -> None:
         super().__init__()
         if isinstance(flops_weight, bool) or not isinstance(flops_weight, int | float) or flops_weight < 0:
             raise ValueError(f"flops_weight={flops_weight!r}; accepted: a number >= 0")
+        self.budget = check_budget(budget)
         set_threads(threads)
         self.documents = training_documents(tasks, split, per_task, data_seed)
         self._picker = DocumentPicker(len(self.documents), order)
@@ -171,11 +177,12 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         observation, full = self.first_pass(index)
         outcome = self.outcome(index, action)
         baseline = full.quality if self.relative_to_full else 0.0
-        reward = outcome.quality - baseline - self.flops_weight * outcome.relative_flops / 100.0
+        reward = outcome.quality - baseline - self.flops_weight * outcome.cost(self.budget) / 100.0
         doc = self.documents[index]
         info = {
             "sample_id": f"{doc['task']}/{doc['id']}", "kind": doc["kind"], "quality": outcome.quality,
-            "full_quality": full.quality, "relative_flops": outcome.relative_flops, "kept": outcome.kept,
+            "full_quality": full.quality, "relative_flops": outcome.relative_flops, "retention": outcome.retention,
+            "kept": outcome.kept, "kept_per_layer": {name: list(c) for name, c in outcome.kept_per_layer.items()},
             "action": self.coding.describe(action),
         }  # fmt: skip
         return observation.copy(), float(reward), True, False, info

@@ -8,6 +8,7 @@ wrappers, one sample at a time, under a chooser whose decision the environment s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ from fastav_eval.evaluation import PrunedRunner
 from fastav_eval.models import registry
 from fastav_eval.models.base import ModelAdapter, Request
 from fastav_eval.pruning import PruneContext, PruneDecision, PruningConfig, SampleInfo
+from fastav_eval.records import retention as av_retention
 
 logger = logging.getLogger(__name__)
 
@@ -119,15 +121,45 @@ class ScriptedChooser:
         return None if self.decide is None else self.decide(context)
 
 
+BUDGETS = ("flops", "retention")
+"""What an environment's cost term charges, λ times it / 100: ``flops``, the pass's relative prefill FLOPs (%);
+``retention``, the share (%) of the sample's audio-visual tokens kept, mean over decoder layers
+(:func:`fastav_eval.records.retention`, AVEX-Prune's budget)."""
+
+
+def check_budget(budget: Any) -> str:
+    """``budget`` if it is one of :data:`BUDGETS`, else a ValueError naming the field and the accepted values."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r}; accepted: {list(BUDGETS)}")
+    return str(budget)
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """One pruned (or unpruned) pass of one sample: its quality in [0, 1], relative FLOPs (%) and decision."""
+    """One pruned (or unpruned) pass of one sample: its quality in [0, 1], relative FLOPs (%), decision and the
+    tokens of each modality each decoder layer processed (the engine's ``kept_per_layer``), from which
+    :attr:`kept` and :attr:`retention` follow."""
 
     quality: float
     relative_flops: float
     answer: str | None
     decision: dict[str, Any] | None
-    kept: dict[str, int]
+    kept_per_layer: dict[str, list[int]]
+
+    @property
+    def kept(self) -> dict[str, int]:
+        """Tokens of each modality the last layer processed."""
+        return {name: counts[-1] for name, counts in self.kept_per_layer.items()}
+
+    @property
+    def retention(self) -> float:
+        """The share (%) of the sample's audio-visual tokens kept, mean over layers
+        (:func:`fastav_eval.records.retention`)."""
+        return av_retention(self.kept_per_layer)
+
+    def cost(self, budget: str) -> float:
+        """What ``budget`` (:data:`BUDGETS`) charges for this pass, in %: relative FLOPs or retention."""
+        return self.relative_flops if check_budget(budget) == "flops" else self.retention
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,8 +167,9 @@ class Outcome:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Outcome:
         """An outcome :meth:`to_dict` wrote, each field checked (a ValueError names the first one that is not)."""
-        if not isinstance(data, Mapping) or set(data) != {"quality", "relative_flops", "answer", "decision", "kept"}:
-            raise ValueError("outcome: not an object of quality, relative_flops, answer, decision, kept")
+        names = ("quality", "relative_flops", "answer", "decision", "kept_per_layer")
+        if not isinstance(data, Mapping) or set(data) != set(names):
+            raise ValueError(f"outcome: not an object of {', '.join(names)}")
         for name in ("quality", "relative_flops"):
             value = data[name]
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
@@ -145,12 +178,19 @@ class Outcome:
             raise ValueError(f"outcome.answer={data['answer']!r}; accepted: a string or null")
         if data["decision"] is not None and not isinstance(data["decision"], dict):
             raise ValueError("outcome.decision: accepted: an object or null")
-        kept = data["kept"]
-        if not isinstance(kept, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in kept.items()
-        ):
-            raise ValueError(f"outcome.kept={kept!r}; accepted: modality -> an int >= 0")
-        return cls(float(data["quality"]), float(data["relative_flops"]), data["answer"], data["decision"], dict(kept))
+        kept = data["kept_per_layer"]
+        lengths = {len(v) if isinstance(v, list) else 0 for v in kept.values()} if isinstance(kept, dict) else {0}
+        counts_ok = isinstance(kept, dict) and all(
+            isinstance(name, str) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
+            for name, counts in kept.items()
+        )
+        if len(lengths) != 1 or 0 in lengths or not counts_ok:
+            raise ValueError(
+                f"outcome.kept_per_layer={kept!r}; accepted: modality -> a non-empty list of ints >= 0, one per layer, "
+                "equal lengths"
+            )
+        return cls(float(data["quality"]), float(data["relative_flops"]), data["answer"], data["decision"],
+                   {name: list(counts) for name, counts in kept.items()})  # fmt: skip
 
 
 class SampleRunner:
@@ -218,7 +258,7 @@ class SampleRunner:
             answered = self.runner.answer(loaded, limit, [], samples)[0]
             record, answer = answered.record, answered.text
             quality = self.score(index, answer)
-        kept = {name: int(counts[-1]) for name, counts in record.kept_per_layer.items()}
+        kept = {name: [int(count) for count in counts] for name, counts in record.kept_per_layer.items()}
         return Outcome(float(quality), float(record.relative_flops), answer, record.decision, kept)
 
     def score(self, index: int, answer: str) -> float:
@@ -237,8 +277,7 @@ class SampleRunner:
         outcome = Outcome.from_dict(data)
         if outcome.answer is None:
             return outcome
-        return Outcome(self.score(index, outcome.answer), outcome.relative_flops, outcome.answer, outcome.decision,
-                       outcome.kept)  # fmt: skip
+        return dataclasses.replace(outcome, quality=self.score(index, outcome.answer))
 
     def first_pass_cache(
         self, folder: str | Path | None, model: str, model_args: str | dict[str, Any] | None, **setting: Any

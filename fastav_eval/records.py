@@ -106,6 +106,33 @@ def derived_fields(kept_per_layer: Mapping[str, Sequence[int]]) -> dict[str, int
     return derived
 
 
+def retention(kept_per_layer: Mapping[str, Sequence[int]]) -> float:
+    """The share (%) of a sample's audio-visual tokens the decoder kept, as AVEX-Prune's "40% token retention":
+    the mean over decoder layers of the video + audio tokens each layer processed, over the video + audio tokens
+    before pruning (layer 0's: every engine cut is at layer 1 or later, so layer 0 sees them all)::
+
+        retention = 100 · Σ_l (video_l + audio_l) / (num_layers · (video_0 + audio_0))
+
+    For pruning before the decoder (a cut at layer 0, as AVEX-Prune keeps 40% of its input) this is the share
+    kept; a cut at layer ``c`` keeping a share ``r`` is charged ``(c + (num_layers - c) · r) / num_layers``, so the
+    full-token layers before a cut count, as they do in the FLOPs, and a fine stage's further drops count too.
+    Unlike relative FLOPs it leaves out the text tokens and how attention's cost grows with the sequence.
+    ``kept_per_layer``: modality -> ``[num_layers]`` counts (a :class:`SampleRecord`'s); a modality it lacks
+    counts 0. A sample with no audio-visual tokens has no retention: a ValueError names it."""
+    counts = [kept_per_layer.get(name, ()) for name in ("video", "audio")]
+    num_layers = len(next(iter(kept_per_layer.values()), ()))
+    if num_layers == 0 or any(len(c) not in (0, num_layers) for c in counts):
+        raise _fail("kept_per_layer", dict(kept_per_layer), "modality -> one count per decoder layer, equal lengths")
+    total = sum(int(c[0]) for c in counts if len(c))
+    if total == 0:
+        raise _fail(
+            "kept_per_layer", dict(kept_per_layer),
+            "counts with audio-visual (video or audio) tokens at layer 0 (retention is their kept share)",
+        )  # fmt: skip
+    kept = sum(int(value) for c in counts for value in c)
+    return 100.0 * kept / (num_layers * total)
+
+
 @dataclass(frozen=True)
 class SampleRecord:
     """One evaluated sample, as the wrapper measured it.

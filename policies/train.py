@@ -47,7 +47,14 @@ import torch
 
 from fastav_eval.avsynth import TASKS
 from fastav_eval.env_ids import ENVIRONMENTS
-from fastav_eval.envs.samples import DOCUMENTS_PER_TASK, REWARDS, SECONDS_PER_DOCUMENT, parse_model_args
+from fastav_eval.envs.samples import (
+    BUDGETS,
+    DOCUMENTS_PER_TASK,
+    REWARDS,
+    SECONDS_PER_DOCUMENT,
+    check_budget,
+    parse_model_args,
+)
 from fastav_eval.policies.network import describe_network, save_weights
 from fastav_eval.policies.saved import (
     ALGORITHMS,
@@ -70,6 +77,9 @@ RESUMED_HYPERPARAMETERS = {"learning_rate": "learning_rate", "n_steps": "n_steps
                            "seed": "seed", "batch_size": "batch_size"}  # fmt: skip
 """Settings a checkpoint carries (setting -> SB3 attribute): a resumed run continues with the checkpoint's, so a
 different value given with ``--resume`` is refused rather than silently ignored."""
+OLD_BUDGET = "flops"
+"""The budget of a run recorded before ``--budget`` existed (its ``val_set.json`` / ``policy.json`` lack it): every
+such run charged relative FLOPs."""
 
 
 @dataclass
@@ -86,6 +96,7 @@ class TrainSettings:
     val_per_task: int = 60
     flops_weight: float = 0.5
     reward: str = "mixed"
+    budget: str = "flops"
     timesteps: int = 20_000
     n_envs: int = 2
     n_steps: int = 256
@@ -107,6 +118,7 @@ class TrainSettings:
             raise ValueError(f"algorithm={self.algorithm!r}; accepted: {list(ALGORITHMS)}")
         if self.reward not in REWARDS:
             raise ValueError(f"reward={self.reward!r}; accepted: {list(REWARDS)}")
+        check_budget(self.budget)
         unknown = sorted(set(self.tasks) - set(TASKS))
         if unknown or not self.tasks:
             raise ValueError(f"tasks={list(self.tasks)!r}; accepted: a non-empty list of {sorted(TASKS)}")
@@ -139,7 +151,7 @@ class TrainSettings:
     def env_kwargs(self, split: str) -> dict[str, Any]:
         per_task = self.train_per_task if split == "train" else self.val_per_task
         return {"model": self.model, "model_args": self.model_args, "tasks": list(self.tasks), "split": split,
-                "per_task": per_task, "flops_weight": self.flops_weight, "reward": self.reward,
+                "per_task": per_task, "flops_weight": self.flops_weight, "reward": self.reward, "budget": self.budget,
                 "order": "random" if split == "train" else "cycle", **self.env_options}  # fmt: skip
 
     def device_of(self, rank: int) -> str:
@@ -263,7 +275,7 @@ def _check_val_set(settings: TrainSettings) -> None:
     wanted = json.loads(json.dumps(settings.val_set()))
     if recorded_path.is_file():
         recorded = read_json(recorded_path, "the val set record")
-        recorded = recorded if isinstance(recorded, dict) else {}
+        recorded = {"budget": OLD_BUDGET, **recorded} if isinstance(recorded, dict) else {}
         differ = sorted(key for key in {*recorded, *wanted} if recorded.get(key) != wanted.get(key))
         if differ:
             raise ValueError(
@@ -289,6 +301,7 @@ def _check_val_set(settings: TrainSettings) -> None:
         return
     recorded = {key: env_kwargs[key] for key in ("model", "model_args", "tasks", "flops_weight", "reward")
                 if key in env_kwargs}  # fmt: skip
+    recorded["budget"] = env_kwargs.get("budget", OLD_BUDGET)
     if "val_per_task" in env_kwargs:
         recorded["per_task"] = env_kwargs["val_per_task"]
     if "env_id" in meta:
@@ -609,8 +622,9 @@ def _run(settings: TrainSettings, resumed: dict[str, Any] | None) -> None:
         )
         remaining = settings.timesteps - model.num_timesteps
         logger.info(
-            "training %s on %s (%s, λ=%s, reward %s): %d steps in %d envs, val on %d documents every %d steps",
-            settings.algorithm, env_id, settings.model, settings.flops_weight, settings.reward, remaining,
+            "training %s on %s (%s, λ=%s on %s, reward %s): %d steps in %d envs, val on %d documents every %d steps",
+            settings.algorithm, env_id, settings.model, settings.flops_weight, settings.budget, settings.reward,
+            remaining,
             settings.n_envs, val_documents, settings.eval_every,
         )  # fmt: skip
         started = time.perf_counter()
@@ -744,7 +758,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--train-per-task", type=int, default=defaults.train_per_task, help=f"train {documents}")
     parser.add_argument("--val-per-task", type=int, default=defaults.val_per_task, help=f"val {documents}")
-    parser.add_argument("--flops-weight", type=float, default=defaults.flops_weight, help="λ, >= 0")
+    parser.add_argument("--flops-weight", type=float, default=defaults.flops_weight, help="λ, >= 0, on the budget")
+    parser.add_argument(
+        "--budget", default=defaults.budget, choices=list(BUDGETS),
+        help="what λ charges: relative prefill FLOPs, or the share of audio-visual tokens kept (mean over layers)",
+    )  # fmt: skip
     parser.add_argument("--reward", default=defaults.reward, choices=list(REWARDS), help="what quality is")
     parser.add_argument("--timesteps", type=int, default=defaults.timesteps, help="environment steps in all")
     parser.add_argument("--n-envs", type=int, default=defaults.n_envs, help="SubprocVecEnv workers (1: in process)")

@@ -136,6 +136,32 @@ def test_the_engines_sample_stats_become_the_record_with_one_derivation():
         SampleRecord.measured("fastav", stats.sample(1), 2, 1.0)
 
 
+def test_retention_is_the_kept_share_of_audio_visual_tokens_averaged_over_layers():
+    """Hand counts: layer 0 sees every token (engine cuts are at layer 1 or later); text never counts."""
+    from fastav_eval.records import derived_fields, retention
+
+    single_cut = {"text": [4, 4, 4, 4], "video": [8, 8, 2, 2], "audio": [8, 8, 2, 2]}  # a quarter kept from layer 2
+    assert retention(single_cut) == 100.0 * (16 + 16 + 4 + 4) / (4 * 16)  # 62.5: layers 0 and 1 ran on all 16
+    fine_decay = {"text": [3] * 6, "video": [10, 10, 5, 4, 3, 2], "audio": [10, 10, 5, 4, 3, 2]}  # cut at 2, then fine
+    assert retention(fine_decay) == pytest.approx(100.0 * 2 * (10 + 10 + 5 + 4 + 3 + 2) / (6 * 20))
+    assert retention({"text": [2, 2, 2], "audio": [6, 6, 3]}) == pytest.approx(100.0 * 15 / 18)  # no video
+    assert retention({"video": [7, 7], "audio": [5, 5]}) == 100.0  # nothing pruned
+    assert retention(SUMMARY.kept_per_layer) == 100.0 * 46 / 64
+    derived = derived_fields(fine_decay)  # the same figure from the record's derived fields
+    share = (derived["video_kept_mean"] + derived["audio_kept_mean"]) / (
+        derived["video_tokens"] + derived["audio_tokens"]
+    )
+    assert retention(fine_decay) == pytest.approx(100.0 * share)
+    for without in ({"text": [4, 4]}, {"text": [4, 4], "video": [0, 0], "audio": [0, 0]}):  # no retention: an error
+        with pytest.raises(
+            ValueError, match=r"accepted: counts with audio-visual \(video or audio\) tokens at layer 0"
+        ):
+            retention(without)
+    for malformed in ({}, {"text": [4, 4, 4], "video": [8, 2]}):
+        with pytest.raises(ValueError, match=r"kept_per_layer=.*one count per decoder layer, equal lengths"):
+            retention(malformed)
+
+
 def test_one_decoder_identity_gives_the_shape_the_label_and_a_policys_binding():
     from types import SimpleNamespace
 

@@ -475,6 +475,51 @@ def test_resume_refusals_come_before_anything_is_built_or_written(
     assert not (run / "eval" / "val_set.json").exists()
 
 
+def test_train_policy_records_its_budget_and_resume_refuses_another(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--budget retention`` goes into ``policy.json`` and ``val_set.json``; resuming with another budget is refused
+    before anything is built; a run recorded before ``--budget`` (no budget in either file) reads as ``flops``."""
+    run = tmp_path / "run"
+    assert main(["train-policy", "--out", str(run), "--timesteps", "16", "--budget", "retention", *TINY_CLI]) == 0
+    assert PolicyMeta.load(run).env_kwargs["budget"] == "retention"
+    assert json.loads((run / "eval" / "val_set.json").read_text())["budget"] == "retention"
+    assert PolicyMeta.load(trained).env_kwargs["budget"] == "flops"  # the default, recorded too
+    checkpoint = str(run / "checkpoints" / "policy_16_steps.zip")
+    args = ["train-policy", "--out", str(run), "--resume", checkpoint, "--timesteps", "48", *TINY_CLI]
+    assert main(args) == 2  # --budget left out: flops
+    assert "were made on another val set: budget='retention' there, 'flops' now" in capsys.readouterr().err
+    (run / "eval" / "val_set.json").unlink()  # a run from before val_set.json: its policy.json tells
+    assert main(args) == 2
+    assert f"as its {run / META_FILE} records: budget='retention' there, 'flops' now" in capsys.readouterr().err
+    old = tmp_path / "old"  # a flops run recorded before --budget existed
+    shutil.copytree(trained, old)
+    val_set = json.loads((old / "eval" / "val_set.json").read_text())
+    del val_set["budget"]
+    (old / "eval" / "val_set.json").write_text(json.dumps(val_set))
+    resume = {"out": old, "timesteps": 48, "resume": old / "checkpoints" / "policy_16_steps.zip", **TINY}
+    assert check_output(TrainSettings(**resume)) is not None  # reads as flops
+    with pytest.raises(ValueError, match="budget='flops' there, 'retention' now"):
+        check_output(TrainSettings(**resume, budget="retention"))
+    (old / "eval" / "val_set.json").unlink()
+    meta = json.loads((old / META_FILE).read_text())
+    del meta["env_kwargs"]["budget"]
+    (old / META_FILE).write_text(json.dumps(meta))
+    assert check_output(TrainSettings(**resume)) is not None
+    with pytest.raises(ValueError, match="budget='flops' there, 'retention' now"):
+        check_output(TrainSettings(**resume, budget="retention"))
+
+
+def test_a_bad_budget_is_refused_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match=r"budget='tokens'; accepted: \['flops', 'retention'\]"):
+        TrainSettings(out=tmp_path, budget="tokens")
+    with pytest.raises(SystemExit):
+        main(["train-policy", "--out", str(tmp_path / "run"), "--budget", "tokens"])
+    error = capsys.readouterr().err  # quoted or not, by Python version
+    assert re.search(r"argument --budget: invalid choice: 'tokens' \(choose from '?flops'?, '?retention'?\)", error)
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------------------------- devices and the cache
 def fake_cuda(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
