@@ -115,7 +115,10 @@ class FirstPassCache:
         return {"format": FORMAT, **self.setting, "document": document_identity(document)}
 
     def path(self, document: Mapping[str, Any]) -> Path:
-        return self.folder / f"{canonical_hash(self.key(document))}.json"
+        return self._path_of(self.key(document))
+
+    def _path_of(self, key: Mapping[str, Any]) -> Path:
+        return self.folder / f"{canonical_hash(key)}.json"
 
     def fetch(
         self,
@@ -126,7 +129,8 @@ class FirstPassCache:
     ) -> T:
         """``document``'s first pass: read from its entry when that is whole and of this key (``decode`` checks the
         value and raises ValueError, KeyError or TypeError on anything else), else ``compute()``-d and written."""
-        key, path = self.key(document), self.path(document)
+        key = self.key(document)
+        path = self._path_of(key)
         if path.is_file():
             try:
                 value = decode(self._read(path, key))
