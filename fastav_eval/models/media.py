@@ -79,12 +79,68 @@ def video_duration(path: str | Path) -> float:
     return count / rate
 
 
+VIDEO_DICT = '{"type": "video", "frames": uint8 [T, H, W, 3], "fps": float > 0}'
+"""The in-memory video the adapters take (AV-Synth's ``doc_to_visual``), as error messages name it. It carries no
+soundtrack: a request gives its sound as a separate audio item."""
+
+
+def is_video_dict(visual: Any) -> bool:
+    """Whether ``visual`` is meant as an in-memory video: a dict typed ``video`` or holding ``frames``."""
+    return isinstance(visual, dict) and (visual.get("type") == "video" or "frames" in visual)
+
+
+def checked_frames(video: dict[str, Any]) -> np.ndarray:
+    """The ``frames`` ``[T, H, W, 3]`` uint8 of an in-memory video (:data:`VIDEO_DICT`); a ValueError naming the
+    field and what is accepted otherwise."""
+    missing = [name for name in ("frames", "fps") if name not in video]
+    if missing:
+        raise ValueError(f"video dict lacks {missing} (got keys {sorted(video)}); accepted: {VIDEO_DICT}")
+    if video.get("type", "video") != "video":
+        raise ValueError(f"video 'type'={video['type']!r}; accepted: 'video' ({VIDEO_DICT})")
+    frames = np.asarray(video["frames"])
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise ValueError(
+            f"video 'frames' is {frames.dtype} {tuple(frames.shape)}; accepted: uint8 [T, H, W, 3] RGB with T, H, "
+            "W >= 1"
+        )
+    fps = video["fps"]
+    if isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating) or not 0 < fps < np.inf:
+        raise ValueError(f"video 'fps'={fps!r}; accepted: a finite number > 0 (frames per second of 'frames')")
+    return frames
+
+
 def sampling_rate_for(durations: list[float], fps: float, max_frames: int) -> float:
     """One frame rate for every video of a prompt: ``fps``, lowered so that the longest gets ``max_frames``.
 
     Qwen-style processors time every video of a call at one rate, so the videos of one prompt share it.
     """
     return min(fps, max_frames / max(durations))
+
+
+def frame_times(duration: float, rate: float, max_frames: int, multiple: int = 2) -> np.ndarray:
+    """``[count]`` seconds from a clip's start at which :func:`sample_frames` takes its frames: ``(k + 0.5) / rate``,
+    ``count`` the most whole frames of ``rate`` in ``duration`` s, rounded down to a ``multiple`` (at least one) and
+    capped at ``max_frames``."""
+    count = min(max_frames, int(duration * rate + 1e-6))
+    count = max(multiple, count // multiple * multiple)
+    steps = np.arange(count) + 0.5
+    # A clip shorter than `count` frames of the rate (next to a longer video of the prompt) is spread over its span.
+    return np.minimum(steps / rate, steps * duration / count)
+
+
+def sample_frames_in_memory(video: dict[str, Any], rate: float, max_frames: int, multiple: int = 2) -> Frames:
+    """Frames of an in-memory video (:data:`VIDEO_DICT`) sampled at ``rate`` as :func:`sample_frames` samples a
+    file: frame k of ``frames`` is on screen over ``[k / fps, (k + 1) / fps)``, the clip lasts ``T / fps`` s."""
+    frames = checked_frames(video)
+    fps = float(video["fps"])
+    times = frame_times(len(frames) / fps, rate, max_frames, multiple)
+    indices = np.minimum(np.floor(times * fps + 1e-6).astype(np.int64), len(frames) - 1)
+    return Frames(frames=frames[indices], fps=rate)
+
+
+def in_memory_duration(video: dict[str, Any]) -> float:
+    """Seconds of an in-memory video (:data:`VIDEO_DICT`): its ``T`` frames at ``fps``."""
+    return len(checked_frames(video)) / float(video["fps"])
 
 
 def sample_frames(
@@ -99,11 +155,7 @@ def sample_frames(
     clip's :func:`video_duration`, when the caller has it already (it can cost a decode pass).
     """
     duration = video_duration(path) if duration is None else duration
-    count = min(max_frames, int(duration * rate + 1e-6))
-    count = max(multiple, count // multiple * multiple)
-    steps = np.arange(count) + 0.5
-    # A clip shorter than `count` frames of the rate (next to a longer video of the prompt) is spread over its span.
-    targets = list(np.minimum(steps / rate, steps * duration / count))
+    targets = list(frame_times(duration, rate, max_frames, multiple))
     frames: list[np.ndarray] = []
     with _open(path, "video") as container:
         stream = container.streams.video[0]

@@ -9,6 +9,11 @@ without the latter TMRoPE positions change and answers change without an error).
 ``pretrained``. The layout is read from the processor's placeholder token ids, with each interleaved token
 labelled by the time chunk the model's own ``get_chunked_index`` puts it in.
 
+A video can also be decoded frames in memory (AV-Synth's ``doc_to_visual``: ``{"type": "video", "frames", "fps"}``),
+sampled at ``fps`` as a file is. Such a video has no soundtrack: AV-Synth gives its sound as a separate audio item,
+which is fed as one (its own audio block after the video's, not interleaved), in the environments and through
+lmms-eval alike; ``video_audio`` governs files' soundtracks only.
+
 Sequence of one sample with a 4-s clip (112×112 px, 2 fps)::
 
     <|im_start|>system ... <|im_start|>user <|vision_bos|><|audio_bos|> V32 A50 V32 A50 <|audio_eos|><|vision_eos|>
@@ -44,10 +49,15 @@ from fastav_eval.models.media import (
     AUDIO_EXTENSIONS,
     EMPTY_TRACK,
     IMAGE_EXTENSIONS,
+    VIDEO_DICT,
     audio_from_dict,
+    checked_frames,
     decode_audio,
     has_audio_track,
+    in_memory_duration,
+    is_video_dict,
     sample_frames,
+    sample_frames_in_memory,
     sampling_rate_for,
     video_duration,
 )
@@ -89,7 +99,7 @@ class OmniSample:
 
     prompt: str
     content: list[dict] = field(default_factory=list)  # chat-template items: {"type": "video" | "audio" | "image"}
-    video_paths: list[str] = field(default_factory=list)
+    video_sources: list[str | dict] = field(default_factory=list)  # a file path, or an in-memory video (VIDEO_DICT)
     videos: list[np.ndarray] = field(default_factory=list)  # [T, H, W, 3] uint8 each, all at video_rate
     video_rate: float = 0.0
     audios: list[np.ndarray] = field(default_factory=list)  # processor slot order, 16 kHz mono
@@ -217,7 +227,7 @@ class Qwen25OmniAdapter(ModelAdapter):
                 self._add_visual(sample, visual)
             except (ValueError, OSError, RuntimeError) as error:  # OSError: PIL's unreadable or truncated images
                 raise SampleError(index, f"visual {position}: {error}") from None
-        if sample.audio_in_video and len(sample.video_paths) > sum(s is not None for s in sample.audio_slots):
+        if sample.audio_in_video and len(sample.video_sources) > sum(s is not None for s in sample.audio_slots):
             raise SampleError(
                 index,
                 "mixes videos with and without a soundtrack; Qwen2.5-Omni's positions (use_audio_in_video) cover "
@@ -234,9 +244,12 @@ class Qwen25OmniAdapter(ModelAdapter):
         than where the processor put them. Such a rate is nudged down until both agree.
         """
         rate, durations = self.options["fps"], []
-        if sample.video_paths:  # the processor times every video of a prompt at one rate
+        if sample.video_sources:  # the processor times every video of a prompt at one rate
             try:
-                durations = [video_duration(path) for path in sample.video_paths]
+                durations = [
+                    in_memory_duration(source) if isinstance(source, dict) else video_duration(source)
+                    for source in sample.video_sources
+                ]
             except ValueError as error:
                 raise SampleError(index, str(error)) from None
             rate = sampling_rate_for(durations, rate, self.options["max_frames"])
@@ -254,11 +267,13 @@ class Qwen25OmniAdapter(ModelAdapter):
 
     def _sample_and_process(self, sample: OmniSample, rate: float, durations: list[float], index: int) -> None:
         try:
-            if sample.video_paths:
-                sample.video_rate = rate
+            if sample.video_sources:
+                sample.video_rate, limit = rate, self.options["max_frames"]
                 sample.videos = [
-                    sample_frames(path, rate, self.options["max_frames"], duration=duration).frames
-                    for path, duration in zip(sample.video_paths, durations, strict=True)
+                    sample_frames_in_memory(source, rate, limit).frames
+                    if isinstance(source, dict)
+                    else sample_frames(source, rate, limit, duration=duration).frames
+                    for source, duration in zip(sample.video_sources, durations, strict=True)
                 ]
         except ValueError as error:
             raise SampleError(index, str(error)) from None
@@ -320,8 +335,8 @@ class Qwen25OmniAdapter(ModelAdapter):
                 with Image.open(path) as image:
                     sample.add_image(image)
                 return
-            video_index = len(sample.video_paths)
-            sample.video_paths.append(path)
+            video_index = len(sample.video_sources)
+            sample.video_sources.append(path)
             sample.content.append({"type": "video"})
             mode = self.options["video_audio"]
             if mode == "off":
@@ -342,6 +357,11 @@ class Qwen25OmniAdapter(ModelAdapter):
                     "video_audio=if_present answers such clips from their frames alone"
                 )
             return
+        if is_video_dict(visual):  # no soundtrack: its sound, if any, is the request's own audio item
+            checked_frames(visual)
+            sample.video_sources.append(visual)
+            sample.content.append({"type": "video"})
+            return
         if isinstance(visual, dict) and "array" in visual:
             sample.add_audio(audio_from_dict(visual, rate))
             return
@@ -354,8 +374,8 @@ class Qwen25OmniAdapter(ModelAdapter):
             sample.add_image(visual)
             return
         raise ValueError(
-            f"a {type(visual).__name__} is not a visual this model takes; accepted: a video or audio file path, "
-            '{"array", "sampling_rate"} audio, a PIL image'
+            f"a {type(visual).__name__} is not a visual this model takes; accepted: a video or audio file path, an "
+            f'in-memory video {VIDEO_DICT}, {{"array", "sampling_rate"}} audio, a PIL image'
         )
 
     def batch_key(self, loaded: OmniSample) -> Any:

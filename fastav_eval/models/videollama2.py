@@ -56,7 +56,14 @@ from fastav_eval.models.base import (
     teacher_forced_logprob,
 )
 from fastav_eval.models.fbank import beats_fbank
-from fastav_eval.models.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, _open
+from fastav_eval.models.media import (
+    AUDIO_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    VIDEO_DICT,
+    _open,
+    checked_frames,
+    is_video_dict,
+)
 from fastav_eval.models.videollama2_model import VideoLLaMA2AV, load_tokenizer, load_videollama2
 from fastav_eval.pruning.layout import ModalityLayout, Segment
 
@@ -140,35 +147,6 @@ def decode_video_frames(path: str | Path, num_frames: int) -> list[np.ndarray]:
         wanted = frame_indices(decoded, num_frames)
         picked, _ = _decode_at(path, wanted)
     return [picked[index] for index in wanted]
-
-
-VIDEO_DICT = '{"type": "video", "frames": uint8 [T, H, W, 3], "fps": float > 0}'
-"""The in-memory video this adapter takes (AV-Synth's ``doc_to_visual``), as error messages name it."""
-
-
-def is_video_dict(visual: Any) -> bool:
-    """Whether ``visual`` is meant as an in-memory video: a dict typed ``video`` or holding ``frames``."""
-    return isinstance(visual, dict) and (visual.get("type") == "video" or "frames" in visual)
-
-
-def checked_frames(video: dict[str, Any]) -> np.ndarray:
-    """The ``frames`` ``[T, H, W, 3]`` uint8 of an in-memory video (:data:`VIDEO_DICT`); a ValueError naming the
-    field and what is accepted otherwise."""
-    missing = [name for name in ("frames", "fps") if name not in video]
-    if missing:
-        raise ValueError(f"video dict lacks {missing} (got keys {sorted(video)}); accepted: {VIDEO_DICT}")
-    if video.get("type", "video") != "video":
-        raise ValueError(f"video 'type'={video['type']!r}; accepted: 'video' ({VIDEO_DICT})")
-    frames = np.asarray(video["frames"])
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
-        raise ValueError(
-            f"video 'frames' is {frames.dtype} {tuple(frames.shape)}; accepted: uint8 [T, H, W, 3] RGB with T, H, "
-            "W >= 1"
-        )
-    fps = video["fps"]
-    if isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating) or not 0 < fps < np.inf:
-        raise ValueError(f"video 'fps'={fps!r}; accepted: a finite number > 0 (frames per second of 'frames')")
-    return frames
 
 
 def sample_video_frames(video: dict[str, Any], num_frames: int) -> list[np.ndarray]:

@@ -462,3 +462,67 @@ def test_reference_logprob_under_fastav_is_the_masked_recompute_of_the_pruned_pr
     logprob = torch.log_softmax(logits, -1).gather(-1, ids[..., None]).squeeze(-1)
     expected = (logprob * answer_mask).sum(1) / answer_mask.sum(1)
     torch.testing.assert_close(pruned, expected, atol=1e-4, rtol=0)
+
+
+def test_an_in_memory_video_is_sampled_as_its_file_is(media):
+    """AV-Synth's in-memory video ({type: video, frames, fps}): the frames on screen at each sampled time, exactly
+    those sample_frames takes from the same frames in a file (here: the file's own decoded frames)."""
+    import av
+
+    from fastav_eval.models.media import sample_frames, sample_frames_in_memory
+
+    with av.open(str(media["clip5"])) as container:
+        every = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    video = {"type": "video", "frames": every, "fps": 8.0}  # write_clip's default rate
+    for rate, limit in ((2.0, 64), (3.0, 64), (2.0, 6), (0.1, 64)):
+        expected = sample_frames(media["clip5"], rate, limit)
+        sampled = sample_frames_in_memory(video, rate, limit)
+        assert sampled.fps == expected.fps == rate
+        assert np.array_equal(sampled.frames, expected.frames), (rate, limit)
+
+
+def test_avsynth_media_are_a_video_without_soundtrack_and_a_separate_audio(media):
+    """AV-Synth's request ([in-memory video, audio dict]): the processor's ids on the same frames and audio, the
+    video block then the audio block (nothing interleaved, use_audio_in_video off), and the stock thinker's logits."""
+    from fastav_eval.avsynth import build_documents
+    from fastav_eval.avsynth.dataset import request_visuals
+
+    model = adapter(media)
+    install(model.decoder, PruningConfig.off())
+    document = build_documents("val", "avsynth_qa", 1)[0]
+    loaded = model.load_request(Request(request_visuals(document), QUESTION), 0)
+    assert [item["type"] for item in loaded.content] == ["video", "audio"] and not loaded.audio_in_video
+    assert loaded.video_rate == 2.0 and loaded.videos[0].shape[0] == 4  # a 2-s clip at 2 fps
+    inputs = model.prepare([loaded])
+    layout = inputs.layout
+    assert layout.count("video").item() > 0 and layout.count("audio").item() == 50  # 2 s of audio
+    video, audio = (torch.nonzero(layout.modality[0] == code).flatten() for code in (1, 2))
+    assert int(video.max()) < int(audio.min())  # not interleaved
+    processor = tiny_processor()
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": model.options["system_prompt"]}]},
+        {"role": "user", "content": [{"type": "video"}, {"type": "audio"}, {"type": "text", "text": QUESTION}]},
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    processed = dict(
+        processor(
+            text=[text], videos=loaded.videos, audio=loaded.audios, videos_kwargs={"fps": 2.0},
+            audio_kwargs={"truncation": False, "max_length": 480000}, return_tensors="pt",
+        )
+    )  # fmt: skip
+    assert torch.equal(inputs.generate_kwargs["input_ids"], processed["input_ids"])
+    expected = last_logits(tiny_thinker(), processed, use_audio_in_video=False)
+    assert torch.allclose(last_logits(model.model, inputs.generate_kwargs), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("video", "message"),
+    [
+        ({"type": "video", "frames": np.zeros((4, 8, 8, 3), np.float32), "fps": 2}, "uint8"),
+        ({"type": "video", "frames": np.zeros((4, 8, 8, 3), np.uint8)}, "lacks \\['fps'\\]"),
+        ({"type": "video", "frames": np.zeros((4, 8, 8, 3), np.uint8), "fps": 0}, "'fps'=0"),
+    ],
+)
+def test_a_malformed_in_memory_video_fails_its_sample_naming_the_field(media, video, message):
+    with pytest.raises(SampleError, match=message):
+        adapter(media).load_request(Request([video], QUESTION), 0)

@@ -14,7 +14,8 @@ import torch
 from fastav_eval.avsynth import build_documents
 from fastav_eval.avsynth.dataset import request_visuals
 from fastav_eval.models.base import Request, SampleError
-from fastav_eval.models.videollama2 import VIDEO_DICT, frame_indices
+from fastav_eval.models.media import VIDEO_DICT
+from fastav_eval.models.videollama2 import frame_indices
 from tests.models.videollama2_fixtures import tiny_adapter
 
 QUESTION = "How many sounds are there?"
