@@ -13,6 +13,7 @@ from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 
 from fastav_eval.envs import TokenExchangeEnv, TokenRetentionEnv
 from fastav_eval.models.qwen2_5_omni import Qwen25OmniAdapter
+from tests.envs.cache_checks import assert_cache_serves_a_second_env
 from tests.models.omni_fixtures import save_checkpoint, tiny_processor
 
 
@@ -81,14 +82,4 @@ def test_retention_is_coded_for_this_decoder_and_rewards_the_references_likeliho
 
 
 def test_the_first_pass_cache_serves_a_second_environment(checkpoint, tmp_path: Path) -> None:
-    first = TokenRetentionEnv(**small(checkpoint), cache_dir=tmp_path)
-    computed = first.first_pass(1)
-    first.close()
-    second = TokenRetentionEnv(**small(checkpoint), cache_dir=tmp_path)
-    calls: list[int] = []
-    run = second.samples.run
-    second.samples.run = lambda index, *args, **kwargs: calls.append(index) or run(index, *args, **kwargs)
-    observation, outcome = second.first_pass(1)
-    second.close()
-    assert calls == [] and second.cache.hits == 1
-    assert outcome == computed[1] and np.array_equal(observation, computed[0])
+    assert_cache_serves_a_second_env(lambda **kw: TokenRetentionEnv(**small(checkpoint), **kw), 1, tmp_path)

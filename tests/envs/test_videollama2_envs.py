@@ -13,6 +13,7 @@ from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 from fastav_eval.envs import TokenExchangeEnv, TokenRetentionEnv
 from fastav_eval.policies.chooser import LearnedChooser
 from fastav_eval.pruning import find_text_model, install
+from tests.envs.cache_checks import assert_cache_serves_a_second_env
 from tests.models.videollama2_fixtures import FIXTURE, VISION_TOWER, tiny_adapter
 
 MODEL_ARGS = f"pretrained={FIXTURE},vision_tower={VISION_TOWER},dtype=float32,device=cpu"
@@ -63,15 +64,4 @@ def test_a_policy_of_another_decoder_is_refused() -> None:
 
 def test_the_first_pass_cache_serves_a_second_environment(tmp_path: Path) -> None:
     """On the tiny VideoLLaMA2 checkpoint: a second environment reads the unpruned pass instead of computing it."""
-    first = TokenRetentionEnv(**SMALL, cache_dir=tmp_path)
-    computed = first.first_pass(0)
-    first.close()
-    second = TokenRetentionEnv(**SMALL, cache_dir=tmp_path)
-    calls: list[int] = []
-    run = second.samples.run
-    second.samples.run = lambda index, *args, **kwargs: calls.append(index) or run(index, *args, **kwargs)
-    observation, outcome = second.first_pass(0)
-    second.close()
-    assert calls == [] and second.cache.hits == 1
-    assert outcome == computed[1] and np.array_equal(observation, computed[0])
-    assert observation.dtype == computed[0].dtype == np.float32
+    assert_cache_serves_a_second_env(lambda **kw: TokenRetentionEnv(**SMALL, **kw), 0, tmp_path)

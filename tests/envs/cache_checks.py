@@ -1,0 +1,26 @@
+"""A check both real-adapter environment tests make: the on-disk first-pass cache serves a second environment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def assert_cache_serves_a_second_env(make_env: Callable[..., Any], index: int, folder: Path) -> None:
+    """``make_env(cache_dir=folder)`` twice: the second reads document ``index``'s first pass (no model pass, one
+    cache hit) and gets the computed observation (dtype included) and outcome."""
+    first = make_env(cache_dir=folder)
+    computed = first.first_pass(index)
+    first.close()
+    second = make_env(cache_dir=folder)
+    calls: list[int] = []
+    run = second.samples.run
+    second.samples.run = lambda i, *args, **kwargs: calls.append(i) or run(i, *args, **kwargs)
+    observation, outcome = second.first_pass(index)
+    second.close()
+    assert calls == [] and second.cache.hits == 1
+    assert outcome == computed[1] and np.array_equal(observation, computed[0])
+    assert observation.dtype == computed[0].dtype == np.float32
