@@ -32,8 +32,11 @@ RUN_SUFFIX = "_fastav.json"
 """The run record of ``<date>_results.json`` is ``<date>_fastav.json`` in the same folder."""
 
 MEAN_FIELDS: tuple[str, ...] = ("relative_flops", "relative_flops_exact", "prefill_ms", "peak_memory_mb",
-                                "video_tokens", "audio_tokens", "video_kept_mean", "audio_kept_mean")  # fmt: skip
+                                "video_tokens", "audio_tokens", "video_kept_mean", "audio_kept_mean",
+                                "retention")  # fmt: skip
 """The per-sample figures whose means a run reports (per task and pooled)."""
+LATER_MEAN_FIELDS: tuple[str, ...] = ("retention",)
+"""Means added to :data:`MEAN_FIELDS` after the first run records: a record written before has none of them."""
 DERIVED_FIELDS: tuple[str, ...] = ("input_tokens", "video_tokens", "audio_tokens", "video_kept_mean", "audio_kept_mean")
 """The :class:`SampleRecord` fields that follow from its ``kept_per_layer`` (:func:`derived_fields`)."""
 
@@ -201,6 +204,15 @@ class SampleRecord:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def retention(self) -> float | None:
+        """The share (%) of the sample's audio-visual tokens kept (:func:`retention`); None for a failed sample or
+        one without audio-visual tokens."""
+        if not self.ok or not any(counts and counts[0] for name, counts in self.kept_per_layer.items()
+                                  if name in ("video", "audio")):  # fmt: skip
+            return None
+        return retention(self.kept_per_layer)
 
     @property
     def tokens_per_layer(self) -> list[int]:

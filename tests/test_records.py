@@ -162,6 +162,22 @@ def test_retention_is_the_kept_share_of_audio_visual_tokens_averaged_over_layers
             retention(malformed)
 
 
+def test_a_runs_means_and_throughput_carry_the_retention_of_each_sample():
+    """Each answered sample's retention is a figure (its mean in the run record and lmms-eval's throughput, pooled
+    and per task); a text-only or failed sample has none; a run record from before the field still verifies."""
+    from fastav_eval.lmms.wrapper import throughput_entry
+    from fastav_eval.records import retention
+
+    record = SampleRecord.measured("fastav", SUMMARY, 3, 1.0)
+    text_only = SampleRecord.measured("none", SampleStats([4, 4, 4, 4], {"text": [4, 4, 4, 4]}, 100.0, 100.0), 3, 1.0)
+    assert record.figures()["retention"] == retention(SUMMARY.kept_per_layer) == 100.0 * 46 / 64
+    assert text_only.retention is None and "retention" not in text_only.figures()
+    assert SampleRecord.failed("fastav", "x").retention is None
+    assert means([record, text_only])["retention"] == pytest.approx(100.0 * 46 / 64)
+    extra = throughput_entry(record, "avsynth_qa", 1.0, 1)["additional_metrics"]
+    assert extra["retention"] == extra["avsynth_qa/retention"] == pytest.approx(100.0 * 46 / 64)
+
+
 def test_one_decoder_identity_gives_the_shape_the_label_and_a_policys_binding():
     from types import SimpleNamespace
 

@@ -70,7 +70,9 @@ class FastAVTokenCounts(TokenCounts):
         return {**super().to_dict(), **(self.record.to_dict() if self.record is not None else {})}
 
 
-PER_TASK_FIGURES = ("relative_flops", "prefill_ms", "peak_memory_mb", "video_kept_mean", "audio_kept_mean")
+PER_TASK_FIGURES = (
+    "relative_flops", "retention", "prefill_ms", "peak_memory_mb", "video_kept_mean", "audio_kept_mean"
+)  # fmt: skip
 """The figures the results JSON's ``throughput`` also averages per task (the run record has all of them)."""
 
 
