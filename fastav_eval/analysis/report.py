@@ -211,14 +211,15 @@ def markdown(
     lines = [f"# FastAV-Eval report ({len(runs)} runs, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", ""]
     lines += [
         "Task metrics are lmms-eval's (± its standard error); costs are means over every sample of the per-sample "
-        "records in the samples files (relative prefill FLOPs, FastV's convention, unpruned = 100; prefill time; "
+        "records in the samples files (relative prefill FLOPs, FastV's convention, unpruned = 100; the share of "
+        "audio-visual tokens kept, mean over layers, AVEX-Prune's retention; prefill time; "
         "peak CUDA memory; audio-visual tokens each layer processed, averaged over layers).",
         "",
         "## Results",
         "",
     ]
-    header = ["run", "setting", *(f"{task} {primary[task]}" for task in tasks), "rel. FLOPs %", "prefill ms",
-              "peak MB", "video kept/layer", "audio kept/layer", "failed"]  # fmt: skip
+    header = ["run", "setting", *(f"{task} {primary[task]}" for task in tasks), "rel. FLOPs %",
+              "AV retention %", "prefill ms", "peak MB", "video kept/layer", "audio kept/layer", "failed"]  # fmt: skip
     lines += [_row(header), "|" + "---|" * len(header)]
     footnotes = []
     for run in runs:
@@ -238,7 +239,8 @@ def markdown(
         failed = cost.get("failed")
         lines.append(_row([
             run.name + mark, run.label(), *(_metric_cell(run, task, primary[task]) for task in tasks),
-            _cell(cost.get("relative_flops")), _cell(cost.get("prefill_ms")), _cell(cost.get("peak_memory_mb"), 0),
+            _cell(cost.get("relative_flops")), _cell(cost.get("retention")), _cell(cost.get("prefill_ms")),
+            _cell(cost.get("peak_memory_mb"), 0),
             _cell(cost.get("video_kept_mean"), 1), _cell(cost.get("audio_kept_mean"), 1),
             "" if failed is None else str(int(failed)),
         ]))  # fmt: skip

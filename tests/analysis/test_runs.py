@@ -135,6 +135,8 @@ def test_report_reads_the_real_runs_and_pairs_them_by_document(tiny_sweep, tmp_p
     base, unpruned = found
     assert "| base | global positional@3, fine low_attentive P=0.2 |" in text and "| unpruned | unpruned |" in text
     assert f"{base.record.pruning_hash[:12]}" in text and written["plot"].stat().st_size > 0
+    assert "AV retention %" in text and unpruned.costs["retention"] == pytest.approx(100.0)  # AVEX-Prune's budget
+    assert 0 < base.costs["retention"] < 100 and f"| {base.costs['retention']:.2f} |" in text
     accuracy = {line["doc_id"]: line["accuracy"] for line in _lines(base, "avsynth_qa")}
     reference = {line["doc_id"]: line["accuracy"] for line in _lines(unpruned, "avsynth_qa")}
     diff = paired_difference(base, unpruned, "avsynth_qa", "accuracy")
