@@ -84,6 +84,9 @@ def main() -> None:
     settings: dict[str, PruningConfig | None] = {
         "full tokens": None,
         "FastAV defaults": PruningConfig(profile=shipped, fine_ratio=0.2),
+        # The exchange ablation: FastAV's global selection with its fine stage off (what an exchange action that
+        # also set the fine ratio could reach; the exchange environment keeps P = 0.2 after K).
+        "FastAV, no fine stage": PruningConfig(profile=shipped, fine_ratio=0.0),
         "random, FastAV's budget": PruningConfig(global_rule="random", profile=shipped, fine_rule="random"),
         "rule:avsynth_senses": PruningConfig.chosen_by(AVSynthSenseRule()),
     }

@@ -1,26 +1,32 @@
 """The environments' per-sample first pass, cached on disk and shared by processes and runs.
 
 A first pass is what an environment computes once per document before any action: TokenRetention's unpruned pass
-(the observation at layer 1 and the full-token outcome), TokenExchange's FastAV pass (the starting keep set at K and
-FastAV's outcome). On a 7B model it is a full prefill and an answer, so ``train-policy``'s workers share one folder
-of them (``--cache-dir``) instead of each computing every document again.
+(the observation at layer 1 and the full-token outcome), TokenExchange's FastAV pass (the starting keep set at K,
+FastAV's outcome and, under ``reward="caption"``, the document's full-token caption from one unpruned pass more).
+On a 7B model it is a full prefill and an answer, so ``train-policy``'s workers share one folder of them
+(``--cache-dir``) instead of each computing every document again.
 
 Format: one JSON file per (setting, document), ``<folder>/<sha256 of the key>.json``::
 
-    {"format": "fastav-first-pass/2", "key": {...}, "value": {...}}
+    {"format": "fastav-first-pass/3", "key": {...}, "value": {...}}
 
-(``/2``: an outcome holds the tokens of each modality every layer processed, ``kept_per_layer``, from which both
-the kept counts and the retention budget follow; ``/1`` held the last layer's counts only. A ``/1`` entry has
-another key, hence another file name, and is never read as a ``/2`` one.)
+(``/3``: an outcome holds the reference answer's log-probability, ``reference_logprob``, null where the reward
+computes none, beside its generated ``answer``, so that ``reward="caption"`` can score it again on read, and a
+TokenExchange value holds ``full_caption``, the document's full-token caption under ``caption``, else null. ``/2``
+had neither; ``/1`` held the last layer's counts only, where ``/2`` holds the tokens of each modality every layer
+processed, ``kept_per_layer``, from which both the kept counts and the retention budget follow. The format is part
+of the key, so an older entry hashes to another file name and is never read as a ``/3`` one.)
 
 The key holds everything the value depends on (:meth:`FirstPassCache.key`): the model (name, model args other than
 the device, the sha256 of every weight file, dtype, the device type and GPU model, torch / transformers /
 fastav-eval versions), the environment's settings that shape the pass (the resolved engine config with its profile,
 the observation coding, the reward kind, the answer lengths) and the document (id, media SHA-1, question, reference
-answer, choices). A file is read as data (``json``; nothing is unpickled or imported), its key compared in full with
-the one wanted and every field checked for type, dtype and shape: a corrupt or mismatched file is recomputed and
-rewritten, with a warning, never trusted. Arrays are stored as ``{"dtype", "shape", "values"}``; float32 and float64
-values round-trip through JSON exactly.
+answer, choices). Not the corpus of caption references a CIDEr-D is weighted by (the environment's documents): a
+value keeps what its quality is computed from (the generated answer, the reference's log-probability, the
+full-token caption), and the environment scores it again on read. A file is read as data (``json``; nothing is
+unpickled or imported), its key compared in full with the one wanted and every field checked for type, dtype and
+shape: a corrupt or mismatched file is recomputed and rewritten, with a warning, never trusted. Arrays are stored as
+``{"dtype", "shape", "values"}``; float32 and float64 values round-trip through JSON exactly.
 
 Concurrency: an entry is written by :func:`~fastav_eval.records.write_atomic` (a file of the writer's own, renamed
 into place), so a reader sees a whole file or none, and two processes computing the same entry at once each rename
@@ -45,7 +51,7 @@ from fastav_eval.records import canonical_hash, write_json
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "fastav-first-pass/2"
+FORMAT = "fastav-first-pass/3"
 """Bump when what a first pass computes changes in a way its key does not show."""
 DTYPES = ("float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 """The array dtypes an entry may hold."""

@@ -4,9 +4,12 @@ An episode starts from the tokens FastAV's global rule keeps at ``global_layer``
 a bucket of the lowest-scored kept tokens of one modality out for as many of the highest-scored dropped tokens of
 the same or the other modality (scores: layer K-1's last-query attention, the "confidence"). The kept count stays
 FastAV's, and so does the fine stage after K (FastAV's own budget). The reward is the change in answer quality
-(``loglik``: the reference answer's per-token probability; ``score``: accuracy, or CIDEr-D for captions) minus a
+(``loglik``: the reference answer's per-token probability; ``score``: accuracy, or CIDEr-D for captions;
+``caption``: a caption's CIDEr-D against the reference and against the full-token caption, and the reference
+caption's probability, so that a swap, cross-modal ones included, is judged by the change of all three) minus a
 cost per step and λ·Δbudget (relative FLOPs by default, or the audio-visual token retention with
-``budget="retention"``). The episode ends on stop, or is truncated after ``max_swaps`` steps.
+``budget="retention"``). The episode ends on stop, or is truncated after ``max_swaps`` steps. Under ``caption`` a
+caption document's full-token caption takes one unpruned pass more, once per document, kept with the first pass.
 
 The observation and the swap mechanics live in :class:`ExchangeCoding` / :class:`ExchangeState`, shared with the
 learned chooser that deploys a trained policy, which needs no reference answer: a policy acts on what the context
@@ -226,7 +229,8 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         flops_weight: λ on the change of the budget's cost (%, /100).
         budget: ``flops`` (default: relative prefill FLOPs) or ``retention`` (the share of audio-visual tokens
             kept, mean over layers: :func:`fastav_eval.records.retention`), as :class:`TokenRetentionEnv`.
-        reward: ``mixed`` (default: the reference answer's likelihood, CIDEr-D for captions), ``loglik``, ``score``.
+        reward: ``mixed`` (default: the reference answer's likelihood, CIDEr-D for captions), ``loglik``, ``score``,
+            ``caption`` (:data:`~fastav_eval.envs.samples.REWARDS`).
         step_cost: subtracted from every swap step's reward.
         bucket_tokens: tokens moved each way per swap.
         max_swaps: swap steps before the episode is truncated.
@@ -244,7 +248,7 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         tasks: Sequence[str] | str = tuple(sorted(TASKS)),
         split: str = "val",
         per_task: int = 240,
-        data_seed: int = DEFAULT_SEED,
+        data_seed: int | Sequence[int] = DEFAULT_SEED,
         flops_weight: float = 0.5,
         reward: str = "mixed",
         step_cost: float = 0.002,
@@ -302,10 +306,9 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
                 self._first[index] = self.cache.fetch(
                     self.documents[index],
                     lambda: self._compute_first_pass(index),
-                    lambda value: {"state": _encode_state(value[0]), "outcome": value[1].to_dict()},
-                    lambda data: (_decode_state(data["state"], self.observation_space.shape[0] - STATE_SIZE),
-                                  self.samples.cached_outcome(index, data["outcome"])),
-                )  # fmt: skip
+                    lambda value: self._encode_first_pass(index, value),
+                    lambda data: self._decode_first_pass(index, data),
+                )
         state, outcome = self._first[index]
         return ExchangeState(state.positions, state.modality, state.scores, state.kept.copy(),
                              state.base_observation), outcome  # fmt: skip
@@ -317,8 +320,30 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
             if context.stage == "global" and context.layer_idx == self.global_layer:
                 seen.append(self.coding.start(context, self.profile)[0])
 
-        outcome = self.samples.run(index, watch=watch)
+        outcome = self.samples.run(index, watch=watch)  # under ``caption``, after the full-token caption's pass
         return seen[0], outcome
+
+    def _encode_first_pass(self, index: int, value: tuple[ExchangeState, Outcome]) -> dict[str, Any]:
+        """A first pass as cache data: the starting state, FastAV's outcome and, under ``caption``, the document's
+        full-token caption (null otherwise)."""
+        full = self.samples.full_caption(index) if self.samples.needs_full_caption(index) else None
+        return {"state": _encode_state(value[0]), "outcome": value[1].to_dict(), "full_caption": full}
+
+    def _decode_first_pass(self, index: int, data: Mapping[str, Any]) -> tuple[ExchangeState, Outcome]:
+        """The first pass :meth:`_encode_first_pass` wrote, each field checked (a ValueError names the first that is
+        not as this environment writes it)."""
+        names = ("state", "outcome", "full_caption")
+        if set(data) != set(names):
+            raise ValueError(f"value: not an object of {', '.join(names)}")
+        full = data["full_caption"]
+        wanted = self.samples.needs_full_caption(index)
+        if (wanted and not isinstance(full, str)) or (not wanted and full is not None):
+            raise ValueError(
+                f"full_caption={full!r}; accepted: "
+                + ("a string (the full-token caption)" if wanted else f"null (reward={self.samples.reward!r})")
+            )
+        state = _decode_state(data["state"], self.observation_space.shape[0] - STATE_SIZE)
+        return state, self.samples.cached_outcome(index, data["outcome"], full_caption=full)
 
     def outcome(self, index: int, state: ExchangeState) -> Outcome:
         """Document ``index`` with ``state``'s keep set at K (computed once per keep set)."""
@@ -342,7 +367,8 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         self._state, self._current = self.first_pass(index)
         doc = self.documents[index]
         info = {"sample_id": f"{doc['task']}/{doc['id']}", "kind": doc["kind"], "quality": self._current.quality,
-                "relative_flops": self._current.relative_flops, "retention": self._current.retention}  # fmt: skip
+                "relative_flops": self._current.relative_flops, "retention": self._current.retention,
+                "answer": self._current.answer, "reference_logprob": self._current.reference_logprob}  # fmt: skip
         return self.coding.observe(self._state), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -353,7 +379,8 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
         if value == 0:
             self._state = None
             info = {"quality": before.quality, "relative_flops": before.relative_flops,
-                    "retention": before.retention, "swapped": 0}  # fmt: skip
+                    "retention": before.retention, "answer": before.answer,
+                    "reference_logprob": before.reference_logprob, "swapped": 0}  # fmt: skip
             return self.coding.observe(state), 0.0, True, False, info
         swapped = state.swap(value, self.coding.bucket_tokens)
         after = self.outcome(self._index, state) if swapped else before
@@ -365,7 +392,8 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
             self._state = None
         info = {"quality": after.quality, "relative_flops": after.relative_flops, "retention": after.retention,
                 "kept_per_layer": {name: list(c) for name, c in after.kept_per_layer.items()}, "swapped": swapped,
-                "swaps": state.swaps}  # fmt: skip
+                "swaps": state.swaps, "answer": after.answer,
+                "reference_logprob": after.reference_logprob}  # fmt: skip
         return self.coding.observe(state), float(reward), False, truncated, info
 
     def close(self) -> None:

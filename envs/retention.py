@@ -4,9 +4,10 @@ budget: relative FLOPs (default) or the audio-visual token retention (``budget="
 
 An episode is one step (a contextual bandit). ``reset`` draws a document and returns its observation, read at
 layer 1 of an unpruned pass (:class:`~fastav_eval.envs.coding.RetentionCoding`); ``step(action)`` runs the pruned
-pass and ends the episode. The unpruned pass (observation, full-token quality) is cached per document, and so is
-each (document, action) outcome: pruning is deterministic, so a repeated pair gives the same answer. With
-``cache_dir`` the unpruned pass is also kept on disk, shared by processes and runs (:mod:`fastav_eval.envs.cache`).
+pass and ends the episode. The unpruned pass (observation, full-token quality and, under ``reward="caption"``, the
+full-token caption a pruned caption is compared with) is cached per document, and so is each (document, action)
+outcome: pruning is deterministic, so a repeated pair gives the same answer. With ``cache_dir`` the unpruned pass is
+also kept on disk, shared by processes and runs (:mod:`fastav_eval.envs.cache`).
 """
 
 from __future__ import annotations
@@ -56,11 +57,13 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         tasks: AV-Synth tasks to draw documents from.
         split: ``train`` or ``val`` (never ``test``).
         per_task: documents per task.
-        data_seed: the AV-Synth generator seed of the split.
+        data_seed: the AV-Synth generator seed of the split, or several (``per_task`` documents per task from each).
         flops_weight: λ; the reward is ``quality - baseline - λ · cost / 100``, the cost in % by ``budget``.
         budget: ``flops`` (default: relative prefill FLOPs) or ``retention`` (the share of audio-visual tokens
             kept, mean over layers: :func:`fastav_eval.records.retention`); :data:`~fastav_eval.envs.samples.BUDGETS`.
-        reward: ``mixed`` (default), ``loglik`` or ``score`` (:data:`~fastav_eval.envs.samples.REWARDS`).
+        reward: ``mixed`` (default), ``loglik``, ``score`` or ``caption`` (AVEX-Prune's captioning reward: a
+            caption against the reference and the full-token caption, CIDEr-D, and the reference's likelihood;
+            the first pass's caption is the full-token one) (:data:`~fastav_eval.envs.samples.REWARDS`).
         relative_to_full: subtract the document's full-token quality (a per-sample baseline: same optimum,
             lower variance).
         global_layer: the latest cut layer (default: the model's calibrated one, 3 for fastav_tiny).
@@ -78,7 +81,7 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         tasks: Sequence[str] | str = tuple(sorted(TASKS)),
         split: str = "val",
         per_task: int = 240,
-        data_seed: int = DEFAULT_SEED,
+        data_seed: int | Sequence[int] = DEFAULT_SEED,
         flops_weight: float = 0.5,
         reward: str = "mixed",
         relative_to_full: bool = True,
@@ -139,13 +142,13 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             if context.layer_idx == 1 and context.stage == "global":
                 seen.append(self.coding.observe(context)[0])
 
-        outcome = self.samples.run(index, watch=watch)
+        outcome = self.samples.run(index, watch=watch, unpruned=True)
         return seen[0], outcome
 
     def _decode_first_pass(self, index: int, data: Mapping[str, Any]) -> tuple[np.ndarray, Outcome]:
         shape = self.observation_space.shape
         observation = decode_array(data["observation"], "observation", ("float32",), shape)
-        return observation, self.samples.cached_outcome(index, data["outcome"])
+        return observation, self.samples.cached_outcome(index, data["outcome"], unpruned=True)
 
     def outcome(self, index: int, action: np.ndarray) -> Outcome:
         """Document ``index`` pruned as ``action`` asks (computed once per pair)."""
@@ -183,7 +186,8 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             "sample_id": f"{doc['task']}/{doc['id']}", "kind": doc["kind"], "quality": outcome.quality,
             "full_quality": full.quality, "relative_flops": outcome.relative_flops, "retention": outcome.retention,
             "kept": outcome.kept, "kept_per_layer": {name: list(c) for name, c in outcome.kept_per_layer.items()},
-            "action": self.coding.describe(action),
+            "action": self.coding.describe(action), "answer": outcome.answer,
+            "reference_logprob": outcome.reference_logprob,
         }  # fmt: skip
         return observation.copy(), float(reward), True, False, info
 

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from fastav_eval.avsynth import TASKS
+from fastav_eval.avsynth.dataset import DEFAULT_SEED
 from fastav_eval.env_ids import ENVIRONMENTS
 from fastav_eval.envs.samples import (
     BUDGETS,
@@ -53,6 +54,7 @@ from fastav_eval.envs.samples import (
     REWARDS,
     SECONDS_PER_DOCUMENT,
     check_budget,
+    check_seeds,
     parse_model_args,
 )
 from fastav_eval.policies.network import describe_network, save_weights
@@ -94,6 +96,7 @@ class TrainSettings:
     tasks: tuple[str, ...] = tuple(sorted(TASKS))
     train_per_task: int = 240
     val_per_task: int = 60
+    data_seeds: tuple[int, ...] = (DEFAULT_SEED,)
     flops_weight: float = 0.5
     reward: str = "mixed"
     budget: str = "flops"
@@ -119,6 +122,7 @@ class TrainSettings:
         if self.reward not in REWARDS:
             raise ValueError(f"reward={self.reward!r}; accepted: {list(REWARDS)}")
         check_budget(self.budget)
+        self.data_seeds = check_seeds(list(self.data_seeds))
         unknown = sorted(set(self.tasks) - set(TASKS))
         if unknown or not self.tasks:
             raise ValueError(f"tasks={list(self.tasks)!r}; accepted: a non-empty list of {sorted(TASKS)}")
@@ -149,8 +153,11 @@ class TrainSettings:
             )
 
     def env_kwargs(self, split: str) -> dict[str, Any]:
+        """The keyword arguments of a ``split`` environment: the train one draws from every ``data_seeds`` stream,
+        the val one from the default seed's (the split the selection is made on, whatever the training seeds)."""
         per_task = self.train_per_task if split == "train" else self.val_per_task
-        return {"model": self.model, "model_args": self.model_args, "tasks": list(self.tasks), "split": split,
+        seeds = {"data_seed": list(self.data_seeds)} if split == "train" else {}
+        return {**seeds, "model": self.model, "model_args": self.model_args, "tasks": list(self.tasks), "split": split,
                 "per_task": per_task, "flops_weight": self.flops_weight, "reward": self.reward, "budget": self.budget,
                 "order": "random" if split == "train" else "cycle", **self.env_options}  # fmt: skip
 
@@ -593,9 +600,10 @@ def _run(settings: TrainSettings, resumed: dict[str, Any] | None) -> None:
         write_json(out / "eval" / VAL_SET_FILE, settings.val_set(), indent=1, sort_keys=True)
         val_documents = len(eval_env.envs[0].unwrapped.documents)
         logger.info(
-            "building %d training environment(s): %d train documents per task each (about %.0f s of rendering)",
-            settings.n_envs, settings.train_per_task,
-            settings.train_per_task * len(settings.tasks) * SECONDS_PER_DOCUMENT,
+            "building %d training environment(s): %d train documents per task from each of seeds %s (about %.0f s "
+            "of rendering)",
+            settings.n_envs, settings.train_per_task, ",".join(map(str, settings.data_seeds)),
+            settings.train_per_task * len(settings.tasks) * len(settings.data_seeds) * SECONDS_PER_DOCUMENT,
         )  # fmt: skip
         threads = 1 if settings.n_envs > 1 else None
         builders = [
@@ -758,6 +766,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--train-per-task", type=int, default=defaults.train_per_task, help=f"train {documents}")
     parser.add_argument("--val-per-task", type=int, default=defaults.val_per_task, help=f"val {documents}")
+    parser.add_argument(
+        "--data-seeds", type=seed_list, default=",".join(map(str, defaults.data_seeds)),
+        help="AV-Synth generator seeds of the train documents, comma-separated (--train-per-task from each); val "
+        "always draws from the default seed",
+    )  # fmt: skip
     parser.add_argument("--flops-weight", type=float, default=defaults.flops_weight, help="λ, >= 0, on the budget")
     parser.add_argument(
         "--budget", default=defaults.budget, choices=list(BUDGETS),
@@ -799,6 +812,16 @@ def task_list(text: str) -> tuple[str, ...]:
             f"--tasks {text!r}; accepted: comma-separated AV-Synth tasks, each once, from {sorted(TASKS)}"
         )
     return names
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """``--data-seeds 1,2,3``: comma-separated distinct ints >= 0."""
+    try:
+        return check_seeds([int(part) for part in text.split(",")])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--data-seeds {text!r}; accepted: comma-separated distinct ints >= 0 (AV-Synth generator seeds)"
+        ) from None
 
 
 def device_list(text: str) -> tuple[str, ...]:

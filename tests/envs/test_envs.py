@@ -201,7 +201,7 @@ def test_a_split_holds_documents_per_task_and_a_large_build_is_logged(caplog: py
         training_documents("avsynth_qa", "val", 3)
         assert not caplog.records
         assert len(training_documents(["avsynth_qa", "avsynth_match"], "train", SLOW_BUILD)) == 2 * SLOW_BUILD
-    assert [record.getMessage()[:48] for record in caplog.records] == [
-        "building 2000 train documents of avsynth_match (",
-        "building 2000 train documents of avsynth_qa (tas",
+    assert [record.getMessage()[:62] for record in caplog.records] == [
+        "building 2000 train documents of avsynth_match (seed 20261121,",
+        "building 2000 train documents of avsynth_qa (seed 20261121, ta",
     ]
