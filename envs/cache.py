@@ -99,6 +99,22 @@ def document_identity(document: Mapping[str, Any]) -> dict[str, Any]:
     return {name: document.get(name) for name in ("task", "id", "media_sha1", "question", "answer", "choices")}
 
 
+def first_pass_of(
+    memo: dict[int, T],
+    index: int,
+    cache: FirstPassCache | None,
+    document: Mapping[str, Any],
+    compute: Callable[[], T],
+    encode: Callable[[T], dict[str, Any]],
+    decode: Callable[[Mapping[str, Any]], T],
+) -> T:
+    """Document ``index``'s first pass, held in ``memo``: computed once per process, and with a ``cache`` read from
+    or written to its entry (:meth:`FirstPassCache.fetch`) instead of recomputed by every process and run."""
+    if index not in memo:
+        memo[index] = compute() if cache is None else cache.fetch(document, compute, encode, decode)
+    return memo[index]
+
+
 class FirstPassCache:
     """One environment setting's first passes in ``folder``.
 

@@ -30,7 +30,7 @@ from gymnasium import spaces
 
 from fastav_eval.avsynth import TASKS
 from fastav_eval.avsynth.dataset import DEFAULT_SEED
-from fastav_eval.envs.cache import decode_array, encode_array
+from fastav_eval.envs.cache import decode_array, encode_array, first_pass_of
 from fastav_eval.envs.coding import OBSERVATION_BOUND, OBSERVATION_SIZE, RetentionCoding
 from fastav_eval.envs.samples import (
     DocumentPicker,
@@ -299,17 +299,12 @@ class TokenExchangeEnv(gymnasium.Env[np.ndarray, np.int64]):
     def first_pass(self, index: int) -> tuple[ExchangeState, Outcome]:
         """FastAV's pass of document ``index``: its starting state and outcome (computed once; read from
         ``cache_dir`` when it holds them)."""
-        if index not in self._first:
-            if self.cache is None:
-                self._first[index] = self._compute_first_pass(index)
-            else:
-                self._first[index] = self.cache.fetch(
-                    self.documents[index],
-                    lambda: self._compute_first_pass(index),
-                    lambda value: self._encode_first_pass(index, value),
-                    lambda data: self._decode_first_pass(index, data),
-                )
-        state, outcome = self._first[index]
+        state, outcome = first_pass_of(
+            self._first, index, self.cache, self.documents[index],
+            lambda: self._compute_first_pass(index),
+            lambda value: self._encode_first_pass(index, value),
+            lambda data: self._decode_first_pass(index, data),
+        )  # fmt: skip
         return ExchangeState(state.positions, state.modality, state.scores, state.kept.copy(),
                              state.base_observation), outcome  # fmt: skip
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from fastav_eval.avsynth import TASKS
 from fastav_eval.avsynth.dataset import DEFAULT_SEED
-from fastav_eval.envs.cache import decode_array, encode_array
+from fastav_eval.envs.cache import decode_array, encode_array, first_pass_of
 from fastav_eval.envs.coding import RetentionCoding
 from fastav_eval.envs.samples import (
     DocumentPicker,
@@ -123,17 +123,12 @@ class TokenRetentionEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     def first_pass(self, index: int) -> tuple[np.ndarray, Outcome]:
         """Document ``index``'s observation and its unpruned outcome (computed once; read from ``cache_dir`` when
         it holds them)."""
-        if index not in self._first:
-            if self.cache is None:
-                self._first[index] = self._compute_first_pass(index)
-            else:
-                self._first[index] = self.cache.fetch(
-                    self.documents[index],
-                    lambda: self._compute_first_pass(index),
-                    lambda value: {"observation": encode_array(value[0]), "outcome": value[1].to_dict()},
-                    lambda data: self._decode_first_pass(index, data),
-                )
-        return self._first[index]
+        return first_pass_of(
+            self._first, index, self.cache, self.documents[index],
+            lambda: self._compute_first_pass(index),
+            lambda value: {"observation": encode_array(value[0]), "outcome": value[1].to_dict()},
+            lambda data: self._decode_first_pass(index, data),
+        )  # fmt: skip
 
     def _compute_first_pass(self, index: int) -> tuple[np.ndarray, Outcome]:
         seen: list[np.ndarray] = []

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 
 import fastav_eval.envs  # noqa: F401 (registers the environments)
 from fastav_eval.analysis.testbed_runs import run_condition
@@ -18,6 +17,7 @@ from fastav_eval.envs import TokenExchangeEnv, TokenRetentionEnv
 from fastav_eval.envs.exchange import SWAPS
 from fastav_eval.pruning import PruningConfig, PruningProfile
 from fastav_eval.testbed import WEIGHTS_DIR, TestbedModel
+from tests.envs.checks import assert_passes_both_checkers
 
 SMALL = {"tasks": ["avsynth_qa", "avsynth_caption"], "per_task": 2}
 
@@ -37,11 +37,8 @@ def exchange() -> TokenExchangeEnv:
 
 
 def test_both_pass_gymnasium_and_sb3_checkers(retention: TokenRetentionEnv, exchange: TokenExchangeEnv) -> None:
-    from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
     for env in (retention, exchange):
-        gymnasium_check_env(env, skip_render_check=True)
-        sb3_check_env(env, warn=True)
+        assert_passes_both_checkers(env)
 
 
 def test_made_by_id_in_a_fresh_process() -> None:

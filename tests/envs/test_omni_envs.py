@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 
 from fastav_eval.envs import TokenExchangeEnv, TokenRetentionEnv
 from fastav_eval.models.qwen2_5_omni import Qwen25OmniAdapter
-from tests.envs.cache_checks import assert_cache_serves_a_second_env
+from tests.envs.checks import assert_cache_serves_a_second_env, assert_passes_both_checkers
 from tests.models.omni_fixtures import save_checkpoint, tiny_processor
 
 
@@ -33,8 +32,6 @@ def small(checkpoint: Path, **overrides) -> dict:
 
 
 def test_both_pass_gymnasium_and_sb3_checkers(checkpoint) -> None:
-    from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
     for env_class in (TokenRetentionEnv, TokenExchangeEnv):
         kwargs = small(checkpoint)
         if env_class is TokenExchangeEnv:  # Qwen2.5-Omni ships no profile (calibrate makes one): a prefix here
@@ -42,8 +39,7 @@ def test_both_pass_gymnasium_and_sb3_checkers(checkpoint) -> None:
             write_prefix_profile(Path(kwargs["profile"]))
         env = env_class(**kwargs)
         try:
-            gymnasium_check_env(env, skip_render_check=True)
-            sb3_check_env(env, warn=True)
+            assert_passes_both_checkers(env)
         finally:
             env.close()
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 
 from fastav_eval.envs import TokenExchangeEnv, TokenRetentionEnv
 from fastav_eval.policies.chooser import LearnedChooser
 from fastav_eval.pruning import find_text_model, install
-from tests.envs.cache_checks import assert_cache_serves_a_second_env
+from tests.envs.checks import assert_cache_serves_a_second_env, assert_passes_both_checkers
 from tests.models.videollama2_fixtures import FIXTURE, VISION_TOWER, tiny_adapter
 
 MODEL_ARGS = f"pretrained={FIXTURE},vision_tower={VISION_TOWER},dtype=float32,device=cpu"
@@ -21,13 +20,10 @@ SMALL = {"model": "fastav_videollama2", "model_args": MODEL_ARGS, "tasks": ["avs
 
 
 def test_both_pass_gymnasium_and_sb3_checkers() -> None:
-    from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
     for env_class in (TokenRetentionEnv, TokenExchangeEnv):
         env = env_class(**SMALL)
         try:
-            gymnasium_check_env(env, skip_render_check=True)
-            sb3_check_env(env, warn=True)
+            assert_passes_both_checkers(env)
         finally:
             env.close()
 

@@ -1,4 +1,5 @@
-"""A check both real-adapter environment tests make: the on-disk first-pass cache serves a second environment."""
+"""Checks the environment tests share: Gymnasium's and SB3's checkers, and the on-disk first-pass cache serving a
+second environment."""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gymnasium.utils.env_checker import check_env as gymnasium_check_env
+
+
+def assert_passes_both_checkers(env: Any) -> None:
+    """Gymnasium's ``check_env`` and Stable-Baselines3's (warnings on) accept ``env``."""
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    gymnasium_check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
 
 
 def assert_cache_serves_a_second_env(make_env: Callable[..., Any], index: int, folder: Path) -> None:
