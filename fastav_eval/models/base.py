@@ -22,11 +22,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import StoppingCriteria
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import DynamicCache
 
 from fastav_eval.pruning.compat import CACHE_NAMES
-from fastav_eval.pruning.layout import ModalityLayout
+from fastav_eval.pruning.layout import ModalityLayout, Segment
 
 
 class SampleError(ValueError):
@@ -247,6 +247,59 @@ class ModelAdapter(ABC):
             references: one answer text per row, without its end token (the adapter appends the one its model's
                 answers end with).
         """
+
+
+class EmbedsAdapter(ModelAdapter):
+    """An adapter whose model merges its encoders' outputs into its LLM's ``inputs_embeds`` itself (VideoLLaMA2,
+    video-SALMONN 2): :meth:`batch` left-pads the merged rows, and :meth:`generate` / :meth:`reference_logprob`
+    run :attr:`decoder` (a causal LM) on them with 1-D positions counted from each row's first real token.
+
+    Subclasses set ``tokenizer`` and ``ends`` (:class:`ChatEnds`) when they load, and may add ``generate`` options
+    (:meth:`generation_options`).
+    """
+
+    tokenizer: Any
+    ends: ChatEnds
+
+    def generation_options(self) -> dict[str, Any]:
+        """Extra keyword arguments of every greedy ``generate`` call (e.g. a checkpoint's repetition penalty)."""
+        return {}
+
+    def batch(self, rows: list[torch.Tensor], segments: list[list[Segment]]) -> ModelInputs:
+        """Each sample's merged embeddings ``[L_b, D]`` and its segments -> one left-padded batch."""
+        length = max(row.shape[0] for row in rows)
+        embeds = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
+        attention_mask = torch.zeros(len(rows), length, dtype=torch.long, device=self.device)
+        for b, row in enumerate(rows):
+            embeds[b, length - row.shape[0] :] = row
+            attention_mask[b, length - row.shape[0] :] = 1
+        layout = ModalityLayout.from_segments(segments, device=self.device)
+        if layout.length != length or not torch.equal(layout.valid.long(), attention_mask):
+            raise ValueError("the layout's segments do not cover the merged rows exactly (an adapter bug)")
+        return ModelInputs(generate_kwargs={"inputs_embeds": embeds, "attention_mask": attention_mask}, layout=layout)
+
+    @torch.no_grad()
+    def generate(self, inputs: ModelInputs, max_new_tokens: int, until: list[str]) -> list[Answer]:
+        output = self.decoder.generate(
+            **inputs.generate_kwargs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.ends.stop_ids,
+            pad_token_id=self.ends.pad_id,
+            stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, until, 0)]),
+            **self.generation_options(),
+        )  # [B, new tokens]: inputs_embeds alone returns only the generated ids
+        return self.ends.answers(self.tokenizer, output.tolist(), until)
+
+    def reference_logprob(self, inputs: ModelInputs, references: list[str]) -> torch.Tensor:
+        """``[B]``, teacher-forced over the prompt's cache as :meth:`generate` runs the LLM (``inputs_embeds``, the
+        left-padded mask, positions counted from each row's first real token). Each reference ends with
+        :attr:`ChatEnds.end_id` (``<|im_end|>``: the chat template closes every assistant turn with it, so it is the
+        end the model's answers carry, and the first that stops ``generate``)."""
+        kwargs = inputs.generate_kwargs
+        answers = [self.ends.reference_ids(self.tokenizer, reference) for reference in references]
+        positions = generate_positions(kwargs["attention_mask"])
+        return teacher_forced_logprob(self.decoder, kwargs, positions, answers, self.ends.pad_id)
 
 
 def generate_positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -237,3 +237,107 @@ def audio_from_dict(item: dict, sampling_rate: int, field: str = "audio") -> np.
     if not isinstance(rate, int | np.integer) or rate <= 0:
         raise ValueError(f"{field} 'sampling_rate' must be a positive int; got {rate!r}")
     return _resample(waveform, int(rate), sampling_rate)
+
+
+# ------------------------------------------------------------------------ frames and audio as decord / soundfile read
+# AVColorSpace -> the swscale matrix decord's conversion uses (SMPTE 170M has BT.601's coefficients, BT.2020 CL
+# its NCL ones); untagged and other frames get swscale's default, BT.601.
+SWS_MATRICES = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+BT601, BT709 = 5, 1
+
+
+def rgb(frame: av.VideoFrame) -> np.ndarray:
+    """``[H, W, 3]`` uint8 with the YUV matrix and range the frame is tagged with, as decord (and so the official
+    code) converts; PyAV's plain ``to_ndarray(format="rgb24")`` applies BT.601 whatever the tag (an HD clip's
+    BT.709 colours would be off by up to 43 levels)."""
+    source = SWS_MATRICES.get(frame.colorspace, BT601)
+    full = frame.color_range == 2 or frame.format.name.startswith("yuvj")  # AVCOL_RANGE_JPEG
+    options = {
+        "src_colorspace": source,
+        "dst_colorspace": BT709 if source == BT601 else BT601,  # PyAV skips the matrix when source == target
+        # 2 reads as full range in PyAV 12 (which hands the number to swscale) and 15 (which maps JPEG to it), 0 as
+        # limited in both; both are tested against decord.
+        "src_color_range": 2 if full else 0,
+    }
+    try:
+        return frame.reformat(format="rgb24", **options).to_ndarray()
+    except KeyError:  # a PyAV whose Colorspace enum lacks the matrix (PyAV 12 has no BT.2020)
+        raise ValueError(
+            f"PyAV {av.__version__} cannot convert colorspace {frame.colorspace} (BT.2020) frames as decord does; "
+            "a newer PyAV (15) can"
+        ) from None
+
+
+def decode_frames_at(path: str | Path, wanted: list[int]) -> tuple[dict[int, np.ndarray], int]:
+    """The frames at the (sorted) decode indices ``wanted``, and how many frames were decoded."""
+    picked: dict[int, np.ndarray] = {}
+    decoded = 0
+    with _open(path, "video") as container:
+        for index, frame in enumerate(container.decode(container.streams.video[0])):
+            decoded = index + 1
+            if index in wanted:
+                picked[index] = rgb(frame)
+            if index >= wanted[-1]:
+                break
+    return picked, decoded
+
+
+def soundtrack(path: str | Path, rate: int = 16_000) -> np.ndarray | None:
+    """The first audio track as FFmpeg's ``-ac 1 -ar <rate> -f s16le`` gives it (float32 in [-1, 1)), or None
+    when ``path`` has none: what a user extracting a clip's audio for an official pipeline feeds it."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+        pieces = []
+        for frame in container.decode(container.streams.audio[0]):
+            pieces += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+        pieces += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    if not pieces:
+        return None
+    return np.concatenate(pieces).astype(np.float32) / 32768.0
+
+
+def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
+    """``[N, C]`` float64 samples of ``path``'s first audio stream at its own rate."""
+    pieces: list[np.ndarray] = []  # [C, n] each
+    with av.open(str(path)) as container:  # everything read while it is open (a closed stream's fields crash PyAV 12)
+        if not container.streams.audio:
+            raise ValueError(f"{path} has no audio stream")
+        stream = container.streams.audio[0]
+        rate = int(stream.rate)
+        for frame in container.decode(stream):
+            samples = frame.to_ndarray()  # planar: [C, n]; packed: [1, n · C], channels interleaved
+            channels = len(frame.layout.channels)
+            pieces.append(samples if frame.format.is_planar else samples.reshape(-1, channels).T)
+    if not pieces:
+        raise ValueError(f"{path}: the audio stream holds no samples")
+    return to_float(np.concatenate(pieces, axis=1).T), rate
+
+
+def to_float(samples: np.ndarray) -> np.ndarray:
+    """PCM samples as float64 in [-1, 1), as soundfile reads them (unsigned 8-bit is offset by 128)."""
+    if samples.dtype == np.uint8:
+        return (samples.astype(np.float64) - 128) / 128
+    if np.issubdtype(samples.dtype, np.integer):
+        return samples / float(np.iinfo(samples.dtype).max + 1)
+    return samples.astype(np.float64)
+
+
+def read_audio_item(visual: Any) -> tuple[np.ndarray, int]:
+    """An audio file path or ``{"array": [N] / [N, C] / [C, N], "sampling_rate": int}`` -> its samples as float64
+    ``[N]`` or ``[N, C]`` in [-1, 1) (integer PCM scaled as soundfile reads it) and its rate, unresampled."""
+    if isinstance(visual, dict):
+        if "array" not in visual or "sampling_rate" not in visual:
+            raise ValueError(f"audio must hold 'array' and 'sampling_rate'; got keys {sorted(visual)}")
+        rate = visual["sampling_rate"]
+        if isinstance(rate, bool) or not isinstance(rate, int | np.integer) or rate <= 0:
+            raise ValueError(f"audio 'sampling_rate'={rate!r}; accepted: a positive int")
+        samples, rate = to_float(np.asarray(visual["array"])), int(rate)
+        if samples.ndim == 2 and samples.shape[0] < samples.shape[1]:
+            samples = samples.T  # [C, N] -> [N, C]
+    else:
+        samples, rate = read_audio_file(visual)
+    if samples.size == 0 or samples.ndim not in (1, 2):
+        raise ValueError(f"the audio holds no samples (shape {samples.shape}); accepted: [N] or [N, C] samples")
+    return samples, rate

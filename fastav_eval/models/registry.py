@@ -23,6 +23,7 @@ MODELS: dict[str, str] = {
     "fastav_tiny": "fastav_eval.models.testbed.TestbedAdapter",
     "fastav_qwen2_5_omni": "fastav_eval.models.qwen2_5_omni.Qwen25OmniAdapter",
     "fastav_videollama2": "fastav_eval.models.videollama2.VideoLLaMA2Adapter",
+    "fastav_video_salmonn2": "fastav_eval.models.video_salmonn2.VideoSALMONN2Adapter",
 }
 """lmms-eval model name -> its adapter class (``module.Class``, imported on first use)."""
 

@@ -34,27 +34,22 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, ClassVar
 
-import av
 import numpy as np
 import torch
 from PIL import Image
 from scipy.signal import resample as fft_resample
 from torch import nn
-from transformers import StoppingCriteriaList
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from fastav_eval.models.base import (
     AdapterArg,
-    Answer,
     ChatEnds,
-    ModelAdapter,
+    EmbedsAdapter,
     ModelInputs,
     Request,
     SampleError,
-    StopOnStrings,
-    generate_positions,
-    teacher_forced_logprob,
 )
+from fastav_eval.models.checkpoint import load_tokenizer, local_folder
 from fastav_eval.models.fbank import beats_fbank
 from fastav_eval.models.media import (
     AUDIO_EXTENSIONS,
@@ -62,10 +57,13 @@ from fastav_eval.models.media import (
     VIDEO_DICT,
     _open,
     checked_frames,
+    decode_frames_at,
     is_video_dict,
+    read_audio_item,
+    soundtrack,
 )
-from fastav_eval.models.videollama2_model import VideoLLaMA2AV, load_tokenizer, load_videollama2
-from fastav_eval.pruning.layout import ModalityLayout, Segment
+from fastav_eval.models.videollama2_model import VideoLLaMA2AV, load_videollama2
+from fastav_eval.pruning.layout import Segment
 
 SAMPLE_RATE = 16_000
 AUDIO_SECONDS = 30
@@ -85,48 +83,6 @@ def frame_indices(frame_count: int, num_frames: int) -> list[int]:
     return np.round(middles + 1e-6).astype(int).tolist()
 
 
-# AVColorSpace -> the swscale matrix decord's conversion uses (SMPTE 170M has BT.601's coefficients, BT.2020 CL
-# its NCL ones); untagged and other frames get swscale's default, BT.601.
-SWS_MATRICES = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
-BT601, BT709 = 5, 1
-
-
-def rgb(frame: av.VideoFrame) -> np.ndarray:
-    """``[H, W, 3]`` uint8 with the YUV matrix and range the frame is tagged with, as decord (and so the official
-    code) converts; PyAV's plain ``to_ndarray(format="rgb24")`` applies BT.601 whatever the tag (an HD clip's
-    BT.709 colours would be off by up to 43 levels)."""
-    source = SWS_MATRICES.get(frame.colorspace, BT601)
-    full = frame.color_range == 2 or frame.format.name.startswith("yuvj")  # AVCOL_RANGE_JPEG
-    options = {
-        "src_colorspace": source,
-        "dst_colorspace": BT709 if source == BT601 else BT601,  # PyAV skips the matrix when source == target
-        # 2 reads as full range in PyAV 12 (which hands the number to swscale) and 15 (which maps JPEG to it), 0 as
-        # limited in both; both are tested against decord.
-        "src_color_range": 2 if full else 0,
-    }
-    try:
-        return frame.reformat(format="rgb24", **options).to_ndarray()
-    except KeyError:  # a PyAV whose Colorspace enum lacks the matrix (PyAV 12 has no BT.2020)
-        raise ValueError(
-            f"PyAV {av.__version__} cannot convert colorspace {frame.colorspace} (BT.2020) frames as decord does; "
-            "a newer PyAV (15) can"
-        ) from None
-
-
-def _decode_at(path: str | Path, wanted: list[int]) -> tuple[dict[int, np.ndarray], int]:
-    """The frames at the (sorted) decode indices ``wanted``, and how many frames were decoded."""
-    picked: dict[int, np.ndarray] = {}
-    decoded = 0
-    with _open(path, "video") as container:
-        for index, frame in enumerate(container.decode(container.streams.video[0])):
-            decoded = index + 1
-            if index in wanted:
-                picked[index] = rgb(frame)
-            if index >= wanted[-1]:
-                break
-    return picked, decoded
-
-
 def decode_video_frames(path: str | Path, num_frames: int) -> list[np.ndarray]:
     """``num_frames`` RGB frames ``[H, W, 3]`` of ``path`` at :func:`frame_indices` of its decoded frames.
 
@@ -140,12 +96,12 @@ def decode_video_frames(path: str | Path, num_frames: int) -> list[np.ndarray]:
     if count == 0:
         raise ValueError(f"{path}: no video frame could be decoded")
     wanted = frame_indices(count, num_frames)
-    picked, decoded = _decode_at(path, wanted)
+    picked, decoded = decode_frames_at(path, wanted)
     if decoded == 0:
         raise ValueError(f"{path}: no video frame could be decoded")
     if decoded <= wanted[-1]:
         wanted = frame_indices(decoded, num_frames)
-        picked, _ = _decode_at(path, wanted)
+        picked, _ = decode_frames_at(path, wanted)
     return [picked[index] for index in wanted]
 
 
@@ -154,22 +110,6 @@ def sample_video_frames(video: dict[str, Any], num_frames: int) -> list[np.ndarr
     :func:`frame_indices` of its ``T`` frames, as :func:`decode_video_frames` samples a file's decoded frames."""
     frames = checked_frames(video)
     return [frames[index] for index in frame_indices(len(frames), num_frames)]
-
-
-def soundtrack(path: str | Path) -> np.ndarray | None:
-    """The first audio track as FFmpeg's ``-ac 1 -ar 16000 -f s16le`` gives it (float32 in [-1, 1)), or None
-    when ``path`` has none."""
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            return None
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        pieces = []
-        for frame in container.decode(container.streams.audio[0]):
-            pieces += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
-        pieces += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-    if not pieces:
-        return None
-    return np.concatenate(pieces).astype(np.float32) / 32768.0
 
 
 def clip_bounds(num_samples: int, rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
@@ -205,32 +145,6 @@ def audio_file_waveform(channels: np.ndarray, rate: int) -> np.ndarray:
     return wave  # float64, as soundfile and librosa give it: the fbank then runs in float64 as the official
 
 
-def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
-    """``[N, C]`` float64 samples of ``path``'s first audio stream at its own rate."""
-    pieces: list[np.ndarray] = []  # [C, n] each
-    with av.open(str(path)) as container:  # everything read while it is open (a closed stream's fields crash PyAV 12)
-        if not container.streams.audio:
-            raise ValueError(f"{path} has no audio stream")
-        stream = container.streams.audio[0]
-        rate = int(stream.rate)
-        for frame in container.decode(stream):
-            samples = frame.to_ndarray()  # planar: [C, n]; packed: [1, n · C], channels interleaved
-            channels = len(frame.layout.channels)
-            pieces.append(samples if frame.format.is_planar else samples.reshape(-1, channels).T)
-    if not pieces:
-        raise ValueError(f"{path}: the audio stream holds no samples")
-    return to_float(np.concatenate(pieces, axis=1).T), rate
-
-
-def to_float(samples: np.ndarray) -> np.ndarray:
-    """PCM samples as float64 in [-1, 1), as soundfile reads them (unsigned 8-bit is offset by 128)."""
-    if samples.dtype == np.uint8:
-        return (samples.astype(np.float64) - 128) / 128
-    if np.issubdtype(samples.dtype, np.integer):
-        return samples / float(np.iinfo(samples.dtype).max + 1)
-    return samples.astype(np.float64)
-
-
 def prompt_segments(input_ids: torch.Tensor, video_tokens: int, audio_tokens: int) -> list[Segment]:
     """The layout of a prompt ``[L]`` once its placeholder is replaced: text, video, audio, text."""
     at = int((input_ids == PLACEHOLDER).nonzero()[0])
@@ -249,14 +163,14 @@ class VideoLLaMA2Sample:
     fbank: torch.Tensor | None
 
 
-class VideoLLaMA2Adapter(ModelAdapter):
+class VideoLLaMA2Adapter(EmbedsAdapter):
     """``[text][video][audio][text]`` per sample, merged into ``inputs_embeds`` for transformers' Qwen2."""
 
     name = "videollama2"
     default_pretrained = "DAMO-NLP-SG/VideoLLaMA2.1-7B-AV"
     default_dtype = "float16"  # the official inference's
     model_args: ClassVar[dict[str, AdapterArg]] = {
-        **ModelAdapter.model_args,
+        **EmbedsAdapter.model_args,
         "vision_tower": AdapterArg(None, str, "the SigLIP checkpoint; default: the config's mm_vision_tower"),
         "num_frames": AdapterArg(0, int, "frames per video; 0: the checkpoint's num_frames (16)"),
         "video_audio": AdapterArg(
@@ -277,7 +191,7 @@ class VideoLLaMA2Adapter(ModelAdapter):
         **model_args: Any,
     ) -> None:
         super().__init__(pretrained, device, dtype, attn_implementation, **model_args)
-        folder = self.local_folder(str(self.pretrained))
+        folder = local_folder(str(self.pretrained))
         self.model: VideoLLaMA2AV = load_videollama2(
             folder,
             vision_tower=self.options["vision_tower"],
@@ -303,15 +217,6 @@ class VideoLLaMA2Adapter(ModelAdapter):
         """The paper's global stage for VideoLLaMA2: every video token and the first 10 audio tokens (FastAV,
         Table 1); at half the depth, i.e. layer 14 of 28, unless ``global_layer`` says otherwise."""
         return PROFILES / "videollama2_fastav.json"
-
-    @staticmethod
-    def local_folder(pretrained: str) -> Path:
-        """``pretrained`` as a folder: itself, or the hub snapshot (downloaded unless HF_HUB_OFFLINE is set)."""
-        if Path(pretrained).is_dir():
-            return Path(pretrained)
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(pretrained))
 
     @property
     def decoder(self) -> nn.Module:
@@ -350,16 +255,7 @@ class VideoLLaMA2Adapter(ModelAdapter):
         return pixels, beats_fbank(torch.from_numpy(video_audio_waveform(track)))[0]
 
     def _audio(self, visual: Any) -> torch.Tensor:
-        if isinstance(visual, dict):
-            if "array" not in visual or "sampling_rate" not in visual:
-                raise ValueError(f"audio must hold 'array' and 'sampling_rate'; got keys {sorted(visual)}")
-            samples, rate = to_float(np.asarray(visual["array"])), int(visual["sampling_rate"])
-            if samples.ndim == 2 and samples.shape[0] < samples.shape[1]:
-                samples = samples.T  # [C, N] -> [N, C]
-        else:
-            samples, rate = read_audio_file(visual)
-        if samples.size == 0:
-            raise ValueError("the audio holds no samples")
+        samples, rate = read_audio_item(visual)
         return beats_fbank(torch.from_numpy(audio_file_waveform(samples, rate)))[0]
 
     @staticmethod
@@ -454,34 +350,4 @@ class VideoLLaMA2Adapter(ModelAdapter):
             video = parts[0].shape[0] if sample.pixel_values is not None else 0
             rows.append(model.embed(sample.input_ids.to(self.device), PLACEHOLDER, media))
             segments.append(prompt_segments(sample.input_ids, video, media.shape[0] - video))
-        length = max(row.shape[0] for row in rows)
-        embeds = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
-        attention_mask = torch.zeros(len(rows), length, dtype=torch.long, device=self.device)
-        for b, row in enumerate(rows):
-            embeds[b, length - row.shape[0] :] = row
-            attention_mask[b, length - row.shape[0] :] = 1
-        layout = ModalityLayout.from_segments(segments, device=self.device)
-        return ModelInputs(generate_kwargs={"inputs_embeds": embeds, "attention_mask": attention_mask}, layout=layout)
-
-    # ------------------------------------------------------------------ answers
-    @torch.no_grad()
-    def generate(self, inputs: ModelInputs, max_new_tokens: int, until: list[str]) -> list[Answer]:
-        output = self.model.llm.generate(
-            **inputs.generate_kwargs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.ends.stop_ids,
-            pad_token_id=self.ends.pad_id,
-            stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, until, 0)]),
-        )  # [B, new tokens]: inputs_embeds alone returns only the generated ids
-        return self.ends.answers(self.tokenizer, output.tolist(), until)
-
-    def reference_logprob(self, inputs: ModelInputs, references: list[str]) -> torch.Tensor:
-        """``[B]``, teacher-forced over the prompt's cache as :meth:`generate` runs the LLM (``inputs_embeds`` and
-        the left-padded mask; positions counted from each row's first real token). Each reference ends with
-        ``<|im_end|>`` (:attr:`ChatEnds.end_id`): Qwen2's chat template closes every assistant turn with it, so it
-        is the end token the model's answers carry, and the first that stops ``generate``."""
-        kwargs = inputs.generate_kwargs
-        answers = [self.ends.reference_ids(self.tokenizer, reference) for reference in references]
-        positions = generate_positions(kwargs["attention_mask"])
-        return teacher_forced_logprob(self.model.llm, kwargs, positions, answers, self.ends.pad_id)
+        return self.batch(rows, segments)

@@ -26,19 +26,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, SiglipVisionModel
-from transformers.utils import logging as hf_logging
+from transformers import Qwen2ForCausalLM, SiglipVisionModel
 
 from fastav_eval.models.beats import BEATsConfig, BEATsEncoder
+from fastav_eval.models.checkpoint import checkpoint_keys, load_qwen2_llm, mlp_gelu, quiet_transformers, read_tensors
 from fastav_eval.models.stc_connector import STCConnectorV35
 
 MODEL_TYPES = ("videollama2_qwen2",)
@@ -119,17 +116,6 @@ class VideoLLaMA2Spec:
         )
 
 
-def mlp_gelu(depth: int, in_width: int, out_width: int) -> nn.Module:
-    """``Linear(in, out)`` then ``depth - 1`` times ``GELU, Linear(out, out)`` (``mlp<depth>x_gelu``); depth 0 is
-    the official ``linear`` projector, a bare ``nn.Linear`` (its keys have no index)."""
-    if depth == 0:
-        return nn.Linear(in_width, out_width)
-    layers: list[nn.Module] = [nn.Linear(in_width, out_width)]
-    for _ in range(depth - 1):
-        layers += [nn.GELU(), nn.Linear(out_width, out_width)]
-    return nn.Sequential(*layers)
-
-
 class VideoLLaMA2AV(nn.Module):
     """The encoders, connectors and LLM of VideoLLaMA2.1-AV; :meth:`embed` builds the LLM's ``inputs_embeds``."""
 
@@ -175,56 +161,6 @@ class VideoLLaMA2AV(nn.Module):
         at = int(where[0])
         table = self.llm.get_input_embeddings()
         return torch.cat([table(input_ids[:at]), media.to(table.weight.dtype), table(input_ids[at + 1 :])])
-
-
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """transformers' warnings and progress bars off: loading parts of a ``videollama2_qwen2`` checkpoint (a model
-    type it does not know) with its Qwen2 classes warns about the type and about every tensor they do not hold."""
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def load_tokenizer(path: str | Path) -> Any:
-    with quiet_transformers():
-        return AutoTokenizer.from_pretrained(path)
-
-
-def _weight_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [path / name for name in names]
-    single = path / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json (a VideoLLaMA2 checkpoint)")
-
-
-def read_tensors(path: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors whose names start with one of ``prefixes``, on the CPU."""
-    tensors: dict[str, torch.Tensor] = {}
-    for file in _weight_files(path):
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                if key.startswith(prefixes):
-                    tensors[key] = handle.get_tensor(key)
-    return tensors
-
-
-def checkpoint_keys(path: Path) -> list[str]:
-    keys: list[str] = []
-    for file in _weight_files(path):
-        with safe_open(str(file), framework="pt") as handle:
-            keys += list(handle.keys())
-    return keys
 
 
 def beats_config_from_tensors(tensors: dict[str, torch.Tensor]) -> BEATsConfig:
@@ -309,24 +245,9 @@ def load_videollama2(
     if unknown:
         raise ValueError(f"checkpoint {path}: unexpected tensor(s) {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
     device = torch.device(device)
-    with quiet_transformers():  # it would list the connectors' and towers' tensors, read below, as unexpected
-        llm_config = Qwen2Config.from_dict(
-            {k: v for k, v in raw.items() if k not in ("architectures", "auto_map", "model_type")}
-        )
-        llm, info = Qwen2ForCausalLM.from_pretrained(
-            path,
-            config=llm_config,
-            dtype=dtype,
-            device_map={"": device},
-            attn_implementation=attn_implementation,
-            output_loading_info=True,
-            use_kernels=use_kernels,
-        )
-    if info["missing_keys"] or info["mismatched_keys"]:
-        raise ValueError(
-            f"checkpoint {path}: LLM tensors missing {sorted(info['missing_keys'])[:8]}, "
-            f"wrong shape {list(info['mismatched_keys'])[:8]}"
-        )
+    llm = load_qwen2_llm(
+        path, raw, device=device, dtype=dtype, attn_implementation=attn_implementation, use_kernels=use_kernels
+    )
     try:
         with quiet_transformers():  # SigLIP's full checkpoint also holds its text tower, which is not read
             vision, vision_info = SiglipVisionModel.from_pretrained(

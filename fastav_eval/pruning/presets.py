@@ -133,24 +133,44 @@ def _videollama2_preset(name: str, frames: int, factory: object) -> FlopsPreset:
 
 
 def _video_salmonn2() -> FlopsPreset:
-    """video-SALMONN 2 (7B) as the paper ran it.
+    """video-SALMONN 2 (7B) as the paper ran it, on a 10-s AVQA / AVHBench clip, in ``fastav_video_salmonn2``'s layout.
 
-    Assumptions: the LLM is Qwen2-7B via LLaVA-OneVision (28 layers, d 3584, m 18944, 28/4 heads). A 10-s clip
-    (AVHBench's length) at 1 fps gives 10 frames of 182 visual tokens (13×13 pooled patches plus 13 row
-    newlines), each followed by its 2 audio tokens (Whisper + 0.5-s window Q-Former: 2 tokens/s). The chat
-    prefix is 14 tokens and the question plus the assistant prompt 30. The global stage keeps the audio-visual
-    tokens of the first 4 frames before layer 14 (0-based), as the paper states.
+    Assumptions: the LLM is Qwen2-7B via LLaVA-OneVision (28 layers, d 3584, m 18944, 28/4 heads). The clip lasts
+    10 s: 10 frames at 1 fps of 182 visual tokens (13×13 pooled patches plus 13 row newlines); its audio is one 30-s
+    Whisper chunk (padded), 60 tokens (one per 0.5-s window), spread over the frames as the official code does:
+    6 per frame, after each frame's visual tokens. The chat prefix is 14 tokens and the question plus the assistant
+    prompt 30. The global stage keeps the audio-visual tokens of the first 4 frames before layer 14 (0-based), as
+    the paper states.
     """
-    frames: list[Segment] = []
-    for _ in range(10):
-        frames += [("video", 182), ("audio", 2)]
+    return _video_salmonn2_preset("video_salmonn2", seconds=10, factory=_video_salmonn2)
+
+
+def _video_salmonn2_60s() -> FlopsPreset:
+    """video-SALMONN 2 (7B) on a 60-s MUSIC-AVQA clip, in ``fastav_video_salmonn2``'s layout (the paper gives no
+    figure for it: its MUSIC-AVQA column is NA).
+
+    Assumptions: the LLM is Qwen2-7B via LLaVA-OneVision (28 layers, d 3584, m 18944, 28/4 heads). The clip lasts
+    60 s: 60 frames at 1 fps of 182 visual tokens; its audio is two 30-s Whisper chunks, 120 tokens, 2 per frame.
+    The chat prefix is 14 tokens and the question plus the assistant prompt 30. The global stage keeps the
+    audio-visual tokens of the first 4 frames before layer 14 (0-based), as for the 10-s clip.
+    """
+    return _video_salmonn2_preset("video_salmonn2_60s", seconds=60, factory=_video_salmonn2_60s)
+
+
+def _video_salmonn2_preset(name: str, seconds: int, factory: object) -> FlopsPreset:
+    frames = seconds  # 1 fps, fewer than the official cap of 110
+    audio = 60 * -(-seconds // 30)  # 60 tokens per started 30-s chunk
+    per_frame = -(-audio // frames)  # the official nearest-neighbour resize to a multiple of the frame count
+    segments: list[Segment] = []
+    for frame in range(frames):
+        segments += [("video", 182, frame), ("audio", per_frame, frame)]
     return FlopsPreset(
-        name="video_salmonn2",
+        name=name,
         shape=QWEN2_7B,
-        segments=(("text", 14), *frames, ("text", 30)),
+        segments=(("text", 14), *segments, ("text", 30)),
         profile=PruningProfile(keep={"video": PrefixKeep(first_chunks=4), "audio": PrefixKeep(first_chunks=4)}),
         global_layer=14,
-        assumptions=_assumptions(_video_salmonn2),
+        assumptions=_assumptions(factory),
     )
 
 
@@ -208,7 +228,8 @@ def _qwen2_5_omni_7b() -> FlopsPreset:
 
 
 PRESETS: dict[str, FlopsPreset] = {
-    preset.name: preset for preset in (_videollama2(), _videollama2_16f(), _video_salmonn2(), _qwen2_5_omni_7b())
+    preset.name: preset
+    for preset in (_videollama2(), _videollama2_16f(), _video_salmonn2(), _video_salmonn2_60s(), _qwen2_5_omni_7b())
 }
 
 

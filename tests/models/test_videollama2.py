@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fastav_eval.models.base import Request, SampleError
+from fastav_eval.models.checkpoint import mlp_gelu
 from fastav_eval.models.model_args import pruning_config
 from fastav_eval.models.stc_connector import STCConnectorV35
 from fastav_eval.models.videollama2 import PLACEHOLDER, VideoLLaMA2Adapter
-from fastav_eval.models.videollama2_model import VideoLLaMA2Spec, load_videollama2, mlp_gelu
+from fastav_eval.models.videollama2_model import VideoLLaMA2Spec, load_videollama2
 from fastav_eval.pruning import Modality, PruningConfig, install, relative_flops, simulate_prefill
 from fastav_eval.pruning.presets import get_preset
 from tests.models.videollama2_fixtures import FIXTURE, VISION_TOWER, tiny_adapter

@@ -66,7 +66,7 @@ def test_stc_connector_counts_and_time_major_order():
 def test_read_audio_file_keeps_the_channels_apart(tmp_path):
     import wave
 
-    from fastav_eval.models.videollama2 import read_audio_file
+    from fastav_eval.models.media import read_audio_file
 
     left = (np.arange(4000) % 100 * 300).astype(np.int16)
     right = -left
@@ -82,7 +82,7 @@ def test_read_audio_file_keeps_the_channels_apart(tmp_path):
 
 
 def test_unsigned_8_bit_pcm_is_centred():
-    from fastav_eval.models.videollama2 import to_float
+    from fastav_eval.models.media import to_float
 
     assert to_float(np.array([0, 128, 255], dtype=np.uint8)).tolist() == [-1.0, 0.0, 127 / 128]
     assert to_float(np.array([-32768, 16384], dtype=np.int16)).tolist() == [-1.0, 0.5]
