@@ -5,10 +5,12 @@
 
 Two models with random bf16 weights, built from transformers config classes directly on the device (nothing is
 downloaded): Qwen2-7B's text decoder (``Qwen2ForCausalLM``) on VideoLLaMA2-AV's 8-frame layout (the ``videollama2``
-FLOPs preset, 2,216 tokens) and the Qwen2.5-Omni-7B thinker (``Qwen2_5OmniThinkerForConditionalGeneration``, real
-text decoder, one-layer encoders that the check never runs) on a WorldSense-like 141-s clip (the
-``qwen2_5_omni_7b`` preset, 9,405 interleaved tokens). The prompt is random embeddings fed as ``inputs_embeds``,
-so the thinker's TMRoPE positions are the sequential ones (the cost does not depend on position values). FastAV runs
+FLOPs preset, 2,216 tokens) and on video-SALMONN 2's 10-s clip (the ``video_salmonn2`` preset: 10 frames of 182
+visual and 6 audio tokens, 1,924 tokens, the first 4 frames kept), and the Qwen2.5-Omni-7B thinker
+(``Qwen2_5OmniThinkerForConditionalGeneration``, real text decoder, one-layer encoders that the check never runs)
+on a WorldSense-like 141-s clip (the ``qwen2_5_omni_7b`` preset, 9,405 interleaved tokens). The prompt is random
+embeddings fed as ``inputs_embeds``, so the thinker's TMRoPE positions are the sequential ones (the cost does not
+depend on position values). FastAV runs
 each preset's setting: global stage before layer 14 of 28 with the preset's profile, fine stage P = 0.2.
 
 Timings, per model x attention kernel (sdpa; flash_attention_2 where ``flash_attn`` imports, else the rows say "not
@@ -259,6 +261,7 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
     specs = []
     for preset_name, name, title, build, check_chunks in (
         ("videollama2", "videollama2", "Qwen2-7B (VideoLLaMA2-AV's LLM)", build_qwen2, None),
+        ("video_salmonn2", "video_salmonn2", "Qwen2-7B (video-SALMONN 2's LLM)", build_qwen2, None),
         ("qwen2_5_omni_7b", "qwen2_5_omni", "Qwen2.5-Omni-7B thinker", build_omni_thinker, 16),
     ):
         preset = get_preset(preset_name)

@@ -199,7 +199,7 @@ def run(strict: bool = False, out: Callable[[str], None] = print) -> int:
         out(
             "  [note] torchvision is not importable: fastav_qwen2_5_omni cannot load Qwen2.5-Omni's stock video "
             "processor here (install the torchvision that matches your torch where you evaluate real checkpoints); "
-            "fastav_tiny and fastav_videollama2 need none"
+            "fastav_tiny, fastav_videollama2 and fastav_video_salmonn2 need none"
         )
     out(f"  [note] {hub_kernels_note()}")
     out("doctor: ok" if failures == 0 else f"doctor: {failures} problem(s); FastAV may give wrong answers here")

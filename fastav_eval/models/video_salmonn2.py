@@ -21,9 +21,10 @@ BLIP-2 Q-Former, with the official glue). This file reproduces the official eval
   official code does; each frame's visual and audio tokens are its chunk (``video_keep_chunks``, "the first 4
   frames").
 - **prompt**: the official ``preprocess_qwen`` ids, ``<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
-  <|im_start|>user\\n<media>\\n`` + ``"\\n" + question`` + ``<|im_end|>\\n<|im_start|>assistant\\n``; with
-  ``prompt_im_end=official`` the ids equal to the collator's pad id are dropped, as the official pipeline drops them
-  (the tokenizer's eos for a checkpoint path without "qwen": both ``<|im_end|>`` when eos is ``<|im_end|>``).
+  <|im_start|>user\\n<media>\\n`` + ``"\\n" + question`` + ``<|im_end|>\\n<|im_start|>assistant\\n``, both
+  ``<|im_end|>`` kept as the official evaluation keeps them (its ``generate`` gets no attention mask; the demo and
+  forward passes, which get the collator's mask, drop them when the tokenizer's eos is ``<|im_end|>``:
+  ``prompt_im_end=drop``).
 - **decoding**: greedy, stopped at ``<|im_end|>`` or eos; the checkpoint's ``generation_config.json``
   ``repetition_penalty`` applies, as under the official ``generate`` (1.0 when it has none).
 
@@ -83,9 +84,8 @@ PLACEHOLDER = -200  # the official IMAGE_TOKEN_INDEX, where the audio-visual blo
 VIDEO_FPS = 1  # the official eval's --fps
 MAX_TIME = 110  # the official eval's --max_time (s): at most 110 frames, audio alone cut to 110 s
 SYSTEM_MESSAGE = "You are a helpful assistant."
-QWEN_PAD_ID = 151643  # the collator's pad id for a tokenizer path holding "qwen" (<|endoftext|>)
 VIDEO_AUDIO = ("required", "if_present", "off")
-PROMPT_IM_END = ("official", "keep", "drop")
+PROMPT_IM_END = ("keep", "drop")
 PROFILES = Path(__file__).parent / "profiles"
 
 
@@ -185,11 +185,11 @@ class VideoSALMONN2Adapter(EmbedsAdapter):
             choices=VIDEO_AUDIO,
         ),
         "prompt_im_end": AdapterArg(
-            "official",
+            "keep",
             str,
-            "the prompt's <|im_end|> tokens: dropped where the official collator masks them (its pad id is the "
-            "tokenizer's eos unless the checkpoint path holds 'qwen') (official); always kept (keep); always "
-            "dropped (drop)",
+            "the prompt's two <|im_end|>: kept, as the official evaluation (eval.sh -> LLaVATrainer.prediction_step "
+            "calls generate without an attention mask) (keep); dropped, as the official demo and forward passes "
+            "do when the tokenizer's eos is <|im_end|> and the checkpoint path lacks 'qwen' (drop)",
             choices=PROMPT_IM_END,
         ),
         "repetition_penalty": AdapterArg(
@@ -229,7 +229,8 @@ class VideoSALMONN2Adapter(EmbedsAdapter):
             image_mean=[0.5, 0.5, 0.5],
             image_std=[0.5, 0.5, 0.5],
         )
-        self.dropped_ids = self._dropped_prompt_ids()
+        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.dropped_ids = {im_end} if self.options["prompt_im_end"] == "drop" else set()
         penalty = self.options["repetition_penalty"]
         self.repetition_penalty = penalty or self._checkpoint_repetition_penalty(folder)
 
@@ -251,19 +252,6 @@ class VideoSALMONN2Adapter(EmbedsAdapter):
             return 1.0
         value = json.loads(path.read_text()).get("repetition_penalty", 1.0)
         return float(value) if value is not None else 1.0
-
-    def _dropped_prompt_ids(self) -> set[int]:
-        """The ids :attr:`prompt_ids` removes (``prompt_im_end``)."""
-        mode, tokenizer = self.options["prompt_im_end"], self.tokenizer
-        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if mode == "keep":
-            return set()
-        if mode == "drop":
-            return {im_end}
-        # The collator's attention mask is `ids != pad`, pad being 151643 for a tokenizer path holding "qwen", else
-        # the tokenizer's eos; prepare_inputs_labels_for_multimodal then drops every masked id.
-        pad = QWEN_PAD_ID if "qwen" in str(self.pretrained).lower() else tokenizer.eos_token_id
-        return {pad} if pad is not None else set()
 
     @property
     def decoder(self) -> nn.Module:

@@ -90,6 +90,10 @@ class VideoSALMONN2Spec:
         pool_mode / pool_stride / pooling_position: the 2-D pooling of each frame's patch grid, after (or before)
             the projector.
         add_time_token: whether a video without audio gets each frame's time as text after its tokens.
+        tower_from_checkpoint: whether the tower's weights are the checkpoint's copy (``model.vision_tower.*``): the
+            official constructor loads the tower (which the checkpoint then overwrites) only when the config's
+            ``mm_tunable_parts`` holds ``mm_vision_tower`` or ``unfreeze_mm_vision_tower`` is true; otherwise the
+            official eval loads ``mm_vision_tower``'s own weights after the checkpoint, and the copy is unused.
         max_length: ``tokenizer_model_max_length``, the official cap on a spliced sequence (None: no cap).
         llm_width: the LLM's hidden size.
     """
@@ -101,6 +105,7 @@ class VideoSALMONN2Spec:
     pool_stride: int
     pooling_position: str
     add_time_token: bool
+    tower_from_checkpoint: bool
     max_length: int | None
     llm_width: int
 
@@ -140,6 +145,8 @@ class VideoSALMONN2Spec:
             pool_stride=field("mm_spatial_pool_stride", int),
             pooling_position=field("mm_pooling_position", str, POOLING_POSITIONS),
             add_time_token=bool(raw.get("add_time_token", False)),
+            tower_from_checkpoint="mm_vision_tower" in str(raw.get("mm_tunable_parts") or "")
+            or bool(raw.get("unfreeze_mm_vision_tower")),
             max_length=max_length,
             llm_width=field("hidden_size", int),
         )
@@ -311,8 +318,8 @@ def _qformer_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 def _vision_tower(
     spec: VideoSALMONN2Spec, keys: list[str], tensors: dict[str, torch.Tensor], vision_tower: str, **load: Any
 ) -> SiglipVisionModel:
-    """SigLIP with the official tower's last layer removed: from the checkpoint's copy when it has one, else from
-    ``vision_tower``'s own weights."""
+    """SigLIP with the official tower's last layer removed: from the checkpoint's copy where the official loader
+    takes it (:attr:`VideoSALMONN2Spec.tower_from_checkpoint`), else from ``vision_tower``'s own weights."""
     try:
         config = SiglipVisionConfig.from_pretrained(vision_tower)
     except OSError as error:
@@ -321,7 +328,12 @@ def _vision_tower(
             "pass vision_tower=<SigLIP folder or hub id>"
         ) from None
     layers = _indices(keys, re.escape(VISION_PREFIX) + r"encoder\.layers\.(\d+)\.")
-    if layers:
+    if spec.tower_from_checkpoint and not layers:
+        raise ValueError(
+            "the config says the vision tower was tuned (mm_tunable_parts / unfreeze_mm_vision_tower), but the "
+            f"checkpoint holds no {VISION_PREFIX}* tensors"
+        )
+    if spec.tower_from_checkpoint:
         config.num_hidden_layers = len(layers)  # the official tower was saved with its last layer deleted
         config.vision_use_head = False
         vision = SiglipVisionModel(config)

@@ -85,3 +85,17 @@ def decisions(folder: Path, pattern: str) -> list[dict[str, Any]]:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def prepared_paper_benchmarks(folder: Path) -> dict[str, str]:
+    """Tiny AVHBench, MUSIC-AVQA and AVQA releases in the official schemas under ``folder``, converted with the
+    README's ``fastav-eval prepare-data`` commands; returns the environment that points the tasks at them."""
+    from tests.data.releases import write_avhbench, write_avqa, write_music_avqa
+
+    releases = folder / "releases"
+    for write in (write_avhbench, write_music_avqa, write_avqa):
+        write(releases)
+    data = {"FASTAV_EVAL_DATA": str(folder / "prepared")}
+    for name, release in (("avhbench", "AVHBench"), ("music_avqa", "MUSIC-AVQA"), ("avqa", "AVQA")):
+        run("fastav-eval", "prepare-data", name, releases / release, env=data)
+    return data

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from tests.data.releases import write_avhbench, write_avqa, write_music_avqa
-from tests.e2e.cli import REPO, results, run, tasks_path
+from tests.e2e.cli import REPO, prepared_paper_benchmarks, results, run, tasks_path
 
 pytestmark = pytest.mark.e2e
 
@@ -39,12 +38,7 @@ def test_stock_tasks(tmp_path):
 
 
 def test_paper_benchmarks_from_prepared_releases(tmp_path):
-    releases = tmp_path / "releases"
-    for write in (write_avhbench, write_music_avqa, write_avqa):
-        write(releases)
-    data = {"FASTAV_EVAL_DATA": str(tmp_path / "prepared")}
-    for name, folder in (("avhbench", "AVHBench"), ("music_avqa", "MUSIC-AVQA"), ("avqa", "AVQA")):
-        run("fastav-eval", "prepare-data", name, releases / folder, env=data)
+    data = prepared_paper_benchmarks(tmp_path)
     output = tmp_path / "paper"
     result = run(
         "lmms-eval", "--model", "fastav_videollama2", "--model_args", MODEL_ARGS, "--tasks", "avhbench,music_avqa,avqa",

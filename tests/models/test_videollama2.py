@@ -15,8 +15,13 @@ from fastav_eval.models.model_args import pruning_config
 from fastav_eval.models.stc_connector import STCConnectorV35
 from fastav_eval.models.videollama2 import PLACEHOLDER, VideoLLaMA2Adapter
 from fastav_eval.models.videollama2_model import VideoLLaMA2Spec, load_videollama2
-from fastav_eval.pruning import Modality, PruningConfig, install, relative_flops, simulate_prefill
+from fastav_eval.pruning import Modality, install, relative_flops, simulate_prefill
 from fastav_eval.pruning.presets import get_preset
+from tests.models.embeds_adapter_checks import (
+    assert_a_batch_of_two_equals_each_alone,
+    assert_engine_off_is_the_stock_model,
+    assert_sdpa_answers_as_eager,
+)
 from tests.models.videollama2_fixtures import FIXTURE, VISION_TOWER, tiny_adapter
 
 QUESTION = "What is making the sound in the video?"
@@ -95,28 +100,15 @@ def test_the_real_layout_is_the_16_frame_preset():
 
 
 def test_prune_none_equals_the_model_without_the_engine():
-    stock = tiny_adapter()
-    pruned_off = tiny_adapter()
-    install(pruned_off.decoder, PruningConfig.off())
-    sample = load(stock, FIXTURE / "clip.mp4")
-    inputs = stock.prepare([sample])
-    with torch.no_grad():
-        expected = stock.model.llm(**inputs.generate_kwargs).logits[0, -1]
-        ours = pruned_off.model.llm(**inputs.generate_kwargs).logits[0, -1]
-    assert torch.allclose(ours, expected, atol=1e-6, rtol=0)
-    assert pruned_off.generate(inputs, 8, []) == stock.generate(inputs, 8, [])
+    assert_engine_off_is_the_stock_model(tiny_adapter, FIXTURE / "clip.mp4", QUESTION)
 
 
 def test_a_batch_of_two_equals_each_alone(adapter):
-    samples = [load(adapter, FIXTURE / "clip.mp4"), load(adapter, FIXTURE / "clip_long.mp4", prompt="Which one?")]
-    batch = adapter.generate(adapter.prepare(samples), 6, [])
-    assert batch == [adapter.generate(adapter.prepare([s]), 6, [])[0] for s in samples]
+    assert_a_batch_of_two_equals_each_alone(adapter, (FIXTURE / "clip.mp4", FIXTURE / "clip_long.mp4"), QUESTION)
 
 
 def test_sdpa_and_eager_give_the_same_answer():
-    eager, sdpa = tiny_adapter("eager"), tiny_adapter("sdpa")
-    sample = load(eager, FIXTURE / "clip.mp4")
-    assert eager.generate(eager.prepare([sample]), 8, []) == sdpa.generate(sdpa.prepare([sample]), 8, [])
+    assert_sdpa_answers_as_eager(tiny_adapter, FIXTURE / "clip.mp4", QUESTION)
 
 
 def test_media_combinations(adapter, tmp_path):
