@@ -282,20 +282,25 @@ def decode_frames_at(path: str | Path, wanted: list[int]) -> tuple[dict[int, np.
     return picked, decoded
 
 
-def soundtrack(path: str | Path, rate: int = 16_000) -> np.ndarray | None:
-    """The first audio track as FFmpeg's ``-ac 1 -ar <rate> -f s16le`` gives it (float32 in [-1, 1)), or None
-    when ``path`` has none: what a user extracting a clip's audio for an official pipeline feeds it."""
+def soundtrack(path: str | Path, rate: int = 16_000, sample_format: str = "s16") -> np.ndarray | None:
+    """The first audio track as FFmpeg's mono downmix at ``rate`` gives it, float32 ``[N]``, or None when ``path`` has
+    none. ``s16`` (default): what ``ffmpeg -ac 1 -ar <rate> -f s16le`` writes (a user extracting a clip's audio for an
+    official pipeline), ``(L + R) / 2`` for stereo, in [-1, 1); ``flt``: FFmpeg's float output, whose downmix is not
+    normalised, ``(L + R) / √2`` (torchcodec's ``AudioDecoder(num_channels=1)``)."""
+    if sample_format not in ("s16", "flt"):
+        raise ValueError(f"sample_format={sample_format!r}; accepted: 's16', 'flt'")
     with av.open(str(path)) as container:
         if not container.streams.audio:
             return None
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+        resampler = av.AudioResampler(format=sample_format, layout="mono", rate=rate)
         pieces = []
         for frame in container.decode(container.streams.audio[0]):
             pieces += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
         pieces += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
     if not pieces:
         return None
-    return np.concatenate(pieces).astype(np.float32) / 32768.0
+    samples = np.concatenate(pieces).astype(np.float32)
+    return samples / 32768.0 if sample_format == "s16" else samples
 
 
 def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:

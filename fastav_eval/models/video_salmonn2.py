@@ -362,8 +362,6 @@ class VideoSALMONN2Adapter(EmbedsAdapter):
                     f"{what}, and this model is asked to hear each clip (video_audio=required); "
                     "video_audio=if_present takes the official video-only path instead"
                 )
-        if mode == "off":
-            waveform = None
         spectrogram = None if waveform is None else self._spectrogram(waveform, real_time)
         return VideoSALMONN2Sample(input_ids, self._pixels(frames), spectrogram, real_time)
 

@@ -32,6 +32,7 @@ from fastav_eval.data.scoring import (
 from tests.data.releases import write_avhbench, write_avqa, write_music_avqa
 
 pytest.importorskip("lmms_eval")
+pytestmark = pytest.mark.e2e  # lmms-eval CLI runs: with the end-to-end tests, out of the README test command
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("lmms_eval")
+pytestmark = pytest.mark.e2e  # lmms-eval CLI runs: with the end-to-end tests, out of the README test command
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS = ("worldsense", "av_odyssey", "videomme", "vggsound")
