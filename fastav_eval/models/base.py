@@ -249,6 +249,17 @@ class ModelAdapter(ABC):
         """
 
 
+def splice_media(llm: nn.Module, input_ids: torch.Tensor, placeholder: int, media: torch.Tensor) -> torch.Tensor:
+    """One prompt's ids ``[L]`` holding ``placeholder`` once -> ``[L - 1 + N, D]``: the ``llm``'s token embeddings
+    with the placeholder's row replaced by ``media [N, D]`` (an :class:`EmbedsAdapter`'s merged audio-visual block)."""
+    where = (input_ids == placeholder).nonzero().flatten()
+    if where.numel() != 1:
+        raise ValueError(f"the prompt holds the media placeholder {where.numel()} times; accepted: once")
+    at = int(where[0])
+    table = llm.get_input_embeddings()
+    return torch.cat([table(input_ids[:at]), media.to(table.weight.dtype), table(input_ids[at + 1 :])])
+
+
 class EmbedsAdapter(ModelAdapter):
     """An adapter whose model merges its encoders' outputs into its LLM's ``inputs_embeds`` itself (VideoLLaMA2,
     video-SALMONN 2): :meth:`batch` left-pads the merged rows, and :meth:`generate` / :meth:`reference_logprob`

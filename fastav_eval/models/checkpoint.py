@@ -8,7 +8,8 @@ each part's tensors from the one checkpoint by prefix; a missing or unexpected k
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,18 @@ def load_qwen2_llm(
             f"wrong shape {list(info['mismatched_keys'])[:8]}"
         )
     return llm
+
+
+def layer_indices(keys: Iterable[str], pattern: str) -> set[int]:
+    """The numbers ``pattern``'s first group matches at the start of ``keys`` (the layers a checkpoint stores)."""
+    return {int(match.group(1)) for key in keys if (match := re.match(pattern, key))}
+
+
+def load_strict(module: nn.Module, what: str, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
+    """``tensors`` (checkpoint names less ``prefix``) into ``module``; a missing or unexpected key is an error naming
+    each such key with its ``prefix``."""
+    result = module.load_state_dict(tensors, strict=False)
+    problems = [f"missing {prefix}{key}" for key in result.missing_keys]
+    problems += [f"unexpected {prefix}{key}" for key in result.unexpected_keys]
+    if problems:
+        raise ValueError(f"checkpoint {what}: " + "; ".join(problems))

@@ -7,6 +7,7 @@ torchcodec or a system ``ffmpeg`` binary. Errors are :class:`~fastav_eval.models
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
@@ -280,6 +281,32 @@ def decode_frames_at(path: str | Path, wanted: list[int]) -> tuple[dict[int, np.
             if index >= wanted[-1]:
                 break
     return picked, decoded
+
+
+def decode_picked_frames(
+    path: str | Path, pick: Callable[[int, float], list[int]]
+) -> tuple[list[np.ndarray], int, float]:
+    """The RGB frames ``[H, W, 3]`` at the sorted decode indices ``pick(count, fps)`` of ``path``, as decord reads
+    them, with that ``count`` and ``fps`` (the stream's average rate, 0 when it has none).
+
+    The count comes from the container (as decord's ``len``) or, without one, a decode pass; when fewer frames
+    decode than the container states (an edit list trims the start), the indices are picked again over the
+    frames that do decode, so the samples still span the clip.
+    """
+    with _open(path, "video") as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 0)
+        count = stream.frames or sum(1 for _ in container.decode(stream))
+    if count == 0:
+        raise ValueError(f"{path}: no video frame could be decoded")
+    wanted = pick(count, fps)
+    picked, decoded = decode_frames_at(path, wanted)
+    if decoded == 0:
+        raise ValueError(f"{path}: no video frame could be decoded")
+    if decoded <= wanted[-1]:
+        count, wanted = decoded, pick(decoded, fps)
+        picked, _ = decode_frames_at(path, wanted)
+    return [picked[index] for index in wanted], count, fps
 
 
 def soundtrack(path: str | Path, rate: int = 16_000, sample_format: str = "s16") -> np.ndarray | None:

@@ -55,16 +55,16 @@ from fastav_eval.models.base import (
     ModelInputs,
     Request,
     SampleError,
+    splice_media,
 )
 from fastav_eval.models.checkpoint import load_tokenizer, local_folder, quiet_transformers
 from fastav_eval.models.media import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
     VIDEO_DICT,
-    _open,
     _resample,
     checked_frames,
-    decode_frames_at,
+    decode_picked_frames,
     is_video_dict,
     read_audio_item,
     soundtrack,
@@ -103,19 +103,10 @@ def frame_indices(frame_count: int, fps: float, max_frames: int = MAX_TIME * VID
 def video_frames(path: str | Path, max_frames: int) -> tuple[list[np.ndarray], float]:
     """RGB frames ``[H, W, 3]`` of a video file at :func:`frame_indices`, and its length in seconds (frame count
     over the stream's average rate, as decord's ``len(vr) / vr.get_avg_fps()``)."""
-    with _open(path, "video") as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or 0)
-        count = stream.frames or sum(1 for _ in container.decode(stream))
-    if count == 0 or fps <= 0:
-        raise ValueError(f"{path}: no video frame could be decoded, or no frame rate")
-    wanted = frame_indices(count, fps, max_frames)
-    picked, decoded = decode_frames_at(path, wanted)
-    if decoded <= wanted[-1]:  # fewer frames decode than the container states
-        count = decoded
-        wanted = frame_indices(count, fps, max_frames)
-        picked, _ = decode_frames_at(path, wanted)
-    return [picked[index] for index in wanted], count / fps
+    frames, count, fps = decode_picked_frames(path, lambda count, fps: frame_indices(count, fps, max_frames))
+    if fps <= 0:
+        raise ValueError(f"{path}: the video stream states no frame rate")
+    return frames, count / fps
 
 
 def in_memory_frames(video: dict[str, Any], max_frames: int) -> tuple[list[np.ndarray], float]:
@@ -409,7 +400,7 @@ class VideoSALMONN2Adapter(EmbedsAdapter):
         segments: list[list[Segment]] = []
         for sample in loaded:
             block, block_segments = self.media(sample)
-            row = self.model.embed(sample.input_ids.to(self.device), PLACEHOLDER, block)
+            row = splice_media(self.model.llm, sample.input_ids.to(self.device), PLACEHOLDER, block)
             limit = self.model.spec.max_length
             if limit is not None and len(row) > limit:
                 raise ValueError(

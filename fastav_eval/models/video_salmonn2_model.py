@@ -52,7 +52,15 @@ from transformers import (
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from fastav_eval.models.checkpoint import checkpoint_keys, load_qwen2_llm, mlp_gelu, quiet_transformers, read_tensors
+from fastav_eval.models.checkpoint import (
+    checkpoint_keys,
+    layer_indices,
+    load_qwen2_llm,
+    load_strict,
+    mlp_gelu,
+    quiet_transformers,
+    read_tensors,
+)
 
 MODEL_TYPES = ("video_salmonn_2",)
 POOL_MODES = ("max", "average")
@@ -232,17 +240,6 @@ class VideoSALMONN2(nn.Module):
         config = self.vision_tower.config
         return config.image_size // config.patch_size
 
-    @property
-    def tokens_per_frame(self) -> int:
-        """Visual tokens per frame: the pooled grid's rows, each with its newline (182 for SigLIP-384/14)."""
-        side = self.patches_per_side // self.spec.pool_stride  # max_pool2d / avg_pool2d floor the grid
-        return side * (side + 1)
-
-    @property
-    def audio_tokens_per_chunk(self) -> int:
-        """Audio tokens per 30-s Whisper chunk (60: one per 0.5-s window)."""
-        return WHISPER_FRAMES // round(WHISPER_FRAMES * WINDOW_SECONDS / WHISPER_SECONDS)
-
     def _pool(self, features: torch.Tensor) -> torch.Tensor:
         """``[F, side², C]`` -> ``[F, (side / stride)², C]`` (the official ``get_2dPool``)."""
         frames, _, width = features.shape
@@ -279,31 +276,8 @@ class VideoSALMONN2(nn.Module):
         segments = segment_table(self.spec.llm_width).to(tokens.device, tokens.dtype)[:chunks, None]
         return (tokens + segments).flatten(0, 1)
 
-    def embed(self, input_ids: torch.Tensor, placeholder: int, media: torch.Tensor) -> torch.Tensor:
-        """One prompt's ids ``[L]`` holding ``placeholder`` once -> ``[L - 1 + N, D]``, its row replaced by
-        ``media [N, D]``."""
-        where = (input_ids == placeholder).nonzero().flatten()
-        if where.numel() != 1:
-            raise ValueError(f"the prompt holds the media placeholder {where.numel()} times; accepted: once")
-        at = int(where[0])
-        table = self.llm.get_input_embeddings()
-        return torch.cat([table(input_ids[:at]), media.to(table.weight.dtype), table(input_ids[at + 1 :])])
-
 
 # ---------------------------------------------------------------------------------------------- loading
-def _indices(keys: list[str], pattern: str) -> set[int]:
-    return {int(match.group(1)) for key in keys if (match := re.match(pattern, key))}
-
-
-def _load_strict(module: nn.Module, what: str, tensors: dict[str, torch.Tensor]) -> None:
-    """``tensors`` into ``module``; a missing or unexpected key is an error naming it."""
-    result = module.load_state_dict(tensors, strict=False)
-    problems = [f"missing {key}" for key in result.missing_keys]
-    problems += [f"unexpected {key}" for key in result.unexpected_keys]
-    if problems:
-        raise ValueError(f"checkpoint {what}: " + "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else ""))
-
-
 def _qformer_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     renamed = {}
     for key, value in tensors.items():
@@ -318,8 +292,9 @@ def _qformer_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 def _vision_tower(
     spec: VideoSALMONN2Spec, keys: list[str], tensors: dict[str, torch.Tensor], vision_tower: str, **load: Any
 ) -> SiglipVisionModel:
-    """SigLIP with the official tower's last layer removed: from the checkpoint's copy where the official loader
-    takes it (:attr:`VideoSALMONN2Spec.tower_from_checkpoint`), else from ``vision_tower``'s own weights."""
+    """SigLIP with the official tower's last layer removed: from the checkpoint's copy (the ``VISION_PREFIX`` entries
+    of ``tensors``) where the official loader takes it (:attr:`VideoSALMONN2Spec.tower_from_checkpoint`), else from
+    ``vision_tower``'s own weights."""
     try:
         config = SiglipVisionConfig.from_pretrained(vision_tower)
     except OSError as error:
@@ -327,7 +302,7 @@ def _vision_tower(
             f"cannot read the vision tower config {vision_tower!r} (the config's mm_vision_tower): {error}; "
             "pass vision_tower=<SigLIP folder or hub id>"
         ) from None
-    layers = _indices(keys, re.escape(VISION_PREFIX) + r"encoder\.layers\.(\d+)\.")
+    layers = layer_indices(keys, re.escape(VISION_PREFIX) + r"encoder\.layers\.(\d+)\.")
     if spec.tower_from_checkpoint and not layers:
         raise ValueError(
             "the config says the vision tower was tuned (mm_tunable_parts / unfreeze_mm_vision_tower), but the "
@@ -337,7 +312,8 @@ def _vision_tower(
         config.num_hidden_layers = len(layers)  # the official tower was saved with its last layer deleted
         config.vision_use_head = False
         vision = SiglipVisionModel(config)
-        _load_strict(vision, "vision tower", {k[len(VISION_PREFIX) :]: v for k, v in tensors.items()})
+        copy = {k[len(VISION_PREFIX) :]: v for k, v in tensors.items() if k.startswith(VISION_PREFIX)}
+        load_strict(vision, "vision tower", copy)
     else:
         with quiet_transformers():
             vision = SiglipVisionModel.from_pretrained(vision_tower, dtype=torch.float32, **load)
@@ -352,7 +328,8 @@ def _vision_tower(
 
 
 def _whisper(keys: list[str], tensors: dict[str, torch.Tensor], whisper: str) -> WhisperEncoder:
-    """Whisper's encoder: the checkpoint's ``speech_encoder.*`` when it has them, else ``whisper``'s weights."""
+    """Whisper's encoder: the checkpoint's ``speech_encoder.*`` (entries of ``tensors``) when it has them, else
+    ``whisper``'s weights."""
     try:
         config = WhisperConfig.from_pretrained(whisper)
     except OSError as error:
@@ -366,7 +343,8 @@ def _whisper(keys: list[str], tensors: dict[str, torch.Tensor], whisper: str) ->
         )
     if any(key.startswith(WHISPER_PREFIX) for key in keys):
         encoder = WhisperEncoder(config)
-        _load_strict(encoder, "speech_encoder", {k[len(WHISPER_PREFIX) :]: v for k, v in tensors.items()})
+        stored = {k[len(WHISPER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(WHISPER_PREFIX)}
+        load_strict(encoder, "speech_encoder", stored)
         return encoder
     with quiet_transformers():
         return WhisperModel.from_pretrained(whisper, dtype=torch.float32).get_encoder()
@@ -440,12 +418,14 @@ def load_video_salmonn2(
     )
     if vision_tower is None:  # a relative mm_vision_tower names a folder next to the config (a local checkpoint)
         vision_tower = str(path / spec.vision_tower) if (path / spec.vision_tower).is_dir() else spec.vision_tower
-    vision = _vision_tower(spec, keys, read_tensors(path, (VISION_PREFIX,)), vision_tower, use_kernels=use_kernels)
-    speech = _whisper(keys, read_tensors(path, (WHISPER_PREFIX,)), whisper)
-    own = read_tensors(path, (*OWN_PREFIXES, *SINGLE_TENSORS))
+    # One pass over the checkpoint for everything outside the LLM; the tower's copy only where it is used.
+    vision_copy = (VISION_PREFIX,) if spec.tower_from_checkpoint else ()
+    own = read_tensors(path, (*vision_copy, WHISPER_PREFIX, *OWN_PREFIXES, *SINGLE_TENSORS))
+    vision = _vision_tower(spec, keys, own, vision_tower, use_kernels=use_kernels)
+    speech = _whisper(keys, own, whisper)
     parts = {name: {k[len(p) :]: v for k, v in own.items() if k.startswith(p)} for p, name in OWN_PREFIXES.items()}
     parts["speech_qformer"] = _qformer_tensors(parts["speech_qformer"])
-    qformer_layers = _indices(list(parts["speech_qformer"]), r"encoder\.layer\.(\d+)\.")
+    qformer_layers = layer_indices(parts["speech_qformer"], r"encoder\.layer\.(\d+)\.")
     queries = own["speech_query_tokens"]  # [1, num_queries, hidden]
     model = VideoSALMONN2(
         spec,
@@ -458,7 +438,7 @@ def load_video_salmonn2(
     )
     for name, tensors in parts.items():
         if name != "final_linear" or tensors:
-            _load_strict(getattr(model, name), name, tensors)
+            load_strict(getattr(model, name), name, tensors)
     with torch.no_grad():
         for key, name in SINGLE_TENSORS.items():
             target = getattr(model, name)

@@ -126,7 +126,7 @@ def decode_frames(path: str | Path, max_frames: int = MAX_FRAMES) -> tuple[torch
         step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1 / rate
         length = times[-1] + step - times[0]  # a constant-rate stream: the last frame lasts as long as the others
         wanted = set(frame_indices(len(times), length, max_frames))
-        container.seek(0)
+        container.seek(0)  # a second pass: the indices need the count and span a full scan gives (as torchcodec's)
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
                 rgb[index] = frame.to_ndarray(format="rgb24")

@@ -55,9 +55,8 @@ from fastav_eval.models.media import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
     VIDEO_DICT,
-    _open,
     checked_frames,
-    decode_frames_at,
+    decode_picked_frames,
     is_video_dict,
     read_audio_item,
     soundtrack,
@@ -84,25 +83,10 @@ def frame_indices(frame_count: int, num_frames: int) -> list[int]:
 
 
 def decode_video_frames(path: str | Path, num_frames: int) -> list[np.ndarray]:
-    """``num_frames`` RGB frames ``[H, W, 3]`` of ``path`` at :func:`frame_indices` of its decoded frames.
-
-    The count comes from the container (as decord's ``len``) or, without one, a decode pass; when fewer frames
-    decode than the container states (an edit list trims the start), the indices are taken again over the
-    frames that do decode, so the samples still span the clip.
-    """
-    with _open(path, "video") as container:
-        stream = container.streams.video[0]
-        count = stream.frames or sum(1 for _ in container.decode(stream))
-    if count == 0:
-        raise ValueError(f"{path}: no video frame could be decoded")
-    wanted = frame_indices(count, num_frames)
-    picked, decoded = decode_frames_at(path, wanted)
-    if decoded == 0:
-        raise ValueError(f"{path}: no video frame could be decoded")
-    if decoded <= wanted[-1]:
-        wanted = frame_indices(decoded, num_frames)
-        picked, _ = decode_frames_at(path, wanted)
-    return [picked[index] for index in wanted]
+    """``num_frames`` RGB frames ``[H, W, 3]`` of ``path`` at :func:`frame_indices` of its decoded frames
+    (:func:`~fastav_eval.models.media.decode_picked_frames`)."""
+    frames, _, _ = decode_picked_frames(path, lambda count, _fps: frame_indices(count, num_frames))
+    return frames
 
 
 def sample_video_frames(video: dict[str, Any], num_frames: int) -> list[np.ndarray]:

@@ -34,8 +34,17 @@ import torch
 from torch import nn
 from transformers import Qwen2ForCausalLM, SiglipVisionModel
 
+from fastav_eval.models.base import splice_media
 from fastav_eval.models.beats import BEATsConfig, BEATsEncoder
-from fastav_eval.models.checkpoint import checkpoint_keys, load_qwen2_llm, mlp_gelu, quiet_transformers, read_tensors
+from fastav_eval.models.checkpoint import (
+    checkpoint_keys,
+    layer_indices,
+    load_qwen2_llm,
+    load_strict,
+    mlp_gelu,
+    quiet_transformers,
+    read_tensors,
+)
 from fastav_eval.models.stc_connector import STCConnectorV35
 
 MODEL_TYPES = ("videollama2_qwen2",)
@@ -155,18 +164,13 @@ class VideoLLaMA2AV(nn.Module):
     def embed(self, input_ids: torch.Tensor, placeholder: int, media: torch.Tensor) -> torch.Tensor:
         """One prompt's ids ``[L]`` holding ``placeholder`` once -> ``[L - 1 + N, D]``, its row replaced by
         ``media [N, D]`` (the video tokens then the audio tokens)."""
-        where = (input_ids == placeholder).nonzero().flatten()
-        if where.numel() != 1:
-            raise ValueError(f"the prompt holds the media placeholder {where.numel()} times; accepted: once")
-        at = int(where[0])
-        table = self.llm.get_input_embeddings()
-        return torch.cat([table(input_ids[:at]), media.to(table.weight.dtype), table(input_ids[at + 1 :])])
+        return splice_media(self.llm, input_ids, placeholder, media)
 
 
 def beats_config_from_tensors(tensors: dict[str, torch.Tensor]) -> BEATsConfig:
     """BEATs' sizes read off its tensors (the official loader builds the default BEATs_iter3+ sizes, which a
     real checkpoint has; reading them makes a smaller test checkpoint load too, and checks the real one)."""
-    layers = {int(match.group(1)) for key in tensors if (match := re.match(r"encoder\.layers\.(\d+)\.", key))}
+    layers = layer_indices(tensors, r"encoder\.layers\.(\d+)\.")
     try:
         patch = tensors["patch_embedding.weight"]  # [embed_dim, 1, p, p]
         fc1 = tensors["encoder.layers.0.fc1.weight"]  # [ffn, D]
@@ -198,7 +202,7 @@ def share_bias_table(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     first = tensors.get("encoder.layers.0.self_attn.relative_attention_bias.weight")
     if first is None:
         return tensors
-    layers = {int(match.group(1)) for key in tensors if (match := re.match(r"encoder\.layers\.(\d+)\.", key))}
+    layers = layer_indices(tensors, r"encoder\.layers\.(\d+)\.")
     shared = dict(tensors)
     for layer in sorted(layers - {0}):
         key = f"encoder.layers.{layer}.self_attn.relative_attention_bias.weight"
@@ -206,16 +210,6 @@ def share_bias_table(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             raise ValueError(f"checkpoint: model.audio_tower.{key} differs from layer 0's (BEATs shares one table)")
         shared[key] = first
     return shared
-
-
-def _load_own(module: nn.Module, name: str, tensors: dict[str, torch.Tensor]) -> None:
-    """``tensors`` (checkpoint names, prefix removed) into ``module``; a missing or unexpected key is an error."""
-    result = module.load_state_dict(tensors, strict=False)
-    prefix = next(p for p, n in OWN_PREFIXES.items() if n == name)
-    problems = [f"missing {prefix}{key}" for key in result.missing_keys]
-    problems += [f"unexpected {prefix}{key}" for key in result.unexpected_keys]
-    if problems:
-        raise ValueError(f"checkpoint {name}: " + "; ".join(problems))
 
 
 def load_videollama2(
@@ -278,7 +272,8 @@ def load_videollama2(
     parts["audio_tower"] = share_bias_table(parts["audio_tower"])
     model = VideoLLaMA2AV(spec, llm, vision, beats_config_from_tensors(parts["audio_tower"]))
     for name, tensors in parts.items():
-        _load_own(getattr(model, name), name, tensors)
+        prefix = next(p for p, n in OWN_PREFIXES.items() if n == name)
+        load_strict(getattr(model, name), name, tensors, prefix)
     for name in OWN_PREFIXES.values():
         getattr(model, name).to(device=device, dtype=dtype)
     return model.eval()
