@@ -164,6 +164,11 @@ USE_KERNELS = AdapterArg(
 """``use_kernels``: every adapter declares it (``{**ModelAdapter.model_args, ...}``) and passes it to each
 ``from_pretrained`` of a model; the run record stores it."""
 
+CHECKPOINT_REPETITION_PENALTY = AdapterArg(
+    0.0, float, "greedy decoding's repetition penalty; 0: the checkpoint's generation_config.json (1.0 if none)"
+)
+"""``repetition_penalty``, for an adapter whose official ``generate`` applies the checkpoint's penalty."""
+
 
 class ModelAdapter(ABC):
     """Base class of the model adapters (one per model family).
@@ -262,8 +267,9 @@ def splice_media(llm: nn.Module, input_ids: torch.Tensor, placeholder: int, medi
 
 class EmbedsAdapter(ModelAdapter):
     """An adapter whose model merges its encoders' outputs into its LLM's ``inputs_embeds`` itself (VideoLLaMA2,
-    video-SALMONN 2): :meth:`batch` left-pads the merged rows, and :meth:`generate` / :meth:`reference_logprob`
-    run :attr:`decoder` (a causal LM) on them with 1-D positions counted from each row's first real token.
+    video-SALMONN 2 and 2+): :meth:`batch` left-pads the merged rows, and :meth:`generate` / :meth:`reference_logprob`
+    run :attr:`decoder` (a causal LM) on them with 1-D positions counted from each row's first real token, or with
+    the multi-axis positions the adapter computed (2+'s M-RoPE).
 
     Subclasses set ``tokenizer`` and ``ends`` (:class:`ChatEnds`) when they load, and may add ``generate`` options
     (:meth:`generation_options`).
@@ -276,8 +282,12 @@ class EmbedsAdapter(ModelAdapter):
         """Extra keyword arguments of every greedy ``generate`` call (e.g. a checkpoint's repetition penalty)."""
         return {}
 
-    def batch(self, rows: list[torch.Tensor], segments: list[list[Segment]]) -> ModelInputs:
-        """Each sample's merged embeddings ``[L_b, D]`` and its segments -> one left-padded batch."""
+    def batch(
+        self, rows: list[torch.Tensor], segments: list[list[Segment]], positions: list[torch.Tensor] | None = None
+    ) -> ModelInputs:
+        """Each sample's merged embeddings ``[L_b, D]`` and its segments -> one left-padded batch; with
+        ``positions`` (each sample's ``[K, L_b]`` multi-axis rotary positions) the batch carries them as
+        ``position_ids [K, B, L]`` (padding at 0), which ``generate`` then extends by one per step on every axis."""
         length = max(row.shape[0] for row in rows)
         embeds = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
         attention_mask = torch.zeros(len(rows), length, dtype=torch.long, device=self.device)
@@ -287,30 +297,41 @@ class EmbedsAdapter(ModelAdapter):
         layout = ModalityLayout.from_segments(segments, device=self.device)
         if layout.length != length or not torch.equal(layout.valid.long(), attention_mask):
             raise ValueError("the layout's segments do not cover the merged rows exactly (an adapter bug)")
-        return ModelInputs(generate_kwargs={"inputs_embeds": embeds, "attention_mask": attention_mask}, layout=layout)
+        kwargs = {"inputs_embeds": embeds, "attention_mask": attention_mask}
+        if positions is not None:
+            position_ids = torch.zeros(positions[0].shape[0], len(rows), length, dtype=torch.long, device=self.device)
+            for b, row in enumerate(positions):
+                position_ids[:, b, length - row.shape[1] :] = row
+            kwargs["position_ids"] = position_ids
+        return ModelInputs(generate_kwargs=kwargs, layout=layout)
 
     @torch.no_grad()
     def generate(self, inputs: ModelInputs, max_new_tokens: int, until: list[str]) -> list[Answer]:
+        """Greedy answers. A batch that also carries the prompt's ``input_ids`` (as 2+'s official ``generate`` gets
+        them, so that a repetition penalty covers the prompt) gets them back ahead of the answer, cut off here."""
+        prompt_length = inputs.generate_kwargs["input_ids"].shape[1] if "input_ids" in inputs.generate_kwargs else 0
         output = self.decoder.generate(
             **inputs.generate_kwargs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=self.ends.stop_ids,
             pad_token_id=self.ends.pad_id,
-            stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, until, 0)]),
+            stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, until, prompt_length)]),
             **self.generation_options(),
-        )  # [B, new tokens]: inputs_embeds alone returns only the generated ids
-        return self.ends.answers(self.tokenizer, output.tolist(), until)
+        )  # [B, prompt + new tokens]; inputs_embeds alone returns only the generated ids
+        return self.ends.answers(self.tokenizer, output[:, prompt_length:].tolist(), until)
 
     def reference_logprob(self, inputs: ModelInputs, references: list[str]) -> torch.Tensor:
         """``[B]``, teacher-forced over the prompt's cache as :meth:`generate` runs the LLM (``inputs_embeds``, the
-        left-padded mask, positions counted from each row's first real token). Each reference ends with
-        :attr:`ChatEnds.end_id` (``<|im_end|>``: the chat template closes every assistant turn with it, so it is the
-        end the model's answers carry, and the first that stops ``generate``)."""
-        kwargs = inputs.generate_kwargs
+        left-padded mask, the batch's ``position_ids`` or else positions counted from each row's first real token).
+        Each reference ends with :attr:`ChatEnds.end_id` (``<|im_end|>``: the chat template closes every assistant
+        turn with it, so it is the end the model's answers carry, and the first that stops ``generate``)."""
+        prompt = {k: v for k, v in inputs.generate_kwargs.items() if k != "position_ids"}
+        positions = inputs.generate_kwargs.get("position_ids")
+        if positions is None:
+            positions = generate_positions(prompt["attention_mask"])
         answers = [self.ends.reference_ids(self.tokenizer, reference) for reference in references]
-        positions = generate_positions(kwargs["attention_mask"])
-        return teacher_forced_logprob(self.decoder, kwargs, positions, answers, self.ends.pad_id)
+        return teacher_forced_logprob(self.decoder, prompt, positions, answers, self.ends.pad_id)
 
 
 def generate_positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -125,6 +125,16 @@ def load_qwen2_llm(
     return llm
 
 
+def repetition_penalty(folder: Path) -> float:
+    """The ``repetition_penalty`` of the checkpoint's ``generation_config.json`` (a ``generate`` call applies it under
+    greedy decoding too), 1.0 when there is none."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return 1.0
+    value = json.loads(path.read_text()).get("repetition_penalty", 1.0)
+    return float(value) if value is not None else 1.0
+
+
 def layer_indices(keys: Iterable[str], pattern: str) -> set[int]:
     """The numbers ``pattern``'s first group matches at the start of ``keys`` (the layers a checkpoint stores)."""
     return {int(match.group(1)) for key in keys if (match := re.match(pattern, key))}

@@ -373,3 +373,35 @@ def read_audio_item(visual: Any) -> tuple[np.ndarray, int]:
     if samples.size == 0 or samples.ndim not in (1, 2):
         raise ValueError(f"the audio holds no samples (shape {samples.shape}); accepted: [N] or [N, C] samples")
     return samples, rate
+
+
+def audio_and_video(visuals: list[Any], model: str, image_refusal: str) -> dict[str, list[tuple[int, Any]]]:
+    """A request's visuals -> ``{"audio": [(position, item)], "video": [...]}``, at most one of each (a model that
+    takes one video and one audio track: video-SALMONN 2 and 2+). A ValueError names the offending visual's position
+    and what is accepted; ``image_refusal`` says why ``model`` takes no image and what it takes."""
+    found: dict[str, list[tuple[int, Any]]] = {"audio": [], "video": []}
+    for position, visual in enumerate(visuals):
+        if isinstance(visual, str | Path):
+            if not Path(visual).is_file():
+                raise ValueError(f"visual {position}: {visual} does not exist")
+            name = str(visual).lower()
+            if name.endswith(IMAGE_EXTENSIONS):
+                raise ValueError(f"visual {position}: {visual} is an image; {image_refusal}")
+            found["audio" if name.endswith(AUDIO_EXTENSIONS) else "video"].append((position, visual))
+        elif is_video_dict(visual):
+            try:
+                checked_frames(visual)
+            except ValueError as error:
+                raise ValueError(f"visual {position}: {error}") from None
+            found["video"].append((position, visual))
+        elif isinstance(visual, dict) and "array" in visual:
+            found["audio"].append((position, visual))
+        else:
+            raise ValueError(
+                f"visual {position}: a {type(visual).__name__} is not a visual {model} takes; accepted: a video or "
+                f'audio file path, an in-memory video {VIDEO_DICT}, {{"array", "sampling_rate"}} audio'
+            )
+    for kind, items in found.items():
+        if len(items) > 1:
+            raise ValueError(f"visuals {[p for p, _ in items]}: {model} takes one {kind} per prompt")
+    return found

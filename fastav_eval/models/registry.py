@@ -24,6 +24,7 @@ MODELS: dict[str, str] = {
     "fastav_qwen2_5_omni": "fastav_eval.models.qwen2_5_omni.Qwen25OmniAdapter",
     "fastav_videollama2": "fastav_eval.models.videollama2.VideoLLaMA2Adapter",
     "fastav_video_salmonn2": "fastav_eval.models.video_salmonn2.VideoSALMONN2Adapter",
+    "fastav_video_salmonn2_plus": "fastav_eval.models.video_salmonn2_plus.VideoSALMONN2PlusAdapter",
 }
 """lmms-eval model name -> its adapter class (``module.Class``, imported on first use)."""
 

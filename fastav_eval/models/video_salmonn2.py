@@ -36,7 +36,6 @@ refused: the official video path needs at least two frames.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,6 +48,7 @@ from transformers import WhisperFeatureExtractor
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from fastav_eval.models.base import (
+    CHECKPOINT_REPETITION_PENALTY,
     AdapterArg,
     ChatEnds,
     EmbedsAdapter,
@@ -57,15 +57,12 @@ from fastav_eval.models.base import (
     SampleError,
     splice_media,
 )
-from fastav_eval.models.checkpoint import load_tokenizer, local_folder, quiet_transformers
+from fastav_eval.models.checkpoint import load_tokenizer, local_folder, quiet_transformers, repetition_penalty
 from fastav_eval.models.media import (
-    AUDIO_EXTENSIONS,
-    IMAGE_EXTENSIONS,
-    VIDEO_DICT,
     _resample,
+    audio_and_video,
     checked_frames,
     decode_picked_frames,
-    is_video_dict,
     read_audio_item,
     soundtrack,
 )
@@ -87,6 +84,10 @@ SYSTEM_MESSAGE = "You are a helpful assistant."
 VIDEO_AUDIO = ("required", "if_present", "off")
 PROMPT_IM_END = ("keep", "drop")
 PROFILES = Path(__file__).parent / "profiles"
+IMAGE_REFUSAL = (
+    "video-SALMONN 2's official video path needs at least 2 frames, and it has no image path: accepted: a video or "
+    "audio file"
+)
 
 
 # ---------------------------------------------------------------------------------------------- preprocessing
@@ -183,9 +184,7 @@ class VideoSALMONN2Adapter(EmbedsAdapter):
             "do when the tokenizer's eos is <|im_end|> and the checkpoint path lacks 'qwen' (drop)",
             choices=PROMPT_IM_END,
         ),
-        "repetition_penalty": AdapterArg(
-            0.0, float, "greedy decoding's repetition penalty; 0: the checkpoint's generation_config.json (1.0 if none)"
-        ),
+        "repetition_penalty": CHECKPOINT_REPETITION_PENALTY,
     }
 
     def __init__(
@@ -223,7 +222,7 @@ class VideoSALMONN2Adapter(EmbedsAdapter):
         im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.dropped_ids = {im_end} if self.options["prompt_im_end"] == "drop" else set()
         penalty = self.options["repetition_penalty"]
-        self.repetition_penalty = penalty or self._checkpoint_repetition_penalty(folder)
+        self.repetition_penalty = penalty or repetition_penalty(folder)
 
     def weight_sources(self) -> list[str]:
         return [str(self.pretrained), self.options["whisper"]]
@@ -233,16 +232,6 @@ class VideoSALMONN2Adapter(EmbedsAdapter):
         """The paper's global stage for video-SALMONN 2: the audio-visual tokens of the first 4 frames (FastAV,
         Table 1), at half the depth (layer 14 of 28) unless ``global_layer`` says otherwise."""
         return PROFILES / "video_salmonn2_fastav.json"
-
-    @staticmethod
-    def _checkpoint_repetition_penalty(folder: Path) -> float:
-        """The ``repetition_penalty`` of the checkpoint's ``generation_config.json`` (the official ``generate``
-        applies it under greedy decoding too), 1.0 when there is none."""
-        path = folder / "generation_config.json"
-        if not path.is_file():
-            return 1.0
-        value = json.loads(path.read_text()).get("repetition_penalty", 1.0)
-        return float(value) if value is not None else 1.0
 
     @property
     def decoder(self) -> nn.Module:
@@ -284,41 +273,11 @@ class VideoSALMONN2Adapter(EmbedsAdapter):
         first = samples[:, 0] if samples.ndim == 2 else samples
         return _resample(first, rate, SAMPLE_RATE).astype(np.float64) if rate != SAMPLE_RATE else first
 
-    @staticmethod
-    def _kind(visual: Any) -> str:
-        """ "audio" or "video"; a ValueError naming what is accepted otherwise."""
-        if isinstance(visual, str | Path):
-            if not Path(visual).is_file():
-                raise ValueError(f"{visual} does not exist")
-            name = str(visual).lower()
-            if name.endswith(IMAGE_EXTENSIONS):
-                raise ValueError(
-                    f"{visual} is an image; video-SALMONN 2's official video path needs at least 2 frames, and it "
-                    "has no image path: accepted: a video or audio file"
-                )
-            return "audio" if name.endswith(AUDIO_EXTENSIONS) else "video"
-        if is_video_dict(visual):
-            checked_frames(visual)
-            return "video"
-        if isinstance(visual, dict) and "array" in visual:
-            return "audio"
-        raise ValueError(
-            f"a {type(visual).__name__} is not a visual this model takes; accepted: a video or audio file path, an "
-            f'in-memory video {VIDEO_DICT}, {{"array", "sampling_rate"}} audio'
-        )
-
     def load_request(self, request: Request, index: int) -> VideoSALMONN2Sample:
-        found: dict[str, list[tuple[int, Any]]] = {"audio": [], "video": []}
-        for position, visual in enumerate(request.visuals):
-            try:
-                found[self._kind(visual)].append((position, visual))
-            except (ValueError, OSError) as error:
-                raise SampleError(index, f"visual {position}: {error}") from None
-        for kind, items in found.items():
-            if len(items) > 1:
-                raise SampleError(
-                    index, f"visuals {[p for p, _ in items]}: video-SALMONN 2 takes one {kind} per prompt"
-                )
+        try:
+            found = audio_and_video(request.visuals, "video-SALMONN 2", IMAGE_REFUSAL)
+        except (ValueError, OSError) as error:
+            raise SampleError(index, str(error)) from None
         if not found["audio"] and not found["video"]:
             raise SampleError(index, "no video or audio; video-SALMONN 2 answers about media")
         try:

@@ -48,10 +48,10 @@ def frame_indices(frame_count: int, length: float, max_frames: int = MAX_FRAMES)
     return np.unique(np.linspace(0, frame_count - 1, wanted, dtype=int)).tolist()
 
 
-def frame_pixel_cap(frames: int, max_frames: int = MAX_FRAMES) -> float:
-    """Pixels per frame at most: 61,250 at ``max_frames`` frames, ``0.95 · max_frames / frames`` times that below
-    (a float, as the official code leaves it)."""
-    return MAX_FRAME_PIXELS if frames >= max_frames else 0.95 * max_frames / frames * MAX_FRAME_PIXELS
+def frame_pixel_cap(frames: int, max_frames: int = MAX_FRAMES, max_pixels: int = MAX_FRAME_PIXELS) -> float:
+    """Pixels per frame at most: ``max_pixels`` (61,250) at ``max_frames`` frames, ``0.95 · max_frames / frames``
+    times that below (a float, as the official code leaves it)."""
+    return max_pixels if frames >= max_frames else 0.95 * max_frames / frames * max_pixels
 
 
 def smart_resize(height: int, width: int, max_pixels: float, min_pixels: float = MIN_FRAME_PIXELS) -> tuple[int, int]:
@@ -104,9 +104,11 @@ def patches(resized: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
     return flat, (grid_t, grid_h, grid_w)
 
 
-def video_pixels(frames: torch.Tensor, length: float, max_frames: int = MAX_FRAMES) -> VideoPixels:
+def video_pixels(
+    frames: torch.Tensor, length: float, max_frames: int = MAX_FRAMES, max_pixels: int = MAX_FRAME_PIXELS
+) -> VideoPixels:
     """The sampled frames ``[n, 3, H, W]`` uint8 of a clip lasting ``length`` s -> its :class:`VideoPixels`."""
-    flat, grid = patches(resize_frames(frames, frame_pixel_cap(len(frames), max_frames)))
+    flat, grid = patches(resize_frames(frames, frame_pixel_cap(len(frames), max_frames, max_pixels)))
     fps = len(frames) / length
     return VideoPixels(flat, grid, TEMPORAL / fps)
 

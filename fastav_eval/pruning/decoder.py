@@ -51,6 +51,7 @@ SUPPORTED_DECODERS: dict[str, str] = {
     "qwen2": "Qwen2 (VideoLLaMA2-AV's and video-SALMONN 2's LLM)",
     "llama": "Llama",
     "qwen2_5_omni_text": "Qwen2.5-Omni thinker (TMRoPE: [3, B, L] positions, cos/sin arrive [B, L, D])",
+    "qwen2_5_vl_text": "Qwen2.5-VL (video-SALMONN 2+'s LLM; M-RoPE: [3, B, L] positions, cos/sin arrive [B, L, D])",
 }
 """Text-model ``config.model_type`` -> what it is."""
 

@@ -5,13 +5,10 @@ indices, decoded frames, resized frames, patches, the soundtrack, the log-mels a
 from __future__ import annotations
 
 import hashlib
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import WhisperFeatureExtractor
 
 from fastav_eval.models.video_salmonn2_plus_media import (
@@ -27,29 +24,16 @@ from fastav_eval.models.video_salmonn2_plus_media import (
     smart_resize,
     video_pixels,
 )
+from tests.models.video_salmonn2_fixtures import PLUS_FIXTURE as FIXTURE
+from tests.models.video_salmonn2_fixtures import PLUS_META, has_plus_ref, official_waveform, plus_ref
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "video_salmonn2_plus_tiny"
-REFERENCE = load_file(FIXTURE / "reference.safetensors")
-META = json.loads((FIXTURE / "reference.json").read_text())
 CASES = ("clip10s", "odd", "long")
-
-
-def ref(case: str, name: str) -> torch.Tensor:
-    return REFERENCE[f"{case}.{name}"]
+META = PLUS_META
+ref, waveform = plus_ref, official_waveform
 
 
 def sha256(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
-
-
-def waveform(case: str) -> np.ndarray:
-    """The official (torchcodec) waveform, rebuilt from its stored non-silent segments."""
-    out = np.zeros(META["cases"][case]["waveform"]["num_samples"], np.float32)
-    values, at = ref(case, "waveform_values").numpy(), 0
-    for start, end in ref(case, "waveform_segments").tolist():
-        out[start:end] = values[at : at + end - start]
-        at += end - start
-    return out
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -68,7 +52,7 @@ def test_pixels_are_the_official_ones(case):
     assert frame_pixel_cap(len(frames)) == meta["per_frame_max_pixels"]
     resized = resize_frames(frames, frame_pixel_cap(len(frames)))
     assert list(resized.shape[-2:]) == meta["resized_hw"]
-    if f"{case}.resized_u8" in REFERENCE:
+    if has_plus_ref(case, "resized_u8"):
         assert torch.equal(resized, ref(case, "resized_u8"))
     pixels = video_pixels(frames, meta["video_length"])
     assert list(pixels.grid) == meta["video_grid_thw"] and pixels.second_per_grid == meta["second_per_grid_ts"]
