@@ -330,6 +330,21 @@ def soundtrack(path: str | Path, rate: int = 16_000, sample_format: str = "s16")
     return samples / 32768.0 if sample_format == "s16" else samples
 
 
+def float_mono(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Samples ``[N]`` or ``[N, C]`` (mono or stereo) as :func:`soundtrack` gives a file's track with ``flt``: FFmpeg's
+    float mono downmix (``(L + R) / √2``) and resampler. float32 ``[N']``"""
+    layouts = {1: "mono", 2: "stereo"}
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    if channels not in layouts:
+        raise ValueError(f"audio with {channels} channels; accepted: mono or stereo arrays ([N] or [N, 2])")
+    packed = np.ascontiguousarray(samples.astype(np.float32).reshape(1, -1))  # channels interleaved
+    frame = av.AudioFrame.from_ndarray(packed, format="flt", layout=layouts[channels])
+    frame.sample_rate = int(rate)
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=target_rate)
+    pieces = [out.to_ndarray().reshape(-1) for out in (*resampler.resample(frame), *resampler.resample(None))]
+    return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
+
+
 def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
     """``[N, C]`` float64 samples of ``path``'s first audio stream at its own rate."""
     pieces: list[np.ndarray] = []  # [C, n] each

@@ -43,16 +43,19 @@ from fastav_eval.models.base import (
 )
 from fastav_eval.models.checkpoint import load_tokenizer, local_folder, repetition_penalty
 from fastav_eval.models.media import (
-    _resample,
     audio_and_video,
     checked_frames,
+    float_mono,
     read_audio_item,
     soundtrack,
 )
 from fastav_eval.models.video_salmonn2_plus_media import (
     MAX_FRAME_PIXELS,
     MAX_FRAMES,
+    MIN_FRAME_PIXELS,
+    MIN_FRAMES,
     SAMPLE_RATE,
+    FrameSettings,
     audio_per_grid,
     audio_pieces,
     decode_frames,
@@ -109,7 +112,13 @@ class VideoSALMONN2PlusAdapter(EmbedsAdapter):
             "the weights were trained with (trained)",
             choices=tuple(POSITIONS),
         ),
+        "min_frames": AdapterArg(
+            MIN_FRAMES, int, "frames per video at least (inference.py's 16; scripts/test.sh passes 64)"
+        ),
         "max_frames": AdapterArg(MAX_FRAMES, int, "frames per video at most (the official 768; one per 0.1 s)"),
+        "min_pixels": AdapterArg(
+            MIN_FRAME_PIXELS, int, "pixels per frame at least (inference.py's 3136; scripts/test.sh passes 784)"
+        ),
         "max_pixels": AdapterArg(
             MAX_FRAME_PIXELS, int, "pixels per frame at max_frames frames (the official 61250; more below)"
         ),
@@ -132,9 +141,16 @@ class VideoSALMONN2PlusAdapter(EmbedsAdapter):
         **model_args: Any,
     ) -> None:
         super().__init__(pretrained, device, dtype, attn_implementation, **model_args)
-        for key in ("max_frames", "max_pixels"):
-            if self.options[key] < 2:
-                raise ValueError(f"{key}={self.options[key]!r}; accepted: an int >= 2")
+        options = self.options
+        for key in ("min_frames", "max_frames", "min_pixels", "max_pixels"):
+            if options[key] < 1:
+                raise ValueError(f"{key}={options[key]!r}; accepted: an int >= 1")
+        for low, high in (("min_frames", "max_frames"), ("min_pixels", "max_pixels")):
+            if options[low] > options[high]:
+                raise ValueError(f"{low}={options[low]}, {high}={options[high]}; accepted: {low} <= {high}")
+        self.frame_settings = FrameSettings(
+            options["min_frames"], options["max_frames"], options["min_pixels"], options["max_pixels"]
+        )
         folder = local_folder(str(self.pretrained))
         self.model: VideoSALMONN2Plus = load_video_salmonn2_plus(
             folder,
@@ -187,16 +203,15 @@ class VideoSALMONN2PlusAdapter(EmbedsAdapter):
 
     @staticmethod
     def _audio_item(visual: Any) -> np.ndarray:
-        """An audio file (FFmpeg's float mono downmix at 16 kHz, as the official decoder reads a video's track) or
-        ``{"array", "sampling_rate"}`` (its channels averaged, resampled to 16 kHz). float32 ``[N]``"""
+        """An audio file or ``{"array", "sampling_rate"}`` as the official decoder reads any audio: FFmpeg's float mono
+        downmix at 16 kHz. float32 ``[N]``"""
         if isinstance(visual, str | Path):
             waveform = soundtrack(visual, SAMPLE_RATE, "flt")
             if waveform is None:
                 raise ValueError(f"{visual} has no audio stream")
             return waveform
         samples, rate = read_audio_item(visual)
-        mono = samples.mean(axis=1) if samples.ndim == 2 else samples
-        return _resample(mono, rate, SAMPLE_RATE)
+        return float_mono(samples, rate, SAMPLE_RATE)
 
     def load_request(self, request: Request, index: int) -> VideoSALMONN2PlusSample:
         try:
@@ -215,16 +230,16 @@ class VideoSALMONN2PlusAdapter(EmbedsAdapter):
     def _frames(self, video: Any) -> tuple[torch.Tensor, float]:
         """``[n, 3, H, W]`` uint8 sampled frames and the clip's length in seconds."""
         if not isinstance(video, dict):
-            return decode_frames(video, self.options["max_frames"])
+            return decode_frames(video, self.frame_settings)
         frames = checked_frames(video)
         length = len(frames) / float(video["fps"])
-        picked = frames[frame_indices(len(frames), length, self.options["max_frames"])]
+        picked = frames[frame_indices(len(frames), length, self.frame_settings)]
         return torch.from_numpy(np.ascontiguousarray(picked)).permute(0, 3, 1, 2).contiguous(), length
 
     def _load(self, found: dict[str, list[tuple[int, Any]]], prompt: str) -> VideoSALMONN2PlusSample:
         position, video = found["video"][0]
         frames, length = self._frames(video)
-        pixels = video_pixels(frames, length, self.options["max_frames"], self.options["max_pixels"])
+        pixels = video_pixels(frames, length, self.frame_settings)
         mode = self.options["video_audio"]
         waveform = self._audio_item(found["audio"][0][1]) if found["audio"] else None
         if waveform is None and mode != "off":

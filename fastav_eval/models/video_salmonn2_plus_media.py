@@ -4,8 +4,10 @@ evaluation settings ``--interval 0.1 --max_frames 768 --max_pixels 61250``) on P
 The official code decodes with torchcodec and resizes with torchvision; neither is needed here, and the results
 are the same to the bit (tests/fixtures/video_salmonn2_plus_tiny):
 
-- **frames**: ``n = min(max(round(length / 0.1), 16), 768)`` indices ``unique(linspace(0, N - 1, n))`` of the
-  clip's N decoded frames (RGB as FFmpeg's default conversion gives them), ``length`` the stream's span;
+- **frames**: ``n = min(max(round(length / 0.1), 16), 768)`` (:class:`FrameSettings`) indices
+  ``unique(linspace(0, N - 1, n))`` of the clip's N decoded frames (RGB as FFmpeg's default conversion gives them;
+  checked against torchcodec on untagged clips only: on a BT.709-tagged HD clip torchcodec 0.17 converts colour
+  differently, and the pinned 0.4 could not be run here), ``length`` the stream's span;
 - **pixels**: each frame resized to Qwen2.5-VL's ``smart_resize`` grid (multiples of 28) under a per-frame pixel cap
   of ``0.95 · 768 / n · 61250`` (61,250 at 768 frames), by antialiased bicubic on the uint8 frames (torchvision's
   uint8 kernel, which ``F.interpolate`` on uint8 is), normalised with CLIP's mean and std, an odd count padded by
@@ -30,9 +32,9 @@ import torch.nn.functional as F
 from fastav_eval.models.media import _open, soundtrack
 
 BASE_INTERVAL = 0.1  # seconds between sampled frames
-MIN_FRAMES, MAX_FRAMES = 16, 768
+MIN_FRAMES, MAX_FRAMES = 16, 768  # inference.py's video_min_frames / video_max_frames (scripts/test.sh: 64, 768)
 MAX_FRAME_PIXELS = 61_250  # the official evaluation's --max_pixels (at 768 frames)
-MIN_FRAME_PIXELS = 4 * 28 * 28  # the official default video_min_frame_pixels
+MIN_FRAME_PIXELS = 4 * 28 * 28  # the default video_min_frame_pixels inference.py keeps (scripts/test.sh: 784)
 PATCH, MERGE, TEMPORAL = 14, 2, 2  # Qwen2.5-VL's vision tower
 FACTOR = PATCH * MERGE
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -41,17 +43,34 @@ SAMPLE_RATE = 16_000
 CHUNK_SECONDS, TOKENS_PER_CHUNK = 30, 60
 
 
-def frame_indices(frame_count: int, length: float, max_frames: int = MAX_FRAMES) -> list[int]:
-    """The official torchcodec sampling: ``min(max(round(length / 0.1), 16), max_frames)`` evenly spaced indices of
-    ``frame_count`` frames (``np.linspace``, truncated), duplicates removed."""
-    wanted = min(max(round(length / BASE_INTERVAL), MIN_FRAMES), max_frames)
+@dataclass(frozen=True)
+class FrameSettings:
+    """The official sampling settings: frames per clip within ``[min_frames, max_frames]``, pixels per frame within
+    ``[min_pixels, max_pixels]`` (``max_pixels`` at ``max_frames`` frames, more below). The defaults are
+    ``inference.py``'s; ``scripts/test.sh`` (the README's evaluation script) passes ``min_frames=64, min_pixels=784``,
+    which changes clips under 6.4 s."""
+
+    min_frames: int = MIN_FRAMES
+    max_frames: int = MAX_FRAMES
+    min_pixels: int = MIN_FRAME_PIXELS
+    max_pixels: int = MAX_FRAME_PIXELS
+
+
+INFERENCE_PY = FrameSettings()
+
+
+def frame_indices(frame_count: int, length: float, settings: FrameSettings = INFERENCE_PY) -> list[int]:
+    """The official torchcodec sampling: ``min(max(round(length / 0.1), min_frames), max_frames)`` evenly spaced
+    indices of ``frame_count`` frames (``np.linspace``, truncated), duplicates removed."""
+    wanted = min(max(round(length / BASE_INTERVAL), settings.min_frames), settings.max_frames)
     return np.unique(np.linspace(0, frame_count - 1, wanted, dtype=int)).tolist()
 
 
-def frame_pixel_cap(frames: int, max_frames: int = MAX_FRAMES, max_pixels: int = MAX_FRAME_PIXELS) -> float:
+def frame_pixel_cap(frames: int, settings: FrameSettings = INFERENCE_PY) -> float:
     """Pixels per frame at most: ``max_pixels`` (61,250) at ``max_frames`` frames, ``0.95 · max_frames / frames``
     times that below (a float, as the official code leaves it)."""
-    return max_pixels if frames >= max_frames else 0.95 * max_frames / frames * max_pixels
+    top, cap = settings.max_frames, settings.max_pixels
+    return cap if frames >= top else 0.95 * top / frames * cap
 
 
 def smart_resize(height: int, width: int, max_pixels: float, min_pixels: float = MIN_FRAME_PIXELS) -> tuple[int, int]:
@@ -81,11 +100,11 @@ class VideoPixels:
     second_per_grid: float
 
 
-def resize_frames(frames: torch.Tensor, max_pixels: float) -> torch.Tensor:
+def resize_frames(frames: torch.Tensor, max_pixels: float, min_pixels: float = MIN_FRAME_PIXELS) -> torch.Tensor:
     """``[n, 3, H, W]`` uint8 -> ``[n, 3, h, w]`` uint8 at :func:`smart_resize`'s size: antialiased bicubic on the
     uint8 tensor, which is torchvision's uint8 kernel (rounding a float resize would differ)."""
     height, width = frames.shape[-2:]
-    size = smart_resize(height, width, max_pixels)
+    size = smart_resize(height, width, max_pixels, min_pixels)
     return F.interpolate(frames, size=size, mode="bicubic", antialias=True, align_corners=False)
 
 
@@ -104,16 +123,14 @@ def patches(resized: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
     return flat, (grid_t, grid_h, grid_w)
 
 
-def video_pixels(
-    frames: torch.Tensor, length: float, max_frames: int = MAX_FRAMES, max_pixels: int = MAX_FRAME_PIXELS
-) -> VideoPixels:
+def video_pixels(frames: torch.Tensor, length: float, settings: FrameSettings = INFERENCE_PY) -> VideoPixels:
     """The sampled frames ``[n, 3, H, W]`` uint8 of a clip lasting ``length`` s -> its :class:`VideoPixels`."""
-    flat, grid = patches(resize_frames(frames, frame_pixel_cap(len(frames), max_frames, max_pixels)))
+    flat, grid = patches(resize_frames(frames, frame_pixel_cap(len(frames), settings), settings.min_pixels))
     fps = len(frames) / length
     return VideoPixels(flat, grid, TEMPORAL / fps)
 
 
-def decode_frames(path: str | Path, max_frames: int = MAX_FRAMES) -> tuple[torch.Tensor, float]:
+def decode_frames(path: str | Path, settings: FrameSettings = INFERENCE_PY) -> tuple[torch.Tensor, float]:
     """The frames :func:`frame_indices` picks, ``[n, 3, H, W]`` uint8 RGB, and the stream's span in seconds (from the
     first frame's start to the last frame's end, as torchcodec scans it)."""
     times: list[float] = []
@@ -127,7 +144,7 @@ def decode_frames(path: str | Path, max_frames: int = MAX_FRAMES) -> tuple[torch
             raise ValueError(f"{path}: no video frame could be decoded")
         step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1 / rate
         length = times[-1] + step - times[0]  # a constant-rate stream: the last frame lasts as long as the others
-        wanted = set(frame_indices(len(times), length, max_frames))
+        wanted = set(frame_indices(len(times), length, settings))
         container.seek(0)  # a second pass: the indices need the count and span a full scan gives (as torchcodec's)
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:

@@ -166,7 +166,7 @@ def test_a_question_with_its_own_modal_tag_fails_its_sample(adapter):
     [
         ({"positions": "native"}, "positions='native'; accepted"),
         ({"video_audio": "sometimes"}, "video_audio='sometimes'; accepted"),
-        ({"max_frames": 1}, "max_frames=1; accepted: an int >= 2"),
+        ({"max_frames": 0}, "max_frames=0; accepted: an int >= 1"),
     ],
 )
 def test_bad_model_args_name_the_field(args, message):
@@ -276,3 +276,36 @@ def test_pruned_generate_matches_a_masked_recompute_of_the_stock_decoder():
         hidden, _ = masked_decoder(text_model, embeds, positions, visible, torch.ones(1, embeds.shape[1]).long())
         for step, logits in enumerate(output.logits):
             torch.testing.assert_close(model.decoder.lm_head(hidden[:, length - 1 + step]), logits, atol=1e-5, rtol=0)
+
+
+def test_frame_settings_follow_the_model_args():
+    """inference.py's settings by default, scripts/test.sh's when asked: a 3-s clip at 30 fps gets 30 frames under the
+    first and 64 under the second."""
+    from fastav_eval.models.video_salmonn2_plus_media import frame_indices
+
+    default, test_sh = tiny_plus_adapter(), tiny_plus_adapter(min_frames=64, min_pixels=784)
+    assert len(frame_indices(90, 3.0, default.frame_settings)) == 30
+    assert len(frame_indices(90, 3.0, test_sh.frame_settings)) == 64
+    with pytest.raises(ValueError, match="min_frames=800, max_frames=768; accepted: min_frames <= max_frames"):
+        tiny_plus_adapter(min_frames=800)
+
+
+def test_stereo_audio_arrays_take_ffmpegs_float_downmix(tmp_path):
+    """Oracle: the same stereo signal written to a wav file and read by the file path (FFmpeg's float downmix)."""
+    import wave
+
+    from fastav_eval.models.media import float_mono, soundtrack
+
+    stereo = (np.random.default_rng(0).uniform(-0.5, 0.5, (8000, 2)) * 32767).astype("<i2")
+    path = tmp_path / "stereo.wav"
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(2)
+        handle.setsampwidth(2)
+        handle.setframerate(16000)
+        handle.writeframes(stereo.tobytes())
+    from_file = soundtrack(path, 16000, "flt")
+    from_array = float_mono(stereo / 32768.0, 16000, 16000)
+    np.testing.assert_allclose(from_array, from_file, atol=1e-6)
+    np.testing.assert_allclose(from_array, stereo.sum(1) / 32768.0 / np.sqrt(2), atol=1e-6)
+    with pytest.raises(ValueError, match="3 channels; accepted: mono or stereo"):
+        float_mono(np.zeros((10, 3)), 16000, 16000)
