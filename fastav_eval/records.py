@@ -21,7 +21,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastav_eval.decoder_shape import SHAPE_FIELDS
+from fastav_eval.decoder_shape import MOE_FIELDS, SHAPE_FIELDS
 
 if TYPE_CHECKING:
     from fastav_eval.pruning.plan import SampleStats
@@ -355,8 +355,20 @@ class RunRecord:
         if data["profile"] is not None and not isinstance(data["profile"], dict):
             raise _fail(f"{where} profile", data["profile"], "an object or null")
         shape = data["decoder_shape"]
-        if sorted(shape) != sorted(SHAPE_FIELDS) or not all(_is_count(shape[key]) and shape[key] > 0 for key in shape):
-            raise _fail(f"{where} decoder_shape", shape, f"an object of ints >= 1 with exactly {list(SHAPE_FIELDS)}")
+        moe = sorted(shape) == sorted((*SHAPE_FIELDS, *MOE_FIELDS))
+        counts = [key for key in shape if key != "dense_layers"]
+        dense_layers = shape.get("dense_layers", [])
+        if (
+            (sorted(shape) != sorted(SHAPE_FIELDS) and not moe)
+            or not all(_is_count(shape[key]) and shape[key] > 0 for key in counts)
+            or not (isinstance(dense_layers, list) and all(_is_count(layer) for layer in dense_layers))
+        ):
+            raise _fail(
+                f"{where} decoder_shape",
+                shape,
+                f"an object of ints >= 1 with exactly {list(SHAPE_FIELDS)}, plus {list(MOE_FIELDS)} for a "
+                "mixture-of-experts decoder (dense_layers a list of layer indices)",
+            )
         if not _is_count(data["seed"]):
             raise _fail(f"{where} seed", data["seed"], "an int >= 0")
         if not isinstance(data.get("use_kernels", False), bool):

@@ -8,6 +8,7 @@ import pytest
 
 from fastav_eval.pruning.plan import SampleStats
 from fastav_eval.records import (
+    MOE_FIELDS,
     SAMPLE_FORMAT,
     SHAPE_FIELDS,
     RunRecord,
@@ -80,6 +81,10 @@ def test_run_record_checks_its_hash(tmp_path):
         RunRecord.from_dict({"format": "fastav-run/1", "model": "fastav_tiny"})
     with pytest.raises(ValueError, match="decoder_shape"):
         RunRecord.from_dict({**RunRecord(**values).to_dict(), "decoder_shape": {"num_layers": 6}})
+    moe = {**SHAPE, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "dense_layers": [0]}
+    assert RunRecord.from_dict({**RunRecord(**values).to_dict(), "decoder_shape": moe}).decoder_shape == moe
+    with pytest.raises(ValueError, match=r"dense_layers a list of layer indices"):
+        RunRecord.from_dict({**RunRecord(**values).to_dict(), "decoder_shape": {**moe, "dense_layers": "0"}})
     with pytest.raises(ValueError, match="seed"):
         RunRecord.from_dict({**RunRecord(**values).to_dict(), "seed": "x"})
     # use_kernels: stored; a record from before the field existed ran without hub kernels; a non-bool is named
@@ -96,7 +101,7 @@ def test_decoder_shape_fields_are_the_flops_shape():
 
     from fastav_eval.pruning import DecoderShape
 
-    assert tuple(f.name for f in fields(DecoderShape)) == SHAPE_FIELDS
+    assert tuple(f.name for f in fields(DecoderShape)) == (*SHAPE_FIELDS, *MOE_FIELDS)
 
 
 def test_write_json_is_atomic_strict_and_leaves_no_partial_file(tmp_path):

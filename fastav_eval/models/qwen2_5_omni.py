@@ -123,8 +123,25 @@ class OmniSample:
         self.content.append({"type": "image"})
 
 
+@dataclass(frozen=True)
+class OmniCheckpoint:
+    """What an Omni family's checkpoints are: the full model's and the thinker's ``model_type``, the transformers
+    classes of its thinker and processor, and release names for error messages."""
+
+    model_types: tuple[str, str]
+    thinker_class: str
+    processor_class: str
+    examples: str
+
+
 class Qwen25OmniAdapter(ModelAdapter):
     name = "qwen2_5_omni"
+    checkpoint: ClassVar[OmniCheckpoint] = OmniCheckpoint(
+        ("qwen2_5_omni", "qwen2_5_omni_thinker"),
+        "Qwen2_5OmniThinkerForConditionalGeneration",
+        "Qwen2_5OmniProcessor",
+        "Qwen/Qwen2.5-Omni-7B, Qwen/Qwen2.5-Omni-3B",
+    )
     default_dtype = "bfloat16"
     default_pretrained = "Qwen/Qwen2.5-Omni-7B"
     attn_implementations = ("sdpa", "eager", "flash_attention_2")
@@ -169,40 +186,46 @@ class Qwen25OmniAdapter(ModelAdapter):
         self._check_token_ids()
 
     # ------------------------------------------------------------------ loading
-    @staticmethod
+    @classmethod
     def load_thinker(
-        pretrained: str, dtype: torch.dtype, attn_implementation: str, device: torch.device, use_kernels: bool = False
+        cls,
+        pretrained: str,
+        dtype: torch.dtype,
+        attn_implementation: str,
+        device: torch.device,
+        use_kernels: bool = False,
     ) -> nn.Module:
-        """The thinker alone, from a full Qwen2.5-Omni checkpoint (its ``thinker.*`` weights) or a thinker one,
-        loaded straight onto ``device`` (the talker's and token2wav's weights are never read into memory).
+        """The thinker alone (:attr:`checkpoint`'s class), from a full checkpoint (its ``thinker.*`` weights) or a
+        thinker one, loaded straight onto ``device`` (the talker's weights are never read into memory).
         ``use_kernels`` is always passed: transformers 5.25 would otherwise turn hub kernels on."""
-        from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
+        import transformers
 
-        config = AutoConfig.from_pretrained(pretrained)
-        if config.model_type == "qwen2_5_omni":
+        (full, thinker), examples = cls.checkpoint.model_types, cls.checkpoint.examples
+        config = transformers.AutoConfig.from_pretrained(pretrained)
+        if config.model_type == full:
             config = config.thinker_config
-        elif config.model_type != "qwen2_5_omni_thinker":
+        elif config.model_type != thinker:
             raise ValueError(
-                f"pretrained={pretrained!r} is a {config.model_type!r} checkpoint; accepted: qwen2_5_omni (e.g. "
-                "Qwen/Qwen2.5-Omni-7B, Qwen/Qwen2.5-Omni-3B) or qwen2_5_omni_thinker"
+                f"pretrained={pretrained!r} is a {config.model_type!r} checkpoint; accepted: {full} (e.g. {examples}) "
+                f"or {thinker}"
             )
-        return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+        return getattr(transformers, cls.checkpoint.thinker_class).from_pretrained(
             pretrained, config=config, dtype=dtype, attn_implementation=attn_implementation, device_map=str(device),
             use_kernels=use_kernels,
         )  # fmt: skip
 
-    @staticmethod
-    def load_processor(pretrained: str) -> Any:
-        from transformers import Qwen2_5OmniProcessor
+    @classmethod
+    def load_processor(cls, pretrained: str) -> Any:
+        import transformers
 
-        return Qwen2_5OmniProcessor.from_pretrained(pretrained)
+        return getattr(transformers, cls.checkpoint.processor_class).from_pretrained(pretrained)
 
     def _check_token_ids(self) -> None:
         config, processor = self.model.config, self.processor
         pairs = {
-            "video": (processor.video_token_id, config.video_token_index),
-            "audio": (processor.audio_token_id, config.audio_token_index),
-            "image": (processor.image_token_id, config.image_token_index),
+            "video": (processor.video_token_id, config.video_token_id),
+            "audio": (processor.audio_token_id, config.audio_token_id),
+            "image": (processor.image_token_id, config.image_token_id),
         }
         wrong = {name: ids for name, ids in pairs.items() if ids[0] != ids[1]}
         if wrong:
@@ -285,10 +308,8 @@ class Qwen25OmniAdapter(ModelAdapter):
     def _segments_match(self, ids: list[int], segments: list[Segment]) -> bool:
         """Whether the model's chunking (``segments``) puts video and audio exactly where the processor's ids do."""
         config = self.model.config
-        visual = [config.video_token_index, config.image_token_index]
-        expected = ModalityLayout.from_token_ids(
-            torch.tensor([ids]), {"video": visual, "audio": config.audio_token_index}
-        )
+        visual = [config.video_token_id, config.image_token_id]
+        expected = ModalityLayout.from_token_ids(torch.tensor([ids]), {"video": visual, "audio": config.audio_token_id})
         return torch.equal(ModalityLayout.from_segments([segments]).modality, expected.modality)
 
     def _check_context(self, sample: OmniSample, index: int) -> None:
@@ -407,21 +428,51 @@ class Qwen25OmniAdapter(ModelAdapter):
         if sample.audio_in_video:
             call["load_audio_from_video"] = True
             call["audio_from_video_indices"] = sample.audio_slots
-        return dict(self.processor(**call))
+        return dict(self.processor(**call, **self.processor_options()))
+
+    def processor_options(self) -> dict[str, Any]:
+        """Keyword arguments every processor call gets besides the media (the thinker's own timing, where the
+        processor's defaults could differ from it)."""
+        return {}
+
+    def audio_token_counts(self, processed: dict[str, torch.Tensor]) -> list[int]:
+        """Audio tokens the thinker's audio tower makes of each audio item of a processor output."""
+        if "feature_attention_mask" not in processed:
+            return []
+        return _audio_tokens(processed["feature_attention_mask"].sum(-1)).tolist()
+
+    def _interleaved_block(
+        self, processed: dict[str, torch.Tensor], video_index: int, audio_tokens: int, at: int, chunk: dict[str, int]
+    ) -> list[Segment]:
+        """One audio-in-video block's runs in the thinker's order, after its two bos tokens (at ``at`` in the
+        prompt): Qwen2.5-Omni groups video and audio by 2-s chunk (``get_chunked_index`` on TMRoPE times), video
+        group j then audio group j, each labelled with its chunk (``chunk``: the next free chunk per modality,
+        advanced here)."""
+        config = self.model.config
+        tokens_per_chunk = int(config.position_id_per_seconds * config.seconds_per_chunk)
+        t, h, w = processed["video_grid_thw"][video_index].tolist()
+        merge = config.vision_config.spatial_merge_size
+        seconds = float(processed["video_second_per_grid"][video_index])
+        times = torch.arange(t).repeat_interleave(h * w // merge**2) * seconds
+        video_times = (times * config.position_id_per_seconds).long()
+        video_chunks = self.model.get_chunked_index(video_times, tokens_per_chunk, 0)
+        audio_chunks = self.model.get_chunked_index(torch.arange(audio_tokens), tokens_per_chunk, 0)
+        segments: list[Segment] = []
+        for j in range(max(len(video_chunks), len(audio_chunks))):
+            for name, chunks in (("video", video_chunks), ("audio", audio_chunks)):
+                if j < len(chunks):
+                    segments.append((name, chunks[j][1] - chunks[j][0], chunk[name] + j))
+        chunk["video"] += len(video_chunks)
+        chunk["audio"] += len(audio_chunks)
+        return segments
 
     def _segments(self, ids: list[int], processed: dict[str, torch.Tensor]) -> list[Segment]:
         """The sample's runs, ``(modality, count, chunk)``; an interleaved video's runs carry the model's chunks."""
         config = self.model.config
-        video_id, audio_id, image_id = config.video_token_index, config.audio_token_index, config.image_token_index
-        tokens_per_chunk = int(config.position_id_per_seconds * config.seconds_per_chunk)
-        audio_lengths = (
-            _audio_tokens(processed["feature_attention_mask"].sum(-1)).tolist()
-            if "feature_attention_mask" in processed
-            else []
-        )
+        video_id, audio_id, image_id = config.video_token_id, config.audio_token_id, config.image_token_id
+        audio_lengths = self.audio_token_counts(processed)
         grids = processed.get("video_grid_thw", torch.zeros(0, 3, dtype=torch.long)).tolist()
-        seconds = processed.get("video_second_per_grid", torch.zeros(0)).tolist()
-        merge = self.model.config.vision_config.spatial_merge_size
+        merge = config.vision_config.spatial_merge_size
         segments: list[Segment] = []
         chunk = {"video": 0, "audio": 0}
         video_index = audio_index = 0
@@ -430,19 +481,10 @@ class Qwen25OmniAdapter(ModelAdapter):
             token = ids[i]
             if token == self.vision_bos and i + 1 < len(ids) and ids[i + 1] == self.audio_bos:
                 segments.append(("text", 2))
+                block = self._interleaved_block(processed, video_index, audio_lengths[audio_index], i + 2, chunk)
+                segments += block
                 t, h, w = grids[video_index]
-                times = torch.arange(t).repeat_interleave(h * w // merge**2) * seconds[video_index]
-                video_times = (times * config.position_id_per_seconds).long()
-                audio_times = torch.arange(audio_lengths[audio_index])
-                video_chunks = self.model.get_chunked_index(video_times, tokens_per_chunk, 0)
-                audio_chunks = self.model.get_chunked_index(audio_times, tokens_per_chunk, 0)
-                for j in range(max(len(video_chunks), len(audio_chunks))):
-                    for name, chunks in (("video", video_chunks), ("audio", audio_chunks)):
-                        if j < len(chunks):
-                            segments.append((name, chunks[j][1] - chunks[j][0], chunk[name] + j))
-                chunk["video"] += len(video_chunks)
-                chunk["audio"] += len(audio_chunks)
-                i += 2 + len(video_times) + len(audio_times)
+                i += 2 + t * h * w // merge**2 + audio_lengths[audio_index]
                 video_index += 1
                 audio_index += 1
                 continue

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 MODELS: dict[str, str] = {
     "fastav_tiny": "fastav_eval.models.testbed.TestbedAdapter",
     "fastav_qwen2_5_omni": "fastav_eval.models.qwen2_5_omni.Qwen25OmniAdapter",
+    "fastav_qwen3_omni": "fastav_eval.models.qwen3_omni.Qwen3OmniAdapter",
     "fastav_videollama2": "fastav_eval.models.videollama2.VideoLLaMA2Adapter",
     "fastav_video_salmonn2": "fastav_eval.models.video_salmonn2.VideoSALMONN2Adapter",
     "fastav_video_salmonn2_plus": "fastav_eval.models.video_salmonn2_plus.VideoSALMONN2PlusAdapter",

@@ -49,6 +49,8 @@ QFORMER_RENAMES = (
     (".crossattention.self.", ".crossattention.attention."),
 )  # the official BERT Q-Former's names -> transformers' Blip2QFormerModel's (same computation)
 WHISPER_FRAMES, WHISPER_SECONDS = 1500, 30  # encoder frames per 30-s chunk (hard-coded by the official windowing)
+QFORMER_DEFAULTS = {"hidden_size": 3072, "num_hidden_layers": 2, "num_attention_heads": 12, "intermediate_size": 12288}
+"""The official ``qformer_config`` defaults (its BertConfig subclass), for a config that leaves a size out."""
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -115,11 +117,12 @@ def qformer_config(bert: dict[str, Any], encoder_width: int) -> Blip2QFormerConf
         raise ValueError(f"qformer_config: cross_attention_freq={bert['cross_attention_freq']!r}; accepted: 1")
     if bert.get("encoder_width", encoder_width) != encoder_width:
         raise ValueError(f"qformer_config: encoder_width {bert['encoder_width']}, but Whisper is {encoder_width} wide")
+    sizes = {**QFORMER_DEFAULTS, **bert}
     return Blip2QFormerConfig(
-        hidden_size=bert["hidden_size"],
-        num_hidden_layers=bert["num_hidden_layers"],
-        num_attention_heads=bert["num_attention_heads"],
-        intermediate_size=bert["intermediate_size"],
+        hidden_size=sizes["hidden_size"],
+        num_hidden_layers=sizes["num_hidden_layers"],
+        num_attention_heads=sizes["num_attention_heads"],
+        intermediate_size=sizes["intermediate_size"],
         hidden_act=bert.get("hidden_act", "gelu"),
         layer_norm_eps=bert.get("layer_norm_eps", 1e-12),
         cross_attention_frequency=1,

@@ -27,6 +27,12 @@ CACHE_NAMES = ("past_key_values", "cache")
 DECODER_PARAMETERS = frozenset({"input_ids", "attention_mask", "position_ids", "inputs_embeds", "use_cache"})
 """The text model's forward parameters the engine handles (besides the cache and ``**kwargs``)."""
 
+DEEPSTACK_METHOD = "_deepstack_process"
+"""The text-model method that adds DeepStack features between layers (Qwen3-Omni): ``(hidden, visual_pos_masks,
+features)``; the engine wraps it, so a decoder that has it may also take :data:`DEEPSTACK_PARAMETERS`."""
+
+DEEPSTACK_PARAMETERS = frozenset({"visual_pos_masks", "deepstack_visual_embeds"})
+
 LAYER_PARAMETERS = frozenset({"hidden_states", "attention_mask", "position_ids", "use_cache", "position_embeddings"})
 """The decoder layer's forward parameters the engine handles (besides the cache and ``**kwargs``)."""
 
@@ -113,7 +119,9 @@ def check_decoder_interface(text_model: nn.Module) -> DecoderInterface:
     """
     decoder = f"{type(text_model).__name__}.forward"
     decoder_names = [parameter.name for parameter in _parameters(type(text_model).forward)]
-    cache_name = _cache_name(decoder, decoder_names, DECODER_PARAMETERS)
+    deepstack = callable(getattr(text_model, DEEPSTACK_METHOD, None))
+    handled = DECODER_PARAMETERS | DEEPSTACK_PARAMETERS if deepstack else DECODER_PARAMETERS
+    cache_name = _cache_name(decoder, decoder_names, handled)
     for layer_class in {type(layer) for layer in text_model.layers}:
         owner = f"{layer_class.__name__}.forward"
         layer_cache = _cache_name(owner, [p.name for p in _parameters(layer_class.forward)], LAYER_PARAMETERS)

@@ -17,6 +17,10 @@ cache, positions including TMRoPE, rotary, the final norm); the hooks only chang
   layer's own cache; layers that hold the whole prompt keep the stock mask;
 - after the decoder: keep the prefill's statistics and what each layer's cache holds.
 
+A decoder with DeepStack (Qwen3-Omni's thinker adds vision features to the visual positions after its first
+layers, outside them) gets its ``_deepstack_process`` wrapped on the instance: after a cut, the visual mask and the
+feature rows are taken at the kept positions, so a cut before any layer is the masked recompute of the stock model.
+
 Positions of decode steps come from ``generate``, which derives them from the unpruned attention mask, so
 decoding uses the original positions.
 """
@@ -37,7 +41,7 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from fastav_eval.pruning.compat import check_decoder_interface
+from fastav_eval.pruning.compat import DEEPSTACK_METHOD, check_decoder_interface
 from fastav_eval.pruning.config import PruningConfig
 from fastav_eval.pruning.flops import DecoderShape
 from fastav_eval.pruning.layout import ModalityLayout
@@ -52,6 +56,7 @@ SUPPORTED_DECODERS: dict[str, str] = {
     "llama": "Llama",
     "qwen2_5_omni_text": "Qwen2.5-Omni thinker (TMRoPE: [3, B, L] positions, cos/sin arrive [B, L, D])",
     "qwen2_5_vl_text": "Qwen2.5-VL (video-SALMONN 2+'s LLM; M-RoPE: [3, B, L] positions, cos/sin arrive [B, L, D])",
+    "qwen3_omni_moe_text": "Qwen3-Omni thinker (mixture of experts; DeepStack vision features after its first layers)",
 }
 """Text-model ``config.model_type`` -> what it is."""
 
@@ -135,6 +140,8 @@ class FastAVDecoder:
             setattr(layer.self_attn, SINK_ATTRIBUTE, self._sink)
             hook = functools.partial(self._before_layer, layer_idx)
             self._hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+        if callable(getattr(text_model, DEEPSTACK_METHOD, None)):
+            setattr(text_model, DEEPSTACK_METHOD, self._kept_deepstack(getattr(text_model, DEEPSTACK_METHOD)))
         setattr(text_model, ENGINE_ATTRIBUTE, self)
         logger.info(
             "FastAV installed on %s (%d layers, attention %s, transformers %s): %s",
@@ -156,7 +163,26 @@ class FastAVDecoder:
         for layer in text_model.layers:
             delattr(layer.self_attn, SINK_ATTRIBUTE)
         text_model.config._attn_implementation = self._original_attn
+        if DEEPSTACK_METHOD in vars(text_model):  # the instance wrapper; the class's method shows again
+            delattr(text_model, DEEPSTACK_METHOD)
         delattr(text_model, ENGINE_ATTRIBUTE)
+
+    def _kept_deepstack(self, deepstack: Any) -> Any:
+        """``deepstack(hidden [B, L_k, D], visual_pos_masks [B, L], features [N, D])`` as the stock method, with the
+        mask and the feature rows taken at the positions the layer just run kept (``features`` holds one row per
+        visual position, in row-major order of the mask)."""
+
+        def kept(hidden: torch.Tensor, visual_pos_masks: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+            run = self._run
+            if isinstance(run, _Prefill) and hidden.shape[1] != visual_pos_masks.shape[1]:
+                plan = run.plan
+                visual = visual_pos_masks.to(plan.positions.device)
+                rank = (visual.flatten().long().cumsum(0) - 1).view(visual.shape)  # each visual position's row
+                visual_pos_masks = visual.gather(1, plan.positions) & plan.valid
+                features = features[rank.gather(1, plan.positions)[visual_pos_masks].to(features.device)]
+            return deepstack(hidden, visual_pos_masks, features)
+
+        return kept
 
     @contextmanager
     def layout(self, layout: ModalityLayout, samples: Sequence[SampleInfo] | None = None) -> Iterator[FastAVDecoder]:
@@ -232,7 +258,9 @@ class FastAVDecoder:
             mask = self._attention_mask
             layout.check_padding(None if mask is None else mask[:, :length])
             plan = PrefillPlan(layout, self.config, self.num_layers, self._samples)
-            return _Prefill(plan, cache, bool(kwargs.get("use_cache")))
+            # Qwen3-Omni's decoder does not pass use_cache to its layers; it makes a cache only when asked to use one.
+            use_cache = bool(kwargs["use_cache"]) if "use_cache" in kwargs else cache is not None
+            return _Prefill(plan, cache, use_cache)
         state = self._decode_states.get(cache)
         if state is None:
             if len({cache.get_seq_length(i) for i in range(len(cache.layers))}) > 1:

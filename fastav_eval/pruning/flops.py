@@ -8,6 +8,10 @@ decode steps:
 - ``exact``: the same terms for the real block: grouped-query K/V projections
   (``n·d·(2·H + 2·H_kv)·d_h``), ``2·n²·H·d_h`` for QKᵀ and AV, and a three-matrix SwiGLU MLP (``3·n·d·m``).
 
+In a mixture-of-experts layer the MLP term counts what a token runs: the router (``n·d·E``) and its ``k`` experts
+(``k`` times the dense term at one expert's width), not the ``E`` experts the layer holds
+(:func:`mlp_flops_per_token`).
+
 Relative FLOPs = 100 · Σ_l f(n_l) / (L · f(n_0)): the unpruned prefill (every layer sees the n_0 prompt
 tokens that layer 0 saw) is 100.
 
@@ -24,28 +28,45 @@ from fastav_eval.decoder_shape import DecoderShape
 CONVENTIONS: tuple[str, ...] = ("fastv", "exact")
 
 
-def layer_flops(tokens: torch.Tensor, shape: DecoderShape, convention: str = "fastv") -> torch.Tensor:
-    """FLOPs of one layer's prefill over ``tokens`` (any shape of token counts; float64 result)."""
+def mlp_flops_per_token(shape: DecoderShape, convention: str = "fastv") -> torch.Tensor:
+    """``[num_layers]`` float64: one token's MLP FLOPs in each layer. Dense: ``2·d·m`` (``fastv``) or ``3·d·m``
+    (``exact``: SwiGLU). Mixture of experts: the router's ``d·E`` plus the ``k`` experts the token runs, each
+    ``2·d·m_e`` or ``3·d·m_e``, not the ``E`` it holds; a dense layer of the same decoder as dense."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention={convention!r}; accepted: {list(CONVENTIONS)}")
+    matrices = 2.0 if convention == "fastv" else 3.0
+    d = float(shape.hidden_size)
+    dense = matrices * d * shape.intermediate_size
+    per_layer = torch.full((shape.num_layers,), dense, dtype=torch.float64)
+    if shape.is_moe:
+        sparse = d * shape.num_experts + shape.num_experts_per_tok * matrices * d * shape.moe_intermediate_size
+        for layer in range(shape.num_layers):
+            if layer not in shape.dense_layers:
+                per_layer[layer] = sparse
+    return per_layer
+
+
+def layer_flops(tokens: torch.Tensor, shape: DecoderShape, convention: str = "fastv", layer: int = 0) -> torch.Tensor:
+    """FLOPs of layer ``layer``'s prefill over ``tokens`` (any shape of token counts; float64 result)."""
     n = tokens.double()
-    d, m = float(shape.hidden_size), float(shape.intermediate_size)
+    d = float(shape.hidden_size)
+    mlp = float(mlp_flops_per_token(shape, convention)[layer])
     if convention == "fastv":
-        return 4 * n * d**2 + 2 * n**2 * d + 2 * n * d * m
-    if convention == "exact":
-        h, h_kv, d_h = float(shape.num_heads), float(shape.num_kv_heads), float(shape.head_dim)
-        projections = n * d * (2 * h + 2 * h_kv) * d_h
-        attention = 2 * n**2 * h * d_h
-        return projections + attention + 3 * n * d * m
-    raise ValueError(f"convention={convention!r}; accepted: {list(CONVENTIONS)}")
+        return 4 * n * d**2 + 2 * n**2 * d + n * mlp
+    h, h_kv, d_h = float(shape.num_heads), float(shape.num_kv_heads), float(shape.head_dim)
+    return n * d * (2 * h + 2 * h_kv) * d_h + 2 * n**2 * h * d_h + n * mlp
 
 
 def prefill_flops(tokens_per_layer: torch.Tensor, shape: DecoderShape, convention: str = "fastv") -> torch.Tensor:
     """Total prefill FLOPs; ``tokens_per_layer`` is ``[..., num_layers]``, the result ``[...]``."""
     if tokens_per_layer.shape[-1] != shape.num_layers:
         raise ValueError(f"tokens_per_layer has {tokens_per_layer.shape[-1]} layers, the shape has {shape.num_layers}")
-    return layer_flops(tokens_per_layer, shape, convention).sum(-1)
+    layers = [layer_flops(tokens_per_layer[..., i], shape, convention, i) for i in range(shape.num_layers)]
+    return torch.stack(layers, -1).sum(-1)
 
 
 def relative_flops(tokens_per_layer: torch.Tensor, shape: DecoderShape, convention: str = "fastv") -> torch.Tensor:
     """Prefill FLOPs relative to the unpruned prefill (= 100); ``[..., num_layers]`` -> ``[...]``."""
-    full = layer_flops(tokens_per_layer[..., 0], shape, convention) * shape.num_layers
+    prompt = tokens_per_layer[..., :1].expand(tokens_per_layer.shape)  # every layer sees layer 0's tokens
+    full = prefill_flops(prompt, shape, convention)
     return 100.0 * prefill_flops(tokens_per_layer, shape, convention) / full

@@ -5,7 +5,7 @@ on CUDA in bf16."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -62,9 +62,12 @@ def masked_decoder(
     position_ids: torch.Tensor,
     visible: list[torch.Tensor],
     attention_mask: torch.Tensor | None = None,
+    after_layer: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The decoder stack over ``hidden [B, L, D]`` with layer i's keys limited to ``visible[i] [B, L]`` and to
     ``attention_mask [B, L]`` (padding; None: none), a position always seeing itself; final norm applied.
+    ``after_layer(i, hidden)`` (optional) is what the stock decoder does to the hidden states between layer i and
+    the next (Qwen3-Omni's DeepStack additions).
 
     Returns:
         ``(hidden [B, L, D], last-row head-averaged attention per layer [B, L] in float32)``.
@@ -96,6 +99,8 @@ def masked_decoder(
                     mask = torch.zeros(batch, 1, length, length, dtype=dtype, device=device)
                     additive = {key: mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)}
                 hidden = layer(hidden, attention_mask=additive[key], position_embeddings=(cos, sin), position_ids=None)
+                if after_layer is not None:
+                    hidden = after_layer(layer_idx, hidden)
     finally:
         for hook in hooks:
             hook.remove()

@@ -63,7 +63,7 @@ class FlopsPreset:
             "profile": self.profile.describe(),
             "tokens_per_layer": stats.tokens_per_layer[0].tolist(),
             "kept_per_layer": {name: c[0].tolist() for name, c in stats.modality_per_layer.items()},
-            "shape": vars(self.shape),
+            "shape": self.shape.to_dict(),
             "assumptions": self.assumptions,
         }
 
@@ -203,6 +203,25 @@ def _interleaved_chunks(grids: int, tokens_per_grid: int, seconds_per_grid: floa
     return segments
 
 
+def interleave_by_time(grid_times: list[float], tokens_per_grid: int, audio_times: list[float]) -> list[Segment]:
+    """Qwen3-Omni's audio-in-video order, one chunk per temporal grid: grid t's ``tokens_per_grid`` video tokens,
+    then the audio tokens timed before grid t + 1 (every one left, after the last grid), both chunk t.
+
+    The thinker merges token by token: a video token goes first while its time position is at most the next audio
+    token's. ``grid_times`` ``[T]`` and ``audio_times`` ``[A]`` (sorted) are those positions as the model computes them.
+    """
+    segments: list[Segment] = []
+    audio = 0
+    for grid in range(len(grid_times)):
+        segments.append(("video", tokens_per_grid, grid))
+        last = grid == len(grid_times) - 1
+        end = len(audio_times) if last else sum(1 for time in audio_times if time < grid_times[grid + 1])
+        if end > audio:
+            segments.append(("audio", end - audio, grid))
+            audio = end
+    return segments
+
+
 def _qwen2_5_omni_7b() -> FlopsPreset:
     """Qwen2.5-Omni-7B's thinker on a typical WorldSense clip, as ``fastav_qwen2_5_omni`` feeds it by default.
 
@@ -227,10 +246,49 @@ def _qwen2_5_omni_7b() -> FlopsPreset:
     )
 
 
+QWEN3_OMNI_30B_A3B_THINKER = DecoderShape(
+    num_layers=48, hidden_size=2048, intermediate_size=6144, num_heads=32, num_kv_heads=4, head_dim=128,
+    num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
+)  # fmt: skip
+
+
+def _qwen3_omni_30b_a3b() -> FlopsPreset:
+    """Qwen3-Omni-30B-A3B's thinker on a typical WorldSense clip, as ``fastav_qwen3_omni`` feeds it by default.
+
+    Assumptions: the thinker's LLM is a mixture of experts: 48 layers, d 2048, 32/4 heads of 128, 128 experts of
+    width 768 with 8 run per token, every layer sparse (decoder_sparse_step 1, no mlp_only_layers), as public readers
+    of the released config.json state (the file itself was not read here); a token's MLP cost is the router plus its
+    8 experts. The clip lasts 141 s (WorldSense's mean duration) at 1280×720; the adapter's defaults (fps 2 capped
+    at max_frames 64, max_pixels 360×420) sample 64 frames, i.e. 32 temporal grids of 4.41 s, each resized to
+    512×288 px: 144 tokens per grid (32-px tokens), 4,608 video tokens. The soundtrack gives 13 tokens per second
+    (n_window 50): 1,833 audio tokens. They interleave token by token by time (13 positions per second, the released
+    config's position_id_per_seconds), one chunk per grid: its video tokens, then the audio up to the next grid.
+    The system prompt and chat prefix are 40 tokens and a multiple-choice question with the assistant prompt 80.
+    The global stage keeps the audio-visual tokens of the first 4 frames (2 grids) before layer 24 (half the depth),
+    video-SALMONN 2's rule in FastAV, which also interleaves per frame; not calibrated for Qwen3-Omni.
+    """
+    seconds, grids, position_id_per_seconds = 141, 32, 13
+    second_per_grid = 2 / (2 * grids / seconds)  # 2 frames per grid at the capped rate of 64 frames / 141 s
+    grid_times = [t * second_per_grid * position_id_per_seconds for t in range(grids)]
+    audio_tokens = seconds * 13  # 13 tokens per 100 mel frames (1 s)
+    chunks = interleave_by_time(grid_times, 144, [float(j) for j in range(audio_tokens)])
+    return FlopsPreset(
+        name="qwen3_omni_30b_a3b",
+        shape=QWEN3_OMNI_30B_A3B_THINKER,
+        segments=(("text", 40), *chunks, ("text", 80)),
+        profile=PruningProfile(keep={"video": PrefixKeep(first_chunks=2), "audio": PrefixKeep(first_chunks=2)}),
+        global_layer=24,
+        assumptions=_assumptions(_qwen3_omni_30b_a3b),
+    )
+
+
 PRESETS: dict[str, FlopsPreset] = {
     preset.name: preset
-    for preset in (_videollama2(), _videollama2_16f(), _video_salmonn2(), _video_salmonn2_60s(), _qwen2_5_omni_7b())
-}
+    for preset in (
+        _videollama2(), _videollama2_16f(), _video_salmonn2(), _video_salmonn2_60s(), _qwen2_5_omni_7b(),
+        _qwen3_omni_30b_a3b(),
+    )
+}  # fmt: skip
 
 
 MODALITIES = ("text", "video", "audio")

@@ -19,9 +19,13 @@ METRICS = {"worldsense": "worldsense_score", "av_odyssey": "av_odyssey_score",
            "videomme": "videomme_perception_score", "vggsound": "acc"}  # fmt: skip
 
 
-def run(root: Path, model_args: str, tasks: tuple[str, ...]) -> tuple[dict, dict[str, list[dict]], str]:
+def run(
+    root: Path, model_args: str, tasks: tuple[str, ...], model: str = "fastav_qwen2_5_omni"
+) -> tuple[dict, dict[str, list[dict]], str]:
+    """lmms-eval's CLI on the tiny ``model`` (an Omni registration of tests/lmms/av_cli.py) over ``tasks``: the
+    results, each task's logged samples and the command's output."""
     output = root / "out"
-    command = [sys.executable, "-m", "tests.lmms.av_cli", str(root), "--model", "fastav_qwen2_5_omni",
+    command = [sys.executable, "-m", "tests.lmms.av_cli", str(root), "--model", model,
                "--model_args", f"pretrained={root / 'checkpoint'},dtype=float32,device=cpu,{model_args}",
                "--tasks", ",".join(tasks), "--limit", "3", "--gen_kwargs", "max_new_tokens=4",
                "--output_path", str(output), "--log_samples"]  # fmt: skip

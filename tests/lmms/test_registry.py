@@ -34,7 +34,14 @@ def test_every_registered_model_is_an_lmms_eval_model_with_the_registrys_adapter
 
 
 def test_the_class_names_are_those_of_the_former_registrations():
-    expected = {"FastAVTiny", "FastAVQwen25Omni", "FastAVVideoLLaMA2", "FastAVVideoSALMONN2", "FastAVVideoSALMONN2Plus"}
+    expected = {
+        "FastAVTiny",
+        "FastAVQwen25Omni",
+        "FastAVQwen3Omni",
+        "FastAVVideoLLaMA2",
+        "FastAVVideoSALMONN2",
+        "FastAVVideoSALMONN2Plus",
+    }
     assert {wrapper_name(name) for name in MODELS} == expected
     assert len(WRAPPERS) == len(MODELS), "two models would share one class name"
     assert {manifest.model_id for manifest in manifests()} == set(MODELS)

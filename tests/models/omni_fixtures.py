@@ -10,6 +10,7 @@ patches); its pixel values are not normalised like the stock one's, which a rand
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,7 +116,6 @@ def tiny_processor() -> TinyOmniProcessor:
 
 def tiny_thinker_config(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen2_5OmniThinkerConfig:
     tokenizer = tokenizer or tiny_tokenizer()
-    ids = tokenizer.convert_tokens_to_ids
     return Qwen2_5OmniThinkerConfig(
         audio_config=dict(
             d_model=32, encoder_attention_heads=4, encoder_ffn_dim=64, encoder_layers=2, num_mel_bins=MEL_BINS,
@@ -130,15 +130,23 @@ def tiny_thinker_config(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwe
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
         ),
-        audio_token_index=ids("<|AUDIO|>"),
-        image_token_index=ids("<|IMAGE|>"),
-        video_token_index=ids("<|VIDEO|>"),
+        **special_token_ids(tokenizer),
+    )  # fmt: skip
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    """The thinker config's placeholder and marker ids, as the tiny tokenizer numbers them."""
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(
+        audio_token_id=ids("<|AUDIO|>"),
+        image_token_id=ids("<|IMAGE|>"),
+        video_token_id=ids("<|VIDEO|>"),
         audio_start_token_id=ids("<|audio_bos|>"),
         audio_end_token_id=ids("<|audio_eos|>"),
         vision_start_token_id=ids("<|vision_bos|>"),
         vision_end_token_id=ids("<|vision_eos|>"),
         user_token_id=ids("user"),
-    )  # fmt: skip
+    )
 
 
 def tiny_thinker(seed: int = 0) -> Qwen2_5OmniThinkerForConditionalGeneration:
@@ -149,11 +157,16 @@ def tiny_thinker(seed: int = 0) -> Qwen2_5OmniThinkerForConditionalGeneration:
 def save_checkpoint(directory: Path, seed: int = 0) -> Path:
     """A folder laid out like ``Qwen/Qwen2.5-Omni-7B``: the full model's config (thinker inside), ``thinker.``
     -prefixed weights plus a talker tensor that loading must ignore, and the tokenizer."""
+    thinker = tiny_thinker(seed)
+    return save_full_checkpoint(directory, thinker, Qwen2_5OmniConfig(thinker_config=thinker.config.to_dict()))
+
+
+def save_full_checkpoint(directory: Path, thinker: torch.nn.Module, config: Any) -> Path:
+    """``thinker`` saved as a full Omni model's folder: ``config`` (the full model's, thinker inside), the
+    ``thinker.``-prefixed weights plus a talker tensor that loading must ignore, and the tiny tokenizer."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    thinker = tiny_thinker(seed)
-    config = Qwen2_5OmniConfig(thinker_config=thinker.config.to_dict(), enable_audio_output=True)
     config.save_pretrained(directory)
     state = {f"thinker.{name}": tensor.contiguous() for name, tensor in thinker.state_dict().items()}
     state["talker.codec_head.weight"] = torch.zeros(2, 2)

@@ -36,6 +36,58 @@ def test_fastv_formula_by_hand():
         layer_flops(n, shape, "flash")
 
 
+def test_mixture_of_experts_counts_the_router_and_the_active_experts_by_hand():
+    """A token's MLP in an MoE layer: the router (d·E) and k experts of width m_e, not the E it holds; a dense layer
+    of the same decoder (mlp_only_layers) as dense."""
+    d, m, e, k, m_e, n = 10, 30, 8, 2, 6, 7
+    moe = DecoderShape(num_layers=3, hidden_size=d, intermediate_size=m, num_heads=2, num_kv_heads=1, head_dim=5,
+                       num_experts=e, num_experts_per_tok=k, moe_intermediate_size=m_e, dense_layers=(1,))  # fmt: skip
+    attention = 4 * n * d * d + 2 * n * n * d
+    assert float(layer_flops(torch.tensor(n), moe, "fastv", layer=0)) == attention + n * (d * e + k * 2 * d * m_e)
+    assert float(layer_flops(torch.tensor(n), moe, "fastv", layer=1)) == attention + n * 2 * d * m
+    exact = n * d * (2 * 2 + 2 * 1) * 5 + 2 * n * n * 2 * 5
+    assert float(layer_flops(torch.tensor(n), moe, "exact", layer=2)) == exact + n * (d * e + k * 3 * d * m_e)
+    tokens = torch.tensor([n, n, 3])
+    total = 2 * (attention + n * (d * e + k * 2 * d * m_e)) + attention + n * 2 * d * m
+    pruned = total - (4 * n * d * d + 2 * n * n * d + n * (d * e + k * 2 * d * m_e))
+    pruned += 4 * 3 * d * d + 2 * 9 * d + 3 * (d * e + k * 2 * d * m_e)
+    assert float(relative_flops(tokens, moe)) == pytest.approx(100 * pruned / total)
+    with pytest.raises(ValueError, match="num_experts_per_tok=9; accepted: 1 to num_experts"):
+        DecoderShape(**{**vars(moe), "num_experts_per_tok": 9})
+
+
+def test_qwen3_omni_preset_counts_active_experts():
+    result = get_preset("qwen3_omni_30b_a3b").run(fine_ratio=0.2)
+    assert result["prompt_tokens"] == {"text": 120, "video": 4608, "audio": 1833}
+    assert result["shape"]["num_experts"] == 128 and result["shape"]["num_experts_per_tok"] == 8
+    assert result["global_layer"] == 24 and result["tokens_per_layer"][23] == 6561
+    assert result["relative_flops"] == pytest.approx(50.98, abs=0.01)
+    assert "8 run per token" in result["assumptions"]
+    video_chunks = [s for s in get_preset("qwen3_omni_30b_a3b").segments if s[0] == "video"]
+    assert len(video_chunks) == 32 and all(s[1] == 144 for s in video_chunks)
+
+
+def test_interleave_by_time_is_the_processors_token_order():
+    """Oracle: Qwen3-Omni's processor's own merge (replace_video_with_audio_token) on the same grid and audio."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from transformers import Qwen3OmniMoeProcessor
+
+    from fastav_eval.pruning.presets import interleave_by_time
+
+    stub = SimpleNamespace(audio_bos_token="[", audio_eos_token="]", video_token="V", audio_token="A",
+                           video_processor=SimpleNamespace(merge_size=2))  # fmt: skip
+    for grids, seconds, audio in ((5, 0.8, 40), (3, 2.0, 100), (7, 0.5, 9)):
+        video = {"video_grid_thw": [np.array([grids, 4, 6])], "video_second_per_grid": [seconds]}
+        text = Qwen3OmniMoeProcessor.replace_video_with_audio_token(
+            stub, video, 0, {"num_audio_tokens": [audio]}, 0, position_id_per_seconds=13
+        )[1:-1]
+        times = [t * seconds * 13 for t in range(grids)]
+        segments = interleave_by_time(times, 6, [float(j) for j in range(audio)])
+        assert "".join(("V" if name == "video" else "A") * count for name, count, _ in segments) == text
+
+
 @pytest.mark.parametrize(("fine_ratio", "paper"), sorted(TABLE_4.items()))
 def test_videollama2_preset_reproduces_table_4(fine_ratio, paper):
     result = get_preset("videollama2").run(fine_ratio=fine_ratio)
@@ -69,7 +121,7 @@ def test_cli_prints_one_json_object(capsys):
     assert main(["flops", "--preset", "videollama2", "--fine-ratio", "0.2"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert abs(result["relative_flops"] - 56) <= 1.5
-    assert result["shape"] == vars(QWEN2_7B) and "8 frames" in result["assumptions"]
+    assert result["shape"] == QWEN2_7B.to_dict() and "8 frames" in result["assumptions"]
     assert main(["flops", "--preset", "video_salmonn2", "--fine-ratio", "0.2", "--convention", "exact"]) == 0
     assert abs(json.loads(capsys.readouterr().out)["relative_flops"] - 58) <= 2
     assert main(["flops", "--preset", "videollama2", "--fine-ratio", "1"]) == 2
