@@ -220,6 +220,71 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import logging
+
+    from fastav_eval.analysis.calibrate import calibration_inputs, test_split_warning
+    from fastav_eval.analysis.compare import (
+        check_base,
+        check_methods,
+        check_targets,
+        compare_runs,
+        solve,
+        write_budgets,
+    )
+    from fastav_eval.analysis.report import write_report
+    from fastav_eval.analysis.results import find_runs
+    from fastav_eval.analysis.sweep import check_gen_kwargs, check_tasks, run_sweep
+    from fastav_eval.analysis.tasks import build_model, task_documents, task_names, task_objects
+    from fastav_eval.models.model_args import join_model_args
+    from fastav_eval.pruning import DecoderShape
+    from fastav_eval.pruning.decoder import find_text_model
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    methods, targets = check_methods(args.methods), check_targets(args.target_flops)
+    base = check_base(args.model, args.model_args)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out!r} is a file; accepted: a folder (new, or an earlier compare's)")
+    if args.gen_kwargs:
+        check_gen_kwargs(args.gen_kwargs)
+    check_tasks(args.model, args.tasks, args.include_path)
+    includes = [args.include_path] if args.include_path else []
+    calibration_tasks = task_objects(task_names(args.calibrate_on, includes), args.model, includes)
+    if set(calibration_tasks) & set(task_objects(task_names(args.tasks, includes), args.model, includes)):
+        raise ValueError(f"--calibrate-on {args.calibrate_on!r} shares tasks with --tasks: budgets are solved on other "
+                         "documents than the reported ones (e.g. avsynth_val for avsynth)")  # fmt: skip
+    warning = test_split_warning(calibration_tasks)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    unpruned = {key: value for key, value in base.items() if key not in ("global_layer", "fine_ratio", "fine_rule")}
+    model = build_model(args.model, join_model_args({**unpruned, "prune": "none"}), args.device)
+    documents = list(task_documents(calibration_tasks, args.calibration_limit))
+    layouts = [layout for _, _, layout in calibration_inputs(model, documents)]
+    if not layouts:
+        raise ValueError(f"--calibrate-on {args.calibrate_on!r}: no document could be laid out")
+    shape = DecoderShape.from_config(find_text_model(model.adapter.decoder).config)
+    budgets = [solve(method, target, base, layouts, shape) for method in methods for target in targets]
+    calibration = {"tasks": args.calibrate_on, "limit": args.calibration_limit, "documents": len(layouts)}
+    written = write_budgets(budgets, calibration, Path(args.out))
+    print((Path(args.out) / "budgets.md").read_text(), end="")
+    runs = compare_runs(args.model, base, budgets, args.tasks, args.limit, args.gen_kwargs or "")
+    print(f"compare: {len(runs)} runs ({', '.join(run.name for run in runs)}) -> {args.out}; budgets: {written}")
+    result = run_sweep(
+        runs, args.out, launcher=args.launcher.split() if args.launcher else None, include_path=args.include_path,
+        device=args.device, batch_size=args.batch_size, dry_run=args.dry_run,
+    )  # fmt: skip
+    if args.dry_run or result.failed:
+        print(f"compare: {len(result.failed)} failed" if result.failed else "compare: dry run, nothing ran")
+        return 1 if result.failed else 0
+    results = find_runs([args.out])
+    report = Path(args.out) / "report"
+    print("\n".join(str(path) for path in write_report(results, report).values()))
+    for task in sorted({task for run in results for task in run.tasks}):
+        metric = f"{task}/{results[0].primary_metric(task)}"
+        print("\n".join(str(path) for path in write_report(results, report / task, metric=metric).values()))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from fastav_eval.analysis.report import select, write_report
     from fastav_eval.analysis.results import COSTS_FROM_RECORD, COSTS_UNKNOWN, find_runs
@@ -464,6 +529,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, type=text("a folder"), help="folder: <out>/<hash>/ per run, <out>/sweep.json"
     )
     sweep.set_defaults(handler=_sweep)
+
+    compare = commands.add_parser(
+        "compare",
+        help="pruning methods side by side at equal FLOPs: budgets solved on calibration documents, one lmms-eval run "
+        "per method and target plus the unpruned one, then the report and a Pareto plot per task",
+    )
+    compare.add_argument("--model", required=True, help="a FastAV lmms-eval model")
+    compare.add_argument(
+        "--model_args", default="", help="the model's own keys (and FastAV's global_layer, fine_ratio, fine_rule, "
+        "sink_tokens, seed); compare sets each method and its budget",
+    )  # fmt: skip
+    compare.add_argument("--tasks", required=True, type=text("lmms-eval tasks or groups, comma-separated"),
+                         help="the tasks reported")  # fmt: skip
+    compare.add_argument("--calibrate-on", required=True, type=text("lmms-eval tasks, comma-separated"),
+                         help="tasks whose documents the budgets are solved on (never the reported ones)")  # fmt: skip
+    compare.add_argument("--calibration-limit", type=number(int, 1), default=24, help="documents per calibration task")
+    compare.add_argument("--methods", default="fastav,random,divprune,pdrop", help="comma-separated methods")
+    compare.add_argument("--target-flops", default="60,40,25", help="comma-separated % of the unpruned prefill FLOPs")
+    compare.add_argument("--limit", type=number(int, 1), help="documents per reported task (unset: all)")
+    compare.add_argument("--gen_kwargs", help="lmms-eval --gen_kwargs for every run")
+    compare.add_argument("--include_path", help="lmms-eval --include_path for every run (unset: FastAV-Eval's tasks)")
+    compare.add_argument("--device", help="lmms-eval --device for every run")
+    compare.add_argument("--batch_size", type=number(int, 1), help="lmms-eval --batch_size for every run")
+    compare.add_argument("--launcher", help="what runs lmms-eval, as for sweep")
+    compare.add_argument("--dry-run", action="store_true", help="solve the budgets and list the runs; run nothing")
+    compare.add_argument("--out", required=True, type=text("a folder"),
+                         help="folder: compare.json, budgets.md, <out>/<hash>/ per run, <out>/report/")  # fmt: skip
+    compare.set_defaults(handler=_compare)
 
     report = commands.add_parser(
         "report",

@@ -96,23 +96,38 @@ def canonical_hash(value: Any) -> str:
     return sha256_of(json.dumps(value, sort_keys=True, separators=(",", ":")))
 
 
-def derived_fields(kept_per_layer: Mapping[str, Sequence[int]]) -> dict[str, int | float]:
+def prompt_counts(
+    kept_per_layer: Mapping[str, Sequence[int]], prompt_per_modality: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """modality -> the prompt's tokens of it before the decoder: ``prompt_per_modality`` where an input cut dropped
+    some before layer 0, else layer 0's counts."""
+    if prompt_per_modality is not None:
+        return {name: int(count) for name, count in prompt_per_modality.items()}
+    return {name: int(counts[0]) for name, counts in kept_per_layer.items() if len(counts)}
+
+
+def derived_fields(
+    kept_per_layer: Mapping[str, Sequence[int]], prompt_per_modality: Mapping[str, int] | None = None
+) -> dict[str, int | float]:
     """The :data:`DERIVED_FIELDS` of a sample that kept ``kept_per_layer`` (modality -> ``[num_layers]`` counts):
-    the prompt's tokens (layer 0's, all modalities), each audio-visual modality's tokens before pruning and their
-    mean over layers (0 for a modality the sample lacks). Both the record's writer and ``verify`` derive them here."""
+    the prompt's tokens (all modalities, before any cut: :func:`prompt_counts`), each audio-visual modality's tokens
+    before pruning and their mean over layers (0 for a modality the sample lacks). Both the record's writer and
+    ``verify`` derive them here."""
     num_layers = len(next(iter(kept_per_layer.values()), ()))
-    derived: dict[str, int | float] = {"input_tokens": sum(int(counts[0]) for counts in kept_per_layer.values())}
+    prompt = prompt_counts(kept_per_layer, prompt_per_modality)
+    derived: dict[str, int | float] = {"input_tokens": sum(prompt.values())}
     for modality in ("video", "audio"):
-        counts = kept_per_layer.get(modality, [0])
-        derived[f"{modality}_tokens"] = int(counts[0])
-        derived[f"{modality}_kept_mean"] = sum(counts) / num_layers
+        derived[f"{modality}_tokens"] = prompt.get(modality, 0)
+        derived[f"{modality}_kept_mean"] = sum(kept_per_layer.get(modality, [0])) / num_layers
     return derived
 
 
-def retention(kept_per_layer: Mapping[str, Sequence[int]]) -> float:
+def retention(
+    kept_per_layer: Mapping[str, Sequence[int]], prompt_per_modality: Mapping[str, int] | None = None
+) -> float:
     """The share (%) of a sample's audio-visual tokens the decoder kept, as AVEX-Prune's "40% token retention":
     the mean over decoder layers of the video + audio tokens each layer processed, over the video + audio tokens
-    before pruning (layer 0's: every engine cut is at layer 1 or later, so layer 0 sees them all)::
+    before pruning (the prompt's: :func:`prompt_counts`)::
 
         retention = 100 · Σ_l (video_l + audio_l) / (num_layers · (video_0 + audio_0))
 
@@ -126,7 +141,8 @@ def retention(kept_per_layer: Mapping[str, Sequence[int]]) -> float:
     num_layers = len(next(iter(kept_per_layer.values()), ()))
     if num_layers == 0 or any(len(c) not in (0, num_layers) for c in counts):
         raise _fail("kept_per_layer", dict(kept_per_layer), "modality -> one count per decoder layer, equal lengths")
-    total = sum(int(c[0]) for c in counts if len(c))
+    prompt = prompt_counts(kept_per_layer, prompt_per_modality)
+    total = prompt.get("video", 0) + prompt.get("audio", 0)
     if total == 0:
         raise _fail(
             "kept_per_layer", dict(kept_per_layer),
@@ -153,6 +169,8 @@ class SampleRecord:
         peak_memory_mb: peak CUDA memory of the batch (None on CPU).
         error: why the sample could not be answered (``on_error=record``), else None.
         decision: what a learned policy chose for this sample (its own JSON), else None.
+        prompt_per_modality: modality -> the prompt's tokens before the decoder, present only where a cut before
+            layer 0 (input pruning) dropped some; absent, layer 0's counts are the prompt's.
     """
 
     prune: str
@@ -169,6 +187,7 @@ class SampleRecord:
     peak_memory_mb: float | None = None
     error: str | None = None
     decision: dict[str, Any] | None = None
+    prompt_per_modality: dict[str, int] | None = None
 
     @classmethod
     def measured(
@@ -185,6 +204,7 @@ class SampleRecord:
         if stats.relative_flops is None or stats.relative_flops_exact is None:
             raise ValueError("SampleStats without relative FLOPs; accepted: PrefillStats.sample(index, shape)")
         kept = {name: [int(c) for c in counts] for name, counts in stats.kept_per_layer.items()}
+        prompt = stats.prompt_per_modality
         return cls(
             prune=prune,
             output_tokens=int(output_tokens),
@@ -194,7 +214,8 @@ class SampleRecord:
             prefill_ms=float(prefill_ms),
             peak_memory_mb=peak_memory_mb,
             decision=decision,
-            **derived_fields(kept),
+            prompt_per_modality=None if prompt is None else {name: int(c) for name, c in prompt.items()},
+            **derived_fields(kept, prompt),
         )
 
     @classmethod
@@ -209,10 +230,12 @@ class SampleRecord:
     def retention(self) -> float | None:
         """The share (%) of the sample's audio-visual tokens kept (:func:`retention`); None for a failed sample or
         one without audio-visual tokens."""
-        if not self.ok or not any(counts and counts[0] for name, counts in self.kept_per_layer.items()
-                                  if name in ("video", "audio")):  # fmt: skip
+        if not self.ok:
             return None
-        return retention(self.kept_per_layer)
+        prompt = prompt_counts(self.kept_per_layer, self.prompt_per_modality)
+        if not prompt.get("video", 0) + prompt.get("audio", 0):
+            return None
+        return retention(self.kept_per_layer, self.prompt_per_modality)
 
     @property
     def tokens_per_layer(self) -> list[int]:
@@ -271,7 +294,13 @@ class SampleRecord:
         decision = data.get("decision")
         if decision is not None and not isinstance(decision, dict):
             raise _fail(f"{where} decision", decision, "an object or absent")
-        return cls(**values, decision=decision)
+        prompt = data.get("prompt_per_modality")
+        if prompt is not None and (
+            not isinstance(prompt, dict) or set(prompt) != set(values["kept_per_layer"])
+            or not all(_is_count(count) for count in prompt.values())
+        ):  # fmt: skip
+            raise _fail(f"{where} prompt_per_modality", prompt, "absent, or kept_per_layer's modalities -> ints >= 0")
+        return cls(**values, decision=decision, prompt_per_modality=prompt)
 
 
 def means(records: Iterable[SampleRecord]) -> dict[str, float]:

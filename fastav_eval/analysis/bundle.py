@@ -41,6 +41,7 @@ from fastav_eval.records import (
     canonical_hash,
     derived_fields,
     means,
+    prompt_counts,
     read_json,
     run_record_path,
     write_json,
@@ -307,13 +308,14 @@ def _check_flops(run: RunResults, parsed: dict[str, list[SampleRecord]], result:
                     f"{where}: {len(tokens)} layers of token counts, the decoder has {shape.num_layers}"
                 )
                 continue
+            prompt = sum(prompt_counts(sample.kept_per_layer, sample.prompt_per_modality).values())
             for name, convention in (("relative_flops", "fastv"), ("relative_flops_exact", "exact")):
-                recomputed = float(relative_flops(tokens, shape, convention))
+                recomputed = float(relative_flops(tokens, shape, convention, prompt_tokens=torch.tensor(prompt)))
                 if not _close(recomputed, getattr(sample, name)):
                     result.problems.append(
                         f"{where}: {name} {getattr(sample, name)} != {recomputed} from kept_per_layer"
                     )
-            for name, derived in derived_fields(sample.kept_per_layer).items():
+            for name, derived in derived_fields(sample.kept_per_layer, sample.prompt_per_modality).items():
                 stored = getattr(sample, name)
                 same = stored == derived if isinstance(derived, int) else _close(stored, derived)
                 if not same:

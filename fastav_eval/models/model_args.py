@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fastav_eval.pruning import PrefixKeep, PruningConfig, PruningProfile
+from fastav_eval.pruning.methods import METHODS
 from fastav_eval.pruning.rules import check_rule
 from fastav_eval.pruning.scoring import check_attention_kernel
 
 if TYPE_CHECKING:
     from fastav_eval.models.base import ModelAdapter
 
-PRUNE_MODES = ("fastav", "none", "rule:<name>")
+PRUNE_MODES = ("fastav", "none", "rule:<name>")  # and the methods of fastav_eval.pruning.methods.METHODS
 NAMED_CHOOSERS: dict[str, str] = {"avsynth_senses": "fastav_eval.avsynth.rule:AVSynthSenseRule"}
 """``prune=rule:<name>``: hand-written per-sample choosers (``module:class``, built with no arguments)."""
 POLICY_LOADER = "fastav_eval.policies.chooser:policy_config"
@@ -43,6 +44,9 @@ as that sample's error (empty answer, ``error`` in the samples file, counted in 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RULE_ARGS = ("sink_tokens",)
 """The engine args ``prune=rule:<name>`` takes (the rule decides everything else)."""
+METHOD_ARGS = ("retain", "sink_tokens", "seed")
+"""The engine args ``prune=<method>`` (:data:`fastav_eval.pruning.methods.METHODS`) takes: its budget, the sink and
+the seed; the method decides every cut."""
 
 
 # ---------------------------------------------------------------------------------------------------- value kinds
@@ -98,6 +102,13 @@ def _ratio(value: Any) -> float:
     return number
 
 
+def _share(value: Any) -> float:
+    number = _float(value)
+    if not 0.0 < number <= 1.0:
+        raise ValueError
+    return number
+
+
 def _keep(value: Any) -> int | float:
     """An int (first N tokens, N >= 0) or a float in [0, 1] (first fraction); ``"1"`` is one token, ``"1.0"`` all."""
     if isinstance(value, str):
@@ -132,6 +143,7 @@ KINDS: dict[str, ArgKind] = {
     "bool": ArgKind("true or false", _bool),
     "layer": ArgKind("an int >= 1 (a decoder layer, below the depth) or -1 (the last layer)", _layer),
     "keep": ArgKind("an int N >= 0 (first N tokens) or a float in [0, 1] (first fraction)", _keep),
+    "share": ArgKind("a number in (0, 1]", _share),
 }
 """Every kind of value a ``--model_args`` key can declare."""
 
@@ -158,6 +170,7 @@ ENGINE_KINDS: dict[str, str] = {
     "sink_tokens": "int>=0",
     "seed": "int",
     "policy": "str",
+    "retain": "share",
 }
 """The engine's keys, by kind (their vocabularies and ranges: :class:`PruningConfig`)."""
 WRAPPER_ARGS = tuple(WRAPPER_KINDS)
@@ -334,6 +347,16 @@ def rule_config(name: str, engine_args: Mapping[str, Any]) -> PruningConfig:
     return PruningConfig.chosen_by(chooser, **engine_args)
 
 
+def method_config(name: str, engine_args: Mapping[str, Any]) -> PruningConfig:
+    """``prune=<method>``: the method (with ``retain`` if given, else its published default) decides every cut."""
+    extra = sorted(set(engine_args) - set(METHOD_ARGS))
+    if extra:
+        raise ValueError(f"prune={name} takes only {list(METHOD_ARGS)} of the engine args; got {extra}")
+    args = dict(engine_args)
+    knobs = {"retain": args.pop("retain")} if "retain" in args else {}
+    return METHODS[name](**knobs).config(**args)
+
+
 def learned_config(engine_args: Mapping[str, Any]) -> PruningConfig:
     """``policy=<path>``: the saved policy's own config (it was trained under it)."""
     module_name, function = POLICY_LOADER.split(":")
@@ -367,10 +390,14 @@ def pruning_config(prune: str | None, engine_args: Mapping[str, Any], default_pr
         return learned_config(args)
     if mode.startswith("rule:"):
         return rule_config(mode.removeprefix("rule:"), args)
+    if mode in METHODS:
+        return method_config(mode, args)
+    if "retain" in args:
+        raise ValueError(f"retain= is the budget of a method (prune={'|'.join(METHODS)}); prune={mode!r} reads none")
     if mode not in PRUNE_MODES:
         raise ValueError(
-            f"prune={mode!r}; accepted: fastav, none, rule:<name> with <name> in {sorted(NAMED_CHOOSERS)}; "
-            "for a learned policy give policy=<path>"
+            f"prune={mode!r}; accepted: fastav, none, {', '.join(METHODS)}, rule:<name> with <name> in "
+            f"{sorted(NAMED_CHOOSERS)}; for a learned policy give policy=<path>"
         )
     if mode == "none":
         return PruningConfig.off()

@@ -279,7 +279,14 @@ class Qwen25OmniAdapter(ModelAdapter):
         for _attempt in range(8):
             self._sample_and_process(sample, rate, durations, index)
             ids = sample.processed["input_ids"][0].tolist()
-            sample.segments = self._segments(ids, sample.processed)
+            try:
+                sample.segments = self._segments(ids, sample.processed)
+            except (ValueError, IndexError) as error:  # the thinker cannot place the processor's tokens
+                raise SampleError(
+                    index,
+                    f"the thinker cannot lay out the processor's prompt ({type(error).__name__}: {error}); media put "
+                    "out of the visuals' order by <media_i> marks next to a video's soundtrack are not supported",
+                ) from None
             if self._segments_match(ids, sample.segments):
                 break
             rate *= 0.999
@@ -560,6 +567,7 @@ class Qwen25OmniAdapter(ModelAdapter):
         kwargs = inputs.generate_kwargs
         tokenizer = self.processor.tokenizer
         answers = [self.ends.reference_ids(tokenizer, reference) for reference in references]
-        text = generate_positions(kwargs["attention_mask"])[None]  # [1, B, L]
-        positions = torch.cat([text, self.rope_positions(kwargs, kwargs["use_audio_in_video"]).to(text)])
+        rope = self.rope_positions(kwargs, kwargs["use_audio_in_video"])  # Qwen3-Omni's are fractional: keep them
+        text = generate_positions(kwargs["attention_mask"])[None].to(device=rope.device, dtype=rope.dtype)  # [1, B, L]
+        positions = torch.cat([text, rope])
         return teacher_forced_logprob(self.model, kwargs, positions, answers, self.ends.pad_id)

@@ -230,7 +230,8 @@ class FastAVDecoder:
             self.last_stats = run.plan.stats()
             self._pruned_under_layout = True
             if run.cache is not None and run.use_cache:
-                self._decode_states[run.cache] = _DecodeState(run.plan.layout.length, run.kv_valid)
+                plan = run.plan
+                self._decode_states[run.cache] = _DecodeState(plan.layout.length, run.kv_valid, plan.prompt_valid)
 
     # ------------------------------------------------------------------ what a forward is
     def _start(self, args: tuple, kwargs: dict[str, Any]) -> _Prefill | _OverCache | None:
@@ -316,7 +317,7 @@ class FastAVDecoder:
     ) -> tuple[tuple, dict[str, Any]] | None:
         state = run.state
         prompt_valid = state.kv_valid[layer_idx]
-        if prompt_valid is state.kv_valid[0]:  # this layer holds the whole prompt: the stock mask is right
+        if prompt_valid is state.whole:  # this layer holds the whole prompt: the stock mask is right
             return None
         key = id(prompt_valid)
         if key not in run.masks:
@@ -357,10 +358,11 @@ class _OverCache:
 class _DecodeState:
     """Per-layer key validity of a pruned prompt, for the masks of later forwards over the same cache."""
 
-    def __init__(self, prompt_length: int, kv_valid: list[torch.Tensor]) -> None:
+    def __init__(self, prompt_length: int, kv_valid: list[torch.Tensor], whole: torch.Tensor) -> None:
         self.prompt_length = prompt_length
         self.kv_valid = kv_valid  # per layer [B, L_i] bool; layers of one segment share one tensor
-        self.pruned = any(valid is not kv_valid[0] for valid in kv_valid)
+        self.whole = whole  # the tensor of the layers that hold the whole prompt (no cut reached them)
+        self.pruned = any(valid is not whole for valid in kv_valid)
         self._dense = {id(valid): bool(valid.all()) for valid in kv_valid}  # no padding or filler slot
 
     def key_valid(

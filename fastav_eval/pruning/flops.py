@@ -12,8 +12,8 @@ In a mixture-of-experts layer the MLP term counts what a token runs: the router 
 (``k`` times the dense term at one expert's width), not the ``E`` experts the layer holds
 (:func:`mlp_flops_per_token`).
 
-Relative FLOPs = 100 · Σ_l f(n_l) / (L · f(n_0)): the unpruned prefill (every layer sees the n_0 prompt
-tokens that layer 0 saw) is 100.
+Relative FLOPs = 100 · Σ_l f(n_l) / Σ_l f(N): the unpruned prefill (every layer sees the N prompt tokens; N = n_0
+unless a cut before the decoder dropped some) is 100.
 
 The sizes a layer's cost depends on are :class:`~fastav_eval.decoder_shape.DecoderShape` (defined in a torch-free
 leaf so the records read it too; importable from here and from :mod:`fastav_eval.pruning`).
@@ -65,8 +65,16 @@ def prefill_flops(tokens_per_layer: torch.Tensor, shape: DecoderShape, conventio
     return torch.stack(layers, -1).sum(-1)
 
 
-def relative_flops(tokens_per_layer: torch.Tensor, shape: DecoderShape, convention: str = "fastv") -> torch.Tensor:
-    """Prefill FLOPs relative to the unpruned prefill (= 100); ``[..., num_layers]`` -> ``[...]``."""
-    prompt = tokens_per_layer[..., :1].expand(tokens_per_layer.shape)  # every layer sees layer 0's tokens
+def relative_flops(
+    tokens_per_layer: torch.Tensor,
+    shape: DecoderShape,
+    convention: str = "fastv",
+    prompt_tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Prefill FLOPs relative to the unpruned prefill (= 100), in which every layer sees the whole prompt:
+    ``prompt_tokens`` ``[...]`` (None: layer 0's count, i.e. no cut before the decoder); ``[..., num_layers]`` ->
+    ``[...]``."""
+    whole = tokens_per_layer[..., 0] if prompt_tokens is None else torch.as_tensor(prompt_tokens)
+    prompt = whole.to(tokens_per_layer.device)[..., None].expand(tokens_per_layer.shape)
     full = prefill_flops(prompt, shape, convention)
     return 100.0 * prefill_flops(tokens_per_layer, shape, convention) / full

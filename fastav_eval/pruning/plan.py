@@ -52,10 +52,15 @@ class SampleStats:
     kept_per_layer: dict[str, list[int]]
     relative_flops: float | None = None
     relative_flops_exact: float | None = None
+    prompt_per_modality: dict[str, int] | None = None
+    """modality -> the prompt's tokens before the decoder, where an input cut (at layer 0) dropped some; None: layer
+    0 processed the whole prompt (its counts are the prompt's)."""
 
     @property
     def prompt_tokens(self) -> int:
-        """The tokens layer 0 processed: the whole prompt, padding excluded."""
+        """The whole prompt's tokens, padding excluded (what the unpruned prefill processes at every layer)."""
+        if self.prompt_per_modality is not None:
+            return sum(self.prompt_per_modality.values())
         return self.tokens_per_layer[0]
 
 
@@ -72,6 +77,8 @@ class PrefillStats:
             (-1 on padding and filler slots).
         decisions: per sample, how its cut was chosen (layer, by whom, fine ratio, a chooser's keep fractions,
             orders and notes); empty for a sample never cut.
+        prompt_per_modality: modality name -> ``[B]`` the prompt's tokens of that modality before the decoder
+            (layer 0's counts unless an input cut dropped some there).
     """
 
     tokens_per_layer: torch.Tensor
@@ -79,14 +86,22 @@ class PrefillStats:
     slots_per_layer: list[int]
     kv_positions: list[torch.Tensor]
     decisions: list[dict[str, object]] = dataclasses.field(default_factory=list)
+    prompt_per_modality: dict[str, torch.Tensor] | None = None
 
     @property
     def num_layers(self) -> int:
         return self.tokens_per_layer.shape[1]
 
+    @property
+    def prompt_tokens(self) -> torch.Tensor:
+        """``[B]`` the whole prompt's tokens, padding excluded."""
+        if self.prompt_per_modality is None:
+            return self.tokens_per_layer[:, 0]
+        return torch.stack(list(self.prompt_per_modality.values())).sum(0)
+
     def relative_flops(self, shape: DecoderShape, convention: str = "fastv") -> torch.Tensor:
-        """``[B]`` prefill FLOPs of each sample relative to its unpruned prefill (= 100)."""
-        return relative_flops(self.tokens_per_layer, shape, convention)
+        """``[B]`` prefill FLOPs of each sample relative to its unpruned prefill over the whole prompt (= 100)."""
+        return relative_flops(self.tokens_per_layer, shape, convention, prompt_tokens=self.prompt_tokens)
 
     def sample(self, index: int, shape: DecoderShape | None = None) -> SampleStats:
         """Sample ``index``'s counts per layer (per modality too), and its relative FLOPs if ``shape`` is given."""
@@ -94,9 +109,14 @@ class PrefillStats:
         if shape is not None:
             fastv = float(self.relative_flops(shape, "fastv")[index])
             exact = float(self.relative_flops(shape, "exact")[index])
+        prompt = None
+        cut_before_layer_0 = int(self.prompt_tokens[index]) != int(self.tokens_per_layer[index, 0])
+        if self.prompt_per_modality is not None and cut_before_layer_0:
+            prompt = {name: int(counts[index]) for name, counts in self.prompt_per_modality.items()}
         return SampleStats(
             tokens_per_layer=self.tokens_per_layer[index].tolist(),
             kept_per_layer={name: counts[index].tolist() for name, counts in self.modality_per_layer.items()},
+            prompt_per_modality=prompt,
             relative_flops=fastv,
             relative_flops_exact=exact,
         )
@@ -133,6 +153,8 @@ class PrefillPlan:
         batch, length = layout.batch_size, layout.length
         self.positions = torch.arange(length, device=layout.device).expand(batch, length).contiguous()
         self.valid = layout.valid.clone()
+        self.prompt_valid = self.valid
+        """The whole prompt's validity (this very object until the first cut): what a layer no cut reached holds."""
         self._protected = layout.protected(config.sink_tokens)
         self._generator = torch.Generator().manual_seed(config.seed)
         device = layout.device
@@ -154,8 +176,9 @@ class PrefillPlan:
         "fine" after ``global_layer``."""
         config, global_layer = self.config, self.config.global_layer
         assert global_layer is not None
-        if layer_idx < 1:
-            return None
+        if layer_idx < 1:  # before the decoder: only for a chooser that cuts the input, while it has samples to decide
+            cuts_input = bool(getattr(config.chooser, "cuts_input", False))
+            return "global" if layer_idx == 0 and cuts_input and bool((self.cut_layer < 0).any()) else None
         if layer_idx <= global_layer:
             if layer_idx == global_layer and config.global_rule is not None:
                 return "global"
@@ -170,7 +193,7 @@ class PrefillPlan:
 
     def _fine_rows(self, layer_idx: int) -> torch.Tensor:
         """``[B]`` bool: samples cut before ``layer_idx`` whose fine stage drops tokens there."""
-        return (self.cut_layer >= 1) & (self.cut_layer < layer_idx) & (self.fine_ratio > 0)
+        return (self.cut_layer >= 0) & (self.cut_layer < layer_idx) & (self.fine_ratio > 0)
 
     def needs_scores(self, layer_idx: int) -> bool:
         """Whether the prune point after ``layer_idx`` reads that layer's last-query scores."""
@@ -207,6 +230,7 @@ class PrefillPlan:
             undecided=self.cut_layer < 0,
             hidden=hidden,
             samples=self.samples,
+            num_layers=self.num_layers,
         )
 
     def step(
@@ -331,6 +355,10 @@ class PrefillPlan:
             slots_per_layer=list(self._slots),
             kv_positions=list(self._kv_positions),
             decisions=[dict(entry) for entry in self.decisions],
+            prompt_per_modality={
+                name: ((self.layout.modality == code) & self.prompt_valid).sum(1)
+                for name, code in MODALITY_NAMES.items()
+            },
         )
 
 

@@ -78,6 +78,7 @@ class PruneContext:
         undecided: ``[B]`` bool, samples whose cut no decision has scheduled yet (all False at fine steps).
         hidden: ``[B, L_cur, D]`` the hidden states entering ``layer_idx`` (None in a simulated prefill).
         samples: per-sample :class:`SampleInfo` given with the layout, or None.
+        num_layers: the decoder's depth.
     """
 
     stage: Stage
@@ -93,6 +94,7 @@ class PruneContext:
     undecided: torch.Tensor
     hidden: torch.Tensor | None = None
     samples: tuple[SampleInfo, ...] | None = None
+    num_layers: int | None = None
 
     @property
     def eligible(self) -> torch.Tensor:
@@ -118,7 +120,8 @@ class PruneDecision:
             ``rule``, the stage's own ordering (prefix order for the positional global rule, scores for the
             attentive rules).
         cut_layer: global stage only: the first layer that sees the sample's cut, an int or ``[B]`` (per sample),
-            from the current layer up to ``global_layer``; None is the current layer. The keep set is chosen
+            from the current layer up to ``global_layer``; None is the current layer. 0 is before the decoder (input
+            pruning), for a chooser asked there (``cuts_input``). The keep set is chosen
             when the cut happens, over the tokens and scores there.
         fine_ratio: global stage only: the fine ratio of the sample's layers after its cut, a float or ``[B]`` in
             [0, 1); None keeps the config's.
@@ -157,8 +160,11 @@ class PruneDecision:
                 raise ValueError(f"fine_ratio={self.fine_ratio!r}; accepted: values in [0, 1)")
         if self.cut_layer is not None:
             layers = torch.as_tensor(self.cut_layer)
-            if layers.dtype.is_floating_point or layers.dtype == torch.bool or bool((layers < 1).any()):
-                raise ValueError(f"cut_layer={self.cut_layer!r}; accepted: ints >= 1 (at most global_layer)")
+            if layers.dtype.is_floating_point or layers.dtype == torch.bool or bool((layers < 0).any()):
+                raise ValueError(
+                    f"cut_layer={self.cut_layer!r}; accepted: ints >= 0 (0: before the decoder, for a chooser that "
+                    "cuts_input; at most global_layer)"
+                )
         if self.order is not None:
             if self.keep_fraction is None:
                 raise ValueError("PruneDecision order applies to keep_fraction; keep_positions lists the tokens")
@@ -187,6 +193,8 @@ class Chooser(Protocol):
 
     Optional methods: ``check_decoder(text_config)``, called when the engine is installed, raises if the chooser
     was made for another decoder; ``describe()`` gives the JSON a run record stores for it (default: its name).
+    Optional attribute: ``cuts_input = True`` also asks it before layer 0 (input pruning: no scores there, and
+    ``hidden`` is the decoder's input embeddings); a cut at layer 0 is counted in FLOPs like any other.
     """
 
     def __call__(self, context: PruneContext) -> PruneDecision | Sequence[PruneDecision] | None: ...

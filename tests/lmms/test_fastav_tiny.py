@@ -107,7 +107,11 @@ def test_senses_leave_a_modality_out_as_the_stock_model_does():
     ("model_args", "message"),
     [
         ({"senses": "smell"}, r"senses='smell'; accepted: \['both', 'video', 'audio', 'none'\]"),
-        ({"prune": "fast"}, r"prune='fast'; accepted: fastav, none, rule:<name> with <name> in \['avsynth_senses'\]"),
+        (
+            {"prune": "fast"},
+            r"prune='fast'; accepted: fastav, none, random, divprune, pdrop, rule:<name> with <name> in "
+            r"\['avsynth_senses'\]",
+        ),
         ({"prune": "rule:best"}, r"prune=rule:best; accepted rules: \['avsynth_senses'\]"),
         ({"prune": "rule:avsynth_senses", "fine_ratio": 0.2}, r"takes only \['sink_tokens'\] .*fine_ratio"),
         ({"fine_ratio": 1.5}, r"fine_ratio=1\.5; accepted"),

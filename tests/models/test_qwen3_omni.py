@@ -137,10 +137,12 @@ def test_the_first_4_frames_rule_keeps_the_first_2_grids(media):
     assert all(p in kept for p in (layout.modality[0] == 0).nonzero().flatten().tolist())
 
 
-def test_reference_logprob_is_minus_the_teacher_forced_loss(media):
+@pytest.mark.parametrize("fps", [2.0, 1.5])
+def test_reference_logprob_is_minus_the_teacher_forced_loss(media, fps):
     """Oracle: the stock thinker's loss over one forward of [prompt + answer] per sample (its positions computed
-    over the whole sequence, no cache, no padding); a batch equals each alone."""
-    model = adapter(media)
+    over the whole sequence, no cache, no padding); a batch equals each alone. At 1.5 fps the grids' temporal
+    positions are fractional (2/1.5 s · 13 per second), which the scoring must keep as generate does."""
+    model = adapter(media, fps=fps)
     loaded = requests(model, media["clip4"], media["clip5"])
     logprob = model.reference_logprob(model.prepare(loaded), REFERENCES)
     tokenizer = model.processor.tokenizer

@@ -484,8 +484,8 @@ def test_bad_cut_layers_and_ratios_are_named():
     engine.uninstall()
     with pytest.raises(ValueError, match=r"fine_ratio=1.0; accepted: values in \[0, 1\)"):
         PruneDecision(keep_fraction={"audio": 0.5}, fine_ratio=1.0)
-    with pytest.raises(ValueError, match=r"cut_layer=0; accepted: ints >= 1"):
-        PruneDecision(keep_fraction={"audio": 0.5}, cut_layer=0)
+    with pytest.raises(ValueError, match=r"cut_layer=-1; accepted: ints >= 0"):
+        PruneDecision(keep_fraction={"audio": 0.5}, cut_layer=-1)
 
 
 def test_float32_and_python_fractions_keep_the_same_count():

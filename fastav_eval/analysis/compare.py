@@ -1,0 +1,199 @@
+"""``fastav-eval compare``: pruning methods side by side at equal FLOPs on one model, task set and set of documents.
+
+For each method (``fastav`` and :data:`fastav_eval.pruning.methods.METHODS`) and each FLOPs target, the method's
+budget knob is solved on *calibration* documents (never the reported ones): the largest budget whose mean relative
+prefill FLOPs over those documents' layouts is at most the target, the engine's own schedule simulated
+(:func:`~fastav_eval.pruning.plan.simulate_prefill`: token counts do not depend on which tokens go). The knobs:
+
+- ``fastav``: the share of each audio-visual modality the global stage keeps (``video_keep = audio_keep``, its
+  first tokens) at the base's global layer (half the depth, moved earlier where a target needs it and the base
+  does not fix it), the fine stage at the base's ratio (0.2 by default);
+- a method of :data:`~fastav_eval.pruning.methods.METHODS`: its ``retain``.
+
+A target a method cannot reach (PyramidDrop's first quarter of layers, FastAV's layers before a global cut at layer
+1, always see every token) is reported as unreachable with the lowest FLOPs it can give, not run. Then every solved
+point, and the unpruned baseline, is an ordinary lmms-eval run of ``fastav-eval sweep`` (resumable, shardable, one
+folder each), and ``fastav-eval report`` writes the table (metrics ± stderr, achieved FLOPs beside the target, paired
+differences against full tokens on the same documents) and a Pareto plot per task. ``compare.json`` records every
+solved budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fastav_eval.analysis.sweep import SweepRun, check_point
+from fastav_eval.analysis.tasks import model_class
+from fastav_eval.models.model_args import (
+    ENGINE_ARGS,
+    arg_kinds,
+    join_model_args,
+    parse_model_args,
+    pruning_config,
+    split_items,
+)
+from fastav_eval.pruning import DecoderShape, ModalityLayout, simulate_prefill
+from fastav_eval.pruning.methods import METHODS
+
+log = logging.getLogger(__name__)
+
+COMPARE_METHODS: tuple[str, ...] = ("fastav", *METHODS)
+"""What ``--methods`` accepts."""
+BASE_ENGINE_ARGS = ("global_layer", "fine_ratio", "fine_rule", "sink_tokens", "seed")
+"""The engine args ``--model_args`` may hold: FastAV's setting apart from its keep (which compare solves)."""
+STEPS = 40  # bisection steps over a budget in (0, 1]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One method at one target: the knob solved on the calibration documents and the mean FLOPs it gives there.
+
+    ``value`` is None when the target is out of the method's reach (``achieved`` is then its lowest mean FLOPs).
+    """
+
+    method: str
+    target: float
+    value: float | None
+    achieved: float
+    model_args: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}@{self.target:g}%"
+
+
+def knob_args(method: str, value: float, base: dict[str, str]) -> dict[str, str]:
+    """The ``--model_args`` of ``method`` with its budget knob at ``value`` over the base setting ``base``."""
+    if method == "fastav":
+        return {**base, "prune": "fastav", "video_keep": f"{value:.6f}", "audio_keep": f"{value:.6f}"}
+    others = {key: val for key, val in base.items() if key not in ENGINE_ARGS or key in ("sink_tokens", "seed")}
+    return {**others, "prune": method, "retain": f"{value:.6f}"}
+
+
+def mean_flops(method: str, value: float, base: dict[str, str], layouts: Sequence[ModalityLayout],
+               shape: DecoderShape) -> float:  # fmt: skip
+    """Mean relative prefill FLOPs (FastV's convention) of ``method`` at ``value`` over ``layouts``."""
+    args = knob_args(method, value, base)
+    engine = {key: args[key] for key in (*ENGINE_ARGS, "retain") if key in args}
+    config = pruning_config(args["prune"], engine, None)
+    values = [float(simulate_prefill(layout, config, shape.num_layers).relative_flops(shape)[0]) for layout in layouts]
+    return sum(values) / len(values)
+
+
+def solve(method: str, target: float, base: dict[str, str], layouts: Sequence[ModalityLayout],
+          shape: DecoderShape) -> Budget:  # fmt: skip
+    """The largest budget of ``method`` whose mean FLOPs over ``layouts`` is at most ``target`` (bisection: FLOPs
+    grow with the budget). FastAV out of reach at half the depth moves its global stage earlier, one layer at a
+    time, unless the base fixes ``global_layer``."""
+    if not 0.0 < target <= 100.0:
+        raise ValueError(f"target FLOPs {target!r}; accepted: a number in (0, 100] (% of the unpruned prefill)")
+    lowest = mean_flops(method, 1e-6, base, layouts, shape)
+    if lowest > target and method == "fastav" and "global_layer" not in base:
+        for layer in range(shape.num_layers // 2 - 1, 0, -1):
+            earlier = {**base, "global_layer": str(layer)}
+            lowest = mean_flops(method, 1e-6, earlier, layouts, shape)
+            if lowest <= target:
+                log.info("fastav reaches %.1f%% FLOPs with its global stage at layer %d", target, layer)
+                base = earlier
+                break
+    if lowest > target:
+        log.info("%s cannot reach %.1f%% FLOPs: its lowest is %.1f%%", method, target, lowest)
+        return Budget(method, target, None, lowest, {})
+    low, high = 1e-6, 1.0
+    if mean_flops(method, high, base, layouts, shape) <= target:
+        low = high
+    else:
+        for _ in range(STEPS):
+            middle = (low + high) / 2
+            low, high = (middle, high) if mean_flops(method, middle, base, layouts, shape) <= target else (low, middle)
+    achieved = mean_flops(method, low, base, layouts, shape)
+    log.info("%s at %.1f%% FLOPs: budget %.4f gives %.2f%% on the calibration documents", method, target, low, achieved)
+    return Budget(method, target, low, achieved, knob_args(method, low, base))
+
+
+def check_base(model: str, base_args: str) -> dict[str, str]:
+    """The base ``--model_args``: the model's own keys and FastAV's setting apart from its keep; anything that sets a
+    method or a keep is refused (compare sets them)."""
+    adapter_class = model_class(model).adapter_class
+    parse_model_args(base_args, arg_kinds(adapter_class))
+    base = dict(split_items(base_args))
+    refused = sorted(key for key in base if key in (*ENGINE_ARGS, "prune") and key not in BASE_ENGINE_ARGS)
+    if refused:
+        raise ValueError(
+            f"--model_args {refused}: compare sets each method and its budget; the base may hold the model's own "
+            f"keys and {list(BASE_ENGINE_ARGS)}"
+        )
+    return base
+
+
+def check_methods(methods: str) -> list[str]:
+    names = [name.strip() for name in methods.split(",") if name.strip()]
+    unknown = [name for name in names if name not in COMPARE_METHODS]
+    if not names or unknown:
+        raise ValueError(f"--methods {methods!r}; accepted: a comma-separated subset of {list(COMPARE_METHODS)}")
+    return names
+
+
+def check_targets(targets: str) -> list[float]:
+    try:
+        values = [float(value) for value in targets.split(",") if value.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0.0 < value <= 100.0 for value in values):
+        raise ValueError(f"--target-flops {targets!r}; accepted: comma-separated numbers in (0, 100], e.g. 60,40,25")
+    return values
+
+
+def compare_runs(
+    model: str,
+    base: dict[str, str],
+    budgets: Sequence[Budget],
+    tasks: str,
+    limit: int | None,
+    gen_kwargs: str,
+    seed: str = "0,1234,1234,1234",
+) -> list[SweepRun]:
+    """A sweep run per reachable budget, plus the unpruned baseline; each checked as its wrapper would."""
+    adapter_class = model_class(model).adapter_class
+    unpruned = {key: value for key, value in base.items() if key not in ENGINE_ARGS}
+    points = [(budget.name, budget.model_args) for budget in budgets if budget.value is not None]
+    points.append(("unpruned", {**unpruned, "prune": "none"}))
+    runs = []
+    for name, args in points:
+        pruning = check_point(adapter_class, args)
+        others = {key: value for key, value in args.items() if key not in (*ENGINE_ARGS, "prune")}
+        spec = {"model": model, "model_args": dict(sorted(others.items())), "prune": args["prune"],
+                "pruning": pruning, "tasks": tasks, "limit": limit, "gen_kwargs": gen_kwargs, "seed": seed}  # fmt: skip
+        runs.append(SweepRun(name, join_model_args(args), spec))
+    return runs
+
+
+def budgets_record(budgets: Sequence[Budget], calibration: dict[str, Any]) -> dict[str, Any]:
+    """What ``compare.json`` holds: every solved budget and the calibration documents it was solved on."""
+    return {"format": "fastav-compare/1", "calibration": calibration, "budgets": [asdict(b) for b in budgets]}
+
+
+def budgets_table(budgets: Sequence[Budget]) -> str:
+    """Markdown: each method's solved budget and its calibration FLOPs beside the target."""
+    lines = [
+        "| method | target FLOPs % | budget | global layer | calibration FLOPs % |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for budget in budgets:
+        value = "unreachable" if budget.value is None else f"{budget.value:.4f}"
+        achieved = f"{budget.achieved:.2f}" + (" (lowest)" if budget.value is None else "")
+        layer = budget.model_args.get("global_layer", "default" if budget.method == "fastav" else "")
+        lines.append(f"| {budget.method} | {budget.target:g} | {value} | {layer} | {achieved} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_budgets(budgets: Sequence[Budget], calibration: dict[str, Any], out: Path) -> Path:
+    from fastav_eval.records import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "budgets.md").write_text(budgets_table(budgets))
+    return write_json(out / "compare.json", budgets_record(budgets, calibration))

@@ -1,0 +1,62 @@
+"""``fastav-eval compare``'s budget solver on simulated layouts (no model), its checks, and its runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastav_eval.analysis.compare import (
+    check_base,
+    check_methods,
+    check_targets,
+    compare_runs,
+    mean_flops,
+    solve,
+)
+from fastav_eval.pruning import DecoderShape, ModalityLayout
+
+SHAPE = DecoderShape(num_layers=8, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16)
+LAYOUTS = [
+    ModalityLayout.from_segments([[("text", 10), ("video", 64), ("audio", 48), ("text", 8)]]),
+    ModalityLayout.from_segments([[("text", 6), ("video", 32), ("audio", 80), ("text", 12)]]),
+]
+
+
+@pytest.mark.parametrize("method", ["random", "divprune", "pdrop", "fastav"])
+@pytest.mark.parametrize("target", [70.0, 60.0])
+def test_the_solved_budget_is_the_largest_at_or_under_the_target(method, target):
+    budget = solve(method, target, {}, LAYOUTS, SHAPE)
+    assert budget.value is not None and budget.achieved <= target
+    assert budget.achieved == pytest.approx(mean_flops(method, budget.value, budget_base(budget), LAYOUTS, SHAPE))
+    if budget.value < 1.0:  # a little more budget would pass the target
+        assert mean_flops(method, min(budget.value + 0.02, 1.0), budget_base(budget), LAYOUTS, SHAPE) > target
+    assert budget.model_args["prune"] == method
+
+
+def budget_base(budget) -> dict[str, str]:
+    return {key: value for key, value in budget.model_args.items() if key == "global_layer"}
+
+
+def test_an_out_of_reach_target_is_reported_not_run_and_fastav_moves_its_global_stage_earlier():
+    low = solve("pdrop", 20.0, {}, LAYOUTS, SHAPE)  # its first quarter of layers sees every token
+    assert low.value is None and low.achieved > 20.0 and low.model_args == {}
+    fastav = solve("fastav", 30.0, {}, LAYOUTS, SHAPE)
+    assert fastav.value is not None and int(fastav.model_args["global_layer"]) < SHAPE.num_layers // 2
+    fixed = solve("fastav", 30.0, {"global_layer": "4"}, LAYOUTS, SHAPE)  # the base fixes the layer: no move
+    assert fixed.value is None
+    runs = compare_runs("fastav_tiny", {}, [low, fastav], "avsynth", 4, "")
+    assert [run.name for run in runs] == ["fastav@30%", "unpruned"]
+    assert "prune=none" in runs[-1].model_args and "global_layer" in runs[0].model_args
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: check_methods("fastav,magic"), r"--methods 'fastav,magic'; accepted: a comma-separated subset"),
+        (lambda: check_targets("60,0"), r"--target-flops '60,0'; accepted"),
+        (lambda: check_base("fastav_tiny", "prune=random"), r"compare sets each method and its budget"),
+        (lambda: check_base("fastav_tiny", "video_keep=0.5"), r"\['video_keep'\]: compare sets"),
+    ],
+)
+def test_bad_options_name_the_field(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
