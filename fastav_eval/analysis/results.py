@@ -248,12 +248,17 @@ class RunResults:
         if self.record.prune == "none":
             return "unpruned"
         config = self.record.pruning
+        chooser = config.get("chooser")
+        if isinstance(chooser, dict) and "method" in chooser:  # prune=<method> (fastav_eval.pruning.methods)
+            shown = {key: value for key, value in chooser.items() if key != "method" and value not in ((), [])}
+            knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+            return f"{chooser['method']} {knobs}".strip()
         parts = []
         if config.get("global_rule"):
             parts.append(f"global {config['global_rule']}@{config.get('global_layer')}")
         if config.get("fine_ratio"):
             parts.append(f"fine {config['fine_rule']} P={config['fine_ratio']:g}")
-        return ", ".join(parts) or "fastav, nothing pruned"
+        return ", ".join(parts) or (f"chooser {chooser}" if chooser else "fastav, nothing pruned")
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[RunResults]:

@@ -98,7 +98,7 @@ def test_compare_runs_methods_at_equal_flops_and_reports_them(tmp_path):
     assert [(b["method"], b["target"]) for b in budgets] == [("fastav", 60.0), ("random", 60.0), ("pdrop", 60.0)]
     assert all(b["value"] is not None and b["achieved"] <= 60.0 for b in budgets), budgets
     report = (folder / "report" / "report.md").read_text()
-    for name in ("fastav@60%", "random@60%", "pdrop@60%", "unpruned"):
+    for name in ("fastav@60%", "random@60%", "pdrop@60%", "unpruned", "random retain=", "pdrop retain="):
         assert name in report, tail(result)
     assert (folder / "report" / "avsynth_qa" / "pareto.png").is_file(), tail(result)
     index = json.loads((folder / "sweep.json").read_text())  # run hash -> name, model args
