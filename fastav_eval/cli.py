@@ -236,7 +236,7 @@ def _compare(args: argparse.Namespace) -> int:
     from fastav_eval.analysis.results import find_runs
     from fastav_eval.analysis.sweep import check_gen_kwargs, check_tasks, run_sweep
     from fastav_eval.analysis.tasks import build_model, task_documents, task_names, task_objects
-    from fastav_eval.models.model_args import join_model_args
+    from fastav_eval.models.model_args import ENGINE_ARGS, join_model_args
     from fastav_eval.pruning import DecoderShape
     from fastav_eval.pruning.decoder import find_text_model
 
@@ -256,7 +256,7 @@ def _compare(args: argparse.Namespace) -> int:
     warning = test_split_warning(calibration_tasks)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    unpruned = {key: value for key, value in base.items() if key not in ("global_layer", "fine_ratio", "fine_rule")}
+    unpruned = {key: value for key, value in base.items() if key not in ENGINE_ARGS}
     model = build_model(args.model, join_model_args({**unpruned, "prune": "none"}), args.device)
     documents = list(task_documents(calibration_tasks, args.calibration_limit))
     layouts = [layout for _, _, layout in calibration_inputs(model, documents)]

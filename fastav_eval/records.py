@@ -158,7 +158,7 @@ class SampleRecord:
 
     Attributes:
         prune: the wrapper's ``prune`` mode ("fastav" or "none").
-        input_tokens: prompt tokens (text + audio-visual) layer 0 processed; 0 for a failed sample.
+        input_tokens: the prompt's tokens (text + audio-visual), before any cut; 0 for a failed sample.
         output_tokens: tokens generated.
         kept_per_layer: modality ("text" / "video" / "audio") -> tokens of it each decoder layer processed.
         relative_flops: prefill FLOPs against the unpruned prefill (= 100), FastV's convention; None if failed.
@@ -295,11 +295,17 @@ class SampleRecord:
         if decision is not None and not isinstance(decision, dict):
             raise _fail(f"{where} decision", decision, "an object or absent")
         prompt = data.get("prompt_per_modality")
+        layer_0 = {name: counts[0] for name, counts in values["kept_per_layer"].items()}
         if prompt is not None and (
-            not isinstance(prompt, dict) or set(prompt) != set(values["kept_per_layer"])
-            or not all(_is_count(count) for count in prompt.values())
+            not isinstance(prompt, dict) or set(prompt) != set(layer_0)
+            or not all(_is_count(count) and count >= layer_0[name] for name, count in prompt.items())
+            or prompt.get("text", 0) != layer_0.get("text", 0)
         ):  # fmt: skip
-            raise _fail(f"{where} prompt_per_modality", prompt, "absent, or kept_per_layer's modalities -> ints >= 0")
+            raise _fail(
+                f"{where} prompt_per_modality", prompt,
+                "absent, or kept_per_layer's modalities -> ints at least layer 0's count, text equal to it (a cut "
+                "before the decoder drops audio-visual tokens only)",
+            )  # fmt: skip
         return cls(**values, decision=decision, prompt_per_modality=prompt)
 
 

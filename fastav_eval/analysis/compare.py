@@ -6,8 +6,9 @@ prefill FLOPs over those documents' layouts is at most the target, the engine's 
 (:func:`~fastav_eval.pruning.plan.simulate_prefill`: token counts do not depend on which tokens go). The knobs:
 
 - ``fastav``: the share of each audio-visual modality the global stage keeps (``video_keep = audio_keep``, its
-  first tokens) at the base's global layer (half the depth, moved earlier where a target needs it and the base
-  does not fix it), the fine stage at the base's ratio (0.2 by default);
+  first tokens), the fine stage at the base's ratio (0.2 by default); its global layer is the base's, or, unless
+  the base fixes it, the layer from 1 to half the depth whose solved keep keeps the most audio-visual tokens over
+  the layers at that FLOPs (:func:`solve`);
 - a method of :data:`~fastav_eval.pruning.methods.METHODS`: its ``retain``.
 
 A target a method cannot reach (PyramidDrop's first quarter of layers, FastAV's layers before a global cut at layer
@@ -45,7 +46,7 @@ COMPARE_METHODS: tuple[str, ...] = ("fastav", *METHODS)
 """What ``--methods`` accepts."""
 BASE_ENGINE_ARGS = ("global_layer", "fine_ratio", "fine_rule", "sink_tokens", "seed")
 """The engine args ``--model_args`` may hold: FastAV's setting apart from its keep (which compare solves)."""
-STEPS = 40  # bisection steps over a budget in (0, 1]
+STEPS = 30  # bisection steps over a budget in (0, 1]
 
 
 @dataclass(frozen=True)
@@ -74,34 +75,35 @@ def knob_args(method: str, value: float, base: dict[str, str]) -> dict[str, str]
     return {**others, "prune": method, "retain": f"{value:.6f}"}
 
 
-def mean_flops(method: str, value: float, base: dict[str, str], layouts: Sequence[ModalityLayout],
-               shape: DecoderShape) -> float:  # fmt: skip
-    """Mean relative prefill FLOPs (FastV's convention) of ``method`` at ``value`` over ``layouts``."""
+def simulate(method: str, value: float, base: dict[str, str], layouts: Sequence[ModalityLayout],
+             shape: DecoderShape) -> tuple[float, float]:  # fmt: skip
+    """Mean relative prefill FLOPs (FastV's convention) and mean audio-visual retention (%) of ``method`` at budget
+    ``value`` over ``layouts``, the engine's schedule simulated."""
     args = knob_args(method, value, base)
     engine = {key: args[key] for key in (*ENGINE_ARGS, "retain") if key in args}
     config = pruning_config(args["prune"], engine, None)
-    values = [float(simulate_prefill(layout, config, shape.num_layers).relative_flops(shape)[0]) for layout in layouts]
-    return sum(values) / len(values)
+    flops, kept = [], []
+    for layout in layouts:
+        stats = simulate_prefill(layout, config, shape.num_layers)
+        flops.append(float(stats.relative_flops(shape)[0]))
+        av = stats.modality_per_layer["video"][0] + stats.modality_per_layer["audio"][0]  # [layers]
+        prompt = stats.prompt_per_modality or {}
+        whole = int(prompt["video"][0] + prompt["audio"][0]) if prompt else int(av[0])
+        kept.append(100.0 * float(av.sum()) / (shape.num_layers * max(whole, 1)))
+    return sum(flops) / len(flops), sum(kept) / len(kept)
 
 
-def solve(method: str, target: float, base: dict[str, str], layouts: Sequence[ModalityLayout],
-          shape: DecoderShape) -> Budget:  # fmt: skip
-    """The largest budget of ``method`` whose mean FLOPs over ``layouts`` is at most ``target`` (bisection: FLOPs
-    grow with the budget). FastAV out of reach at half the depth moves its global stage earlier, one layer at a
-    time, unless the base fixes ``global_layer``."""
-    if not 0.0 < target <= 100.0:
-        raise ValueError(f"target FLOPs {target!r}; accepted: a number in (0, 100] (% of the unpruned prefill)")
+def mean_flops(method: str, value: float, base: dict[str, str], layouts: Sequence[ModalityLayout],
+               shape: DecoderShape) -> float:  # fmt: skip
+    """Mean relative prefill FLOPs of ``method`` at ``value`` over ``layouts`` (:func:`simulate`)."""
+    return simulate(method, value, base, layouts, shape)[0]
+
+
+def _bisect(method: str, target: float, base: dict[str, str], layouts: Sequence[ModalityLayout],
+            shape: DecoderShape) -> Budget:  # fmt: skip
+    """The largest budget whose mean FLOPs is at most ``target`` with the knobs of ``base`` (FLOPs grow with it)."""
     lowest = mean_flops(method, 1e-6, base, layouts, shape)
-    if lowest > target and method == "fastav" and "global_layer" not in base:
-        for layer in range(shape.num_layers // 2 - 1, 0, -1):
-            earlier = {**base, "global_layer": str(layer)}
-            lowest = mean_flops(method, 1e-6, earlier, layouts, shape)
-            if lowest <= target:
-                log.info("fastav reaches %.1f%% FLOPs with its global stage at layer %d", target, layer)
-                base = earlier
-                break
     if lowest > target:
-        log.info("%s cannot reach %.1f%% FLOPs: its lowest is %.1f%%", method, target, lowest)
         return Budget(method, target, None, lowest, {})
     low, high = 1e-6, 1.0
     if mean_flops(method, high, base, layouts, shape) <= target:
@@ -110,9 +112,42 @@ def solve(method: str, target: float, base: dict[str, str], layouts: Sequence[Mo
         for _ in range(STEPS):
             middle = (low + high) / 2
             low, high = (middle, high) if mean_flops(method, middle, base, layouts, shape) <= target else (low, middle)
-    achieved = mean_flops(method, low, base, layouts, shape)
-    log.info("%s at %.1f%% FLOPs: budget %.4f gives %.2f%% on the calibration documents", method, target, low, achieved)
-    return Budget(method, target, low, achieved, knob_args(method, low, base))
+    return Budget(method, target, low, mean_flops(method, low, base, layouts, shape), knob_args(method, low, base))
+
+
+def solve(method: str, target: float, base: dict[str, str], layouts: Sequence[ModalityLayout],
+          shape: DecoderShape) -> Budget:  # fmt: skip
+    """The largest budget of ``method`` whose mean FLOPs over ``layouts`` is at most ``target``.
+
+    FastAV has two knobs, its global layer and its keep. Unless the base fixes ``global_layer``, its keep is solved
+    at every layer from 1 to half the depth, and the layer kept is the one whose solution keeps the most
+    audio-visual tokens over the decoder's layers (retention) at that FLOPs: the rule is fixed in advance, so a
+    target is never met by the latest layer with an empty keep."""
+    if not 0.0 < target <= 100.0:
+        raise ValueError(f"target FLOPs {target!r}; accepted: a number in (0, 100] (% of the unpruned prefill)")
+    if method != "fastav" or "global_layer" in base:
+        budget = _bisect(method, target, base, layouts, shape)
+    else:
+        candidates = [_bisect(method, target, {**base, "global_layer": str(layer)}, layouts, shape)
+                      for layer in range(1, shape.num_layers // 2 + 1)]  # fmt: skip
+        reachable = [budget for budget in candidates if budget.value is not None]
+        if not reachable:
+            budget = min(candidates, key=lambda b: b.achieved)
+        else:
+
+            def retention(budget: Budget) -> float:
+                layer = {"global_layer": budget.model_args["global_layer"]}
+                return simulate(method, budget.value, {**base, **layer}, layouts, shape)[1]  # type: ignore[arg-type]
+
+            budget = max(reachable, key=retention)
+            log.info("fastav at %.1f%% FLOPs: global layer %s keeps the most audio-visual tokens (%.1f%%)",
+                     target, budget.model_args["global_layer"], retention(budget))  # fmt: skip
+    if budget.value is None:
+        log.info("%s cannot reach %.1f%% FLOPs: its lowest is %.1f%%", method, target, budget.achieved)
+    else:
+        log.info("%s at %.1f%% FLOPs: budget %.4f gives %.2f%% on the calibration documents",
+                 method, target, budget.value, budget.achieved)  # fmt: skip
+    return budget
 
 
 def check_base(model: str, base_args: str) -> dict[str, str]:

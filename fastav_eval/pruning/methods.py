@@ -13,13 +13,15 @@ for visual tokens treats the audio-visual tokens as its "visual" tokens, and say
   greedy max–min diversity selection over the cosine distances ``D = 1 − cos(x_i, x_j)`` of their input embeddings:
   the first token is the one whose nearest other token is farthest, ``argmax_i min_{j≠i} D_ij``; each next one is
   ``argmax_i min_{s ∈ S} D_is`` over the tokens ``S`` chosen so far.
-- ``pdrop`` (PyramidDrop, Xing et al., CVPR 2025): after layers ``L/4``, ``L/2`` and ``3L/4`` (8, 16, 24 of 32 in
+- ``pdrop`` (PyramidDrop, Xing et al., CVPR 2025): before layers ``L/4``, ``L/2`` and ``3L/4`` (8, 16, 24 of 32 as
   its release), keep ``retain`` (λ = 0.5) of the remaining audio-visual tokens, ranked by the attention the last
-  prompt token pays them in that layer (head-averaged); the next layer sees the kept ones.
+  prompt token pays them (head-averaged). Here that attention is the layer before's, as the engine scores; the
+  release recomputes it with the cut layer's own query and key projections.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
@@ -63,6 +65,17 @@ def max_min_diversity(embeddings: torch.Tensor, budget: int) -> torch.Tensor:
     return torch.tensor(chosen, dtype=torch.long, device=embeddings.device)
 
 
+def sample_seed(context: PruneContext, row: int) -> int:
+    """The seed of sample ``row``'s random draws: the config's seed mixed with the sample's id where the caller gave
+    one (lmms-eval runs: ``task/doc_id``), so samples of one layout draw differently and a sample draws the same
+    alone or in any batch; the config's seed alone without an id."""
+    seed = context.generator.initial_seed()
+    sample = context.samples[row] if context.samples is not None else None
+    if sample is None or sample.sample_id is None:
+        return seed
+    return zlib.crc32(f"{seed}/{sample.sample_id}".encode())
+
+
 @dataclass
 class Method:
     """A pruning method: its knobs are the dataclass fields; calling it is the engine's chooser.
@@ -95,6 +108,11 @@ class Method:
         (``sink_tokens``, ``seed``) override."""
         return PruningConfig.chosen_by(self, **fields)
 
+    def scored_points(self, num_layers: int) -> tuple[int, ...]:
+        """The prune points (first layers after a cut) whose choice reads last-query scores: the engine scores only
+        the layers before them. None of them for a method that reads none."""
+        return ()
+
     def __call__(self, context: PruneContext) -> PruneDecision | None:
         raise NotImplementedError
 
@@ -108,10 +126,10 @@ class RandomInput(Method):
     def __call__(self, context: PruneContext) -> PruneDecision | None:
         eligible = context.eligible
         noise = torch.zeros(eligible.shape, dtype=torch.float32)
-        seed = context.generator.initial_seed()
         for row in range(eligible.shape[0]):  # each sample its own draws: a batch keeps what each alone keeps
             count = int(eligible[row].sum())
-            noise[row, eligible[row].cpu()] = torch.rand(count, generator=torch.Generator().manual_seed(seed))
+            generator = torch.Generator().manual_seed(sample_seed(context, row))
+            noise[row, eligible[row].cpu()] = torch.rand(count, generator=generator)
         keep = select_top(noise.to(eligible.device), eligible, keep_budget(eligible.sum(1), self.retain))
         return PruneDecision(keep_positions=_kept_positions(context, keep), cut_layer=0)
 
@@ -141,16 +159,20 @@ class DivPrune(Method):
 class PyramidDrop(Method):
     name: ClassVar[str] = "pdrop"
     paper: ClassVar[str] = "PyramidDrop (Xing et al., CVPR 2025, arXiv 2410.17247)"
-    stages: tuple[int, ...] = ()
-    """The layers after which it drops (0-based); empty: ``L/4, L/2, 3L/4`` of the decoder, rounded half up."""
+    layers: tuple[int, ...] = ()
+    """The first layers that see each drop (0-based); empty: ``L/4, L/2, 3L/4`` of the decoder, rounded half up (8,
+    16, 24 of 32 as its release: layer 8 is the first to run on the reduced tokens)."""
 
     def cut_layers(self, num_layers: int) -> tuple[int, ...]:
-        """The prune points, each the first layer that sees a drop (one past its stage layer), below the depth."""
-        stages = self.stages or tuple(int(num_layers * k / 4 + 0.5) for k in (1, 2, 3))  # half up: 7, 14, 21 of 28
-        cuts = tuple(sorted({layer + 1 for layer in stages if 1 <= layer + 1 < num_layers}))
+        """The prune points below the depth."""
+        wanted = self.layers or tuple(int(num_layers * k / 4 + 0.5) for k in (1, 2, 3))
+        cuts = tuple(sorted({layer for layer in wanted if 1 <= layer < num_layers}))
         if not cuts:
-            raise ValueError(f"pdrop: stages {stages}; accepted: layers in [0, {num_layers - 2}]")
+            raise ValueError(f"pdrop: layers {wanted}; accepted: layers in [1, {num_layers - 1}]")
         return cuts
+
+    def scored_points(self, num_layers: int) -> tuple[int, ...]:
+        return self.cut_layers(num_layers)
 
     def config(self, **fields: Any) -> PruningConfig:
         """Every layer after layer 1 is a fine step at ratio 0 where it is asked; it drops at its cut layers only."""

@@ -200,8 +200,10 @@ class PrefillPlan:
         stage = self.stage_at(layer_idx + 1) if layer_idx + 1 < self.num_layers else None
         if stage is None:
             return False
-        if self.config.chooser is not None:
-            return True
+        chooser = self.config.chooser
+        if chooser is not None:
+            points = getattr(chooser, "scored_points", None)  # a chooser may say where it reads scores
+            return True if not callable(points) else layer_idx + 1 in points(self.num_layers)
         fine_here = stage == "fine" or bool(self._fine_rows(layer_idx + 1).any())
         if fine_here and rule_needs_scores(self.config.fine_rule):
             return True

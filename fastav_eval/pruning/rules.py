@@ -370,6 +370,8 @@ def fine_keep(context: PruneContext, rule: str, ratio: float | torch.Tensor) -> 
     count = eligible.sum(1)
     ratio = torch.as_tensor(ratio, device=count.device).double()
     budget = count - torch.floor(count.double() * ratio + ROUNDING_TOLERANCE).long()
+    if bool((budget >= count).all()):  # nothing to drop (ratio 0): no scores needed to rank
+        return torch.ones_like(eligible)
     return ~eligible | select_top(rule_priority(rule, context), eligible, budget)
 
 

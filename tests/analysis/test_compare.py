@@ -39,8 +39,15 @@ def budget_base(budget) -> dict[str, str]:
 def test_an_out_of_reach_target_is_reported_not_run_and_fastav_moves_its_global_stage_earlier():
     low = solve("pdrop", 20.0, {}, LAYOUTS, SHAPE)  # its first quarter of layers sees every token
     assert low.value is None and low.achieved > 20.0 and low.model_args == {}
-    fastav = solve("fastav", 30.0, {}, LAYOUTS, SHAPE)
-    assert fastav.value is not None and int(fastav.model_args["global_layer"]) < SHAPE.num_layers // 2
+    fastav = solve("fastav", 30.0, {}, LAYOUTS, SHAPE)  # its keep solved at layers 1..4, the most retentive kept
+    assert fastav.value is not None and 1 <= int(fastav.model_args["global_layer"]) <= SHAPE.num_layers // 2
+    from fastav_eval.analysis.compare import simulate
+
+    chosen = simulate("fastav", fastav.value, budget_base(fastav), LAYOUTS, SHAPE)[1]
+    for layer in range(1, SHAPE.num_layers // 2 + 1):
+        other = solve("fastav", 30.0, {"global_layer": str(layer)}, LAYOUTS, SHAPE)
+        if other.value is not None:
+            assert simulate("fastav", other.value, {"global_layer": str(layer)}, LAYOUTS, SHAPE)[1] <= chosen + 1e-9
     fixed = solve("fastav", 30.0, {"global_layer": "4"}, LAYOUTS, SHAPE)  # the base fixes the layer: no move
     assert fixed.value is None
     runs = compare_runs("fastav_tiny", {}, [low, fastav], "avsynth", 4, "")

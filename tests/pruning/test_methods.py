@@ -121,13 +121,14 @@ def test_pyramiddrop_keeps_lambda_by_last_token_attention_at_each_stage():
     model = tiny_qwen2(layers=8)
     ids, mask, layout = batch()
     method = PyramidDrop()
-    assert method.cut_layers(8) == (3, 5, 7) and PyramidDrop().cut_layers(28) == (8, 15, 22)
+    assert method.cut_layers(8) == (2, 4, 6) and method.cut_layers(28) == (7, 14, 21)
+    assert method.cut_layers(32) == (8, 16, 24)  # its release: layer 8 is the first to see the reduced tokens
     output, stats, _ = generate(model, ids, mask, layout, method)
     assert_masked_recompute(model, ids, mask, layout, output, stats)
     visible = kept_masks(stats.kv_positions, layout.length)
     with torch.no_grad():
         _, last_rows = masked_forward(model, ids, visible, mask)
-    for cut in (3, 5, 7):
+    for cut in method.cut_layers(8):
         for b in range(2):
             before = set(stats.kv_positions[cut - 1][b].tolist()) - {-1}
             droppable = [p for p in before if p >= 4 + (layout.length - layout.valid[b].sum()) and
@@ -173,3 +174,43 @@ def test_prune_names_a_method_with_its_published_default(args, expected):
 def test_bad_method_args_name_the_field(prune, args, message):
     with pytest.raises(ValueError, match=message):
         pruning_config(prune, args, None)
+
+
+def test_pyramiddrop_scores_only_the_layers_before_its_cuts():
+    from fastav_eval.pruning.plan import PrefillPlan
+
+    method = PyramidDrop()
+    config = method.config().resolve(8)
+    plan = PrefillPlan(ModalityLayout.from_segments([SEGMENTS[0]]), config, 8)
+    assert [layer for layer in range(7) if plan.needs_scores(layer)] == [1, 3, 5]  # before cuts 2, 4, 6
+
+
+def test_random_draws_per_sample_id_the_same_alone_or_in_a_batch():
+    """Two samples of one layout keep different tokens when the caller names them; each keeps the same alone."""
+    from fastav_eval.pruning import PruningConfig
+    from fastav_eval.pruning.plan import PrefillPlan
+    from fastav_eval.pruning.rules import SampleInfo
+
+    layout = ModalityLayout.from_segments([SEGMENTS[0], SEGMENTS[0]])
+    method = RandomInput(retain=0.5)
+
+    def kept(rows_layout, samples):
+        plan = PrefillPlan(rows_layout, PruningConfig.chosen_by(method).resolve(6), 6, samples)
+        plan.step(0)
+        return [set(row[row >= 0].tolist()) for row in plan.stats().kv_positions[0]]
+
+    names = (SampleInfo("avsynth_qa/1"), SampleInfo("avsynth_qa/2"))
+    both = kept(layout, names)
+    assert both[0] != both[1]
+    alone = kept(ModalityLayout.from_segments([SEGMENTS[0]]), names[1:])
+    assert alone[0] == both[1]
+    assert kept(layout, None)[0] == kept(layout, None)[1]  # no ids: the config's seed alone
+
+
+def test_a_record_whose_prompt_is_smaller_than_what_layer_0_saw_is_refused():
+    model = tiny_qwen2()
+    ids, mask, layout = batch()
+    _, stats, shape = generate(model, ids, mask, layout, RandomInput(retain=0.3))
+    data = SampleRecord.measured("random", stats.sample(0, shape), 3, 1.0).to_dict()
+    with pytest.raises(ValueError, match=r"prompt_per_modality.*at least layer 0's count"):
+        SampleRecord.from_dict({**data, "prompt_per_modality": {"text": 9, "video": 1, "audio": 1}})
