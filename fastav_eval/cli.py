@@ -546,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="tasks whose documents the budgets are solved on (never the reported ones)")  # fmt: skip
     compare.add_argument("--calibration-limit", type=number(int, 1), default=24, help="documents per calibration task")
     compare.add_argument("--methods", default="fastav,random,divprune,pdrop", help="comma-separated methods")
-    compare.add_argument("--target-flops", default="60,40,25", help="comma-separated % of the unpruned prefill FLOPs")
+    compare.add_argument("--target-flops", default="60,40,25", help="comma-separated %% of the unpruned prefill FLOPs")
     compare.add_argument("--limit", type=number(int, 1), help="documents per reported task (unset: all)")
     compare.add_argument("--gen_kwargs", help="lmms-eval --gen_kwargs for every run")
     compare.add_argument("--include_path", help="lmms-eval --include_path for every run (unset: FastAV-Eval's tasks)")
