@@ -197,9 +197,10 @@ def run(strict: bool = False, out: Callable[[str], None] = print) -> int:
 
     if not is_torchvision_available():  # a CPU machine's normal state (install.sh removes a CUDA-built one)
         out(
-            "  [note] torchvision is not importable: fastav_qwen2_5_omni cannot load Qwen2.5-Omni's stock video "
-            "processor here (install the torchvision that matches your torch where you evaluate real checkpoints); "
-            "fastav_tiny, fastav_videollama2 and fastav_video_salmonn2 need none"
+            "  [note] torchvision is not importable: fastav_qwen2_5_omni and fastav_qwen3_omni cannot load their stock "
+            "video processors here (install the torchvision that matches your torch where you evaluate real "
+            "checkpoints); fastav_tiny, fastav_videollama2, fastav_video_salmonn2 and fastav_video_salmonn2_plus need "
+            "none"
         )
     out(f"  [note] {hub_kernels_note()}")
     out("doctor: ok" if failures == 0 else f"doctor: {failures} problem(s); FastAV may give wrong answers here")
