@@ -39,6 +39,7 @@ from fastav_eval.models.model_args import (
 )
 from fastav_eval.pruning import DecoderShape, ModalityLayout, simulate_prefill
 from fastav_eval.pruning.methods import METHODS
+from fastav_eval.records import prompt_counts, retention
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,10 @@ def simulate(method: str, value: float, base: dict[str, str], layouts: Sequence[
     for layout in layouts:
         stats = simulate_prefill(layout, config, shape.num_layers)
         flops.append(float(stats.relative_flops(shape)[0]))
-        av = stats.modality_per_layer["video"][0] + stats.modality_per_layer["audio"][0]  # [layers]
-        prompt = stats.prompt_per_modality or {}
-        whole = int(prompt["video"][0] + prompt["audio"][0]) if prompt else int(av[0])
-        kept.append(100.0 * float(av.sum()) / (shape.num_layers * max(whole, 1)))
+        sample = stats.sample(0)
+        prompt = prompt_counts(sample.kept_per_layer, sample.prompt_per_modality)
+        has_av = prompt.get("video", 0) + prompt.get("audio", 0) > 0
+        kept.append(retention(sample.kept_per_layer, sample.prompt_per_modality) if has_av else 0.0)
     return sum(flops) / len(flops), sum(kept) / len(kept)
 
 
@@ -134,14 +135,14 @@ def solve(method: str, target: float, base: dict[str, str], layouts: Sequence[Mo
         if not reachable:
             budget = min(candidates, key=lambda b: b.achieved)
         else:
-
-            def retention(budget: Budget) -> float:
-                layer = {"global_layer": budget.model_args["global_layer"]}
-                return simulate(method, budget.value, {**base, **layer}, layouts, shape)[1]  # type: ignore[arg-type]
-
-            budget = max(reachable, key=retention)
+            kept = [
+                simulate(method, b.value, {**base, "global_layer": b.model_args["global_layer"]}, layouts, shape)[1]  # type: ignore[arg-type]
+                for b in reachable
+            ]
+            best = max(range(len(reachable)), key=kept.__getitem__)  # the first of equals, as max() of the budgets
+            budget = reachable[best]
             log.info("fastav at %.1f%% FLOPs: global layer %s keeps the most audio-visual tokens (%.1f%%)",
-                     target, budget.model_args["global_layer"], retention(budget))  # fmt: skip
+                     target, budget.model_args["global_layer"], kept[best])  # fmt: skip
     if budget.value is None:
         log.info("%s cannot reach %.1f%% FLOPs: its lowest is %.1f%%", method, target, budget.achieved)
     else:

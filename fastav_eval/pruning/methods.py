@@ -57,11 +57,12 @@ def max_min_diversity(embeddings: torch.Tensor, budget: int) -> torch.Tensor:
     others = distance.masked_fill(torch.eye(n, dtype=torch.bool, device=distance.device), float("inf"))
     chosen = [int(others.min(1).values.argmax())]
     nearest = distance[chosen[0]].clone()  # [n] each token's distance to the chosen set
+    nearest[chosen[0]] = float("-inf")  # a chosen token stays at -inf under the minimum: never picked twice
     for _ in range(budget - 1):
-        nearest[chosen] = float("-inf")  # never pick a token twice
         pick = int(nearest.argmax())
         chosen.append(pick)
         nearest = torch.minimum(nearest, distance[pick])
+        nearest[pick] = float("-inf")
     return torch.tensor(chosen, dtype=torch.long, device=embeddings.device)
 
 
