@@ -14,6 +14,7 @@ from fastav_eval.env_ids import ENVIRONMENTS
 from fastav_eval.plots import plot_tokens_per_layer
 from fastav_eval.pruning.config import FINE_RULES
 from fastav_eval.pruning.flops import CONVENTIONS
+from fastav_eval.pruning.methods import METHODS
 from fastav_eval.pruning.presets import PRESETS, SEGMENTS_SYNTAX, get_preset
 from fastav_eval.resources import tasks_path
 
@@ -267,7 +268,7 @@ def _compare(args: argparse.Namespace) -> int:
     calibration = {"tasks": args.calibrate_on, "limit": args.calibration_limit, "documents": len(layouts)}
     written = write_budgets(budgets, calibration, Path(args.out))
     print((Path(args.out) / "budgets.md").read_text(), end="")
-    runs = compare_runs(args.model, base, budgets, args.tasks, args.limit, args.gen_kwargs or "")
+    runs = compare_runs(args.model, base, budgets, args.tasks, args.limit, args.gen_kwargs or "", policies=args.policy)
     print(f"compare: {len(runs)} runs ({', '.join(run.name for run in runs)}) -> {args.out}; budgets: {written}")
     result = run_sweep(
         runs, args.out, launcher=args.launcher.split() if args.launcher else None, include_path=args.include_path,
@@ -545,7 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--calibrate-on", required=True, type=text("lmms-eval tasks, comma-separated"),
                          help="tasks whose documents the budgets are solved on (never the reported ones)")  # fmt: skip
     compare.add_argument("--calibration-limit", type=number(int, 1), default=24, help="documents per calibration task")
-    compare.add_argument("--methods", default="fastav,random,divprune,pdrop", help="comma-separated methods")
+    compare.add_argument("--methods", default=",".join(("fastav", *METHODS)),
+                         help="comma-separated methods (default: all)")  # fmt: skip
+    compare.add_argument("--policy", action="append", default=[], type=text("a saved policy folder"),
+                         help="a policy saved by train-policy, run as a point of its own at the FLOPs it chooses "
+                         "(repeatable)")  # fmt: skip
     compare.add_argument("--target-flops", default="60,40,25", help="comma-separated %% of the unpruned prefill FLOPs")
     compare.add_argument("--limit", type=number(int, 1), help="documents per reported task (unset: all)")
     compare.add_argument("--gen_kwargs", help="lmms-eval --gen_kwargs for every run")

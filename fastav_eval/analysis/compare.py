@@ -11,7 +11,8 @@ prefill FLOPs over those documents' layouts is at most the target, the engine's 
   the layers at that FLOPs (:func:`solve`);
 - a method of :data:`~fastav_eval.pruning.methods.METHODS`: its ``retain``.
 
-A target a method cannot reach (PyramidDrop's first quarter of layers, FastAV's layers before a global cut at layer
+A saved learned policy (``--policy``) is a point of its own, at the FLOPs it chooses. A target a method cannot reach
+(PyramidDrop's first quarter of layers, FastAV's layers before a global cut at layer
 1, always see every token) is reported as unreachable with the lowest FLOPs it can give, not run. Then every solved
 point, and the unpruned baseline, is an ordinary lmms-eval run of ``fastav-eval sweep`` (resumable, shardable, one
 folder each), and ``fastav-eval report`` writes the table (metrics ± stderr, achieved FLOPs beside the target, paired
@@ -192,17 +193,20 @@ def compare_runs(
     limit: int | None,
     gen_kwargs: str,
     seed: str = "0,1234,1234,1234",
+    policies: Sequence[str] = (),
 ) -> list[SweepRun]:
-    """A sweep run per reachable budget, plus the unpruned baseline; each checked as its wrapper would."""
+    """A sweep run per reachable budget, one per saved learned policy (``policy=<path>``, at the FLOPs it chooses per
+    sample: a policy has no budget knob to solve), plus the unpruned baseline; each checked as its wrapper would."""
     adapter_class = model_class(model).adapter_class
     unpruned = {key: value for key, value in base.items() if key not in ENGINE_ARGS}
     points = [(budget.name, budget.model_args) for budget in budgets if budget.value is not None]
+    points += [(f"policy:{Path(path).name}", {**unpruned, "policy": str(path)}) for path in policies]
     points.append(("unpruned", {**unpruned, "prune": "none"}))
     runs = []
     for name, args in points:
         pruning = check_point(adapter_class, args)
         others = {key: value for key, value in args.items() if key not in (*ENGINE_ARGS, "prune")}
-        spec = {"model": model, "model_args": dict(sorted(others.items())), "prune": args["prune"],
+        spec = {"model": model, "model_args": dict(sorted(others.items())), "prune": args.get("prune", "policy"),
                 "pruning": pruning, "tasks": tasks, "limit": limit, "gen_kwargs": gen_kwargs, "seed": seed}  # fmt: skip
         runs.append(SweepRun(name, join_model_args(args), spec))
     return runs

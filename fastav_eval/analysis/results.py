@@ -250,7 +250,7 @@ class RunResults:
         config = self.record.pruning
         chooser = config.get("chooser")
         if isinstance(chooser, dict) and "method" in chooser:  # prune=<method> (fastav_eval.pruning.methods)
-            shown = {key: value for key, value in chooser.items() if key != "method" and value not in ((), [])}
+            shown = {key: value for key, value in chooser.items() if key != "method" and value not in ((), [], None)}
             knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             return f"{chooser['method']} {knobs}".strip()
         parts = []

@@ -16,6 +16,7 @@ settings (``--gen_kwargs``) are read here too (:func:`greedy_settings`: the wrap
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 from collections.abc import Callable, Mapping
@@ -44,9 +45,11 @@ as that sample's error (empty answer, ``error`` in the samples file, counted in 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RULE_ARGS = ("sink_tokens",)
 """The engine args ``prune=rule:<name>`` takes (the rule decides everything else)."""
-METHOD_ARGS = ("retain", "sink_tokens", "seed")
-"""The engine args ``prune=<method>`` (:data:`fastav_eval.pruning.methods.METHODS`) takes: its budget, the sink and
-the seed; the method decides every cut."""
+METHOD_ARGS = ("retain", "audio_retain", "sink_tokens", "seed")
+"""The engine args ``prune=<method>`` (:data:`fastav_eval.pruning.methods.METHODS`) takes: its budget (``audio_retain``:
+SEATS's audio target), the sink and the seed; the method decides every cut."""
+METHOD_KNOBS = ("retain", "audio_retain")
+"""The :data:`METHOD_ARGS` that are the method's own knobs (fields of its class)."""
 
 
 # ---------------------------------------------------------------------------------------------------- value kinds
@@ -171,6 +174,7 @@ ENGINE_KINDS: dict[str, str] = {
     "seed": "int",
     "policy": "str",
     "retain": "share",
+    "audio_retain": "share",
 }
 """The engine's keys, by kind (their vocabularies and ranges: :class:`PruningConfig`)."""
 WRAPPER_ARGS = tuple(WRAPPER_KINDS)
@@ -353,7 +357,12 @@ def method_config(name: str, engine_args: Mapping[str, Any]) -> PruningConfig:
     if extra:
         raise ValueError(f"prune={name} takes only {list(METHOD_ARGS)} of the engine args; got {extra}")
     args = dict(engine_args)
-    knobs = {"retain": args.pop("retain")} if "retain" in args else {}
+    knobs = {key: args.pop(key) for key in METHOD_KNOBS if key in args}
+    fields = {field.name for field in dataclasses.fields(METHODS[name])}
+    for key in knobs:
+        if key not in fields:
+            takes = [method for method, built in METHODS.items() if key in {f.name for f in dataclasses.fields(built)}]
+            raise ValueError(f"{key}= is a knob of prune={'|'.join(takes)}; prune={name} has none")
     return METHODS[name](**knobs).config(**args)
 
 
@@ -392,8 +401,9 @@ def pruning_config(prune: str | None, engine_args: Mapping[str, Any], default_pr
         return rule_config(mode.removeprefix("rule:"), args)
     if mode in METHODS:
         return method_config(mode, args)
-    if "retain" in args:
-        raise ValueError(f"retain= is the budget of a method (prune={'|'.join(METHODS)}); prune={mode!r} reads none")
+    for key in METHOD_KNOBS:
+        if key in args:
+            raise ValueError(f"{key}= is the budget of a method (prune={'|'.join(METHODS)}); prune={mode!r} reads none")
     if mode not in PRUNE_MODES:
         raise ValueError(
             f"prune={mode!r}; accepted: fastav, none, {', '.join(METHODS)}, rule:<name> with <name> in "

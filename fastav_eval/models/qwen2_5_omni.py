@@ -466,15 +466,19 @@ class Qwen25OmniAdapter(ModelAdapter):
         audio_chunks = self.model.get_chunked_index(torch.arange(audio_tokens), tokens_per_chunk, 0)
         segments: list[Segment] = []
         for j in range(max(len(video_chunks), len(audio_chunks))):
-            for name, chunks in (("video", video_chunks), ("audio", audio_chunks)):
-                if j < len(chunks):
-                    segments.append((name, chunks[j][1] - chunks[j][0], chunk[name] + j))
+            if j < len(video_chunks):  # a chunk holds whole grids (a grid's tokens share one time): its frames
+                segments.append(
+                    ("video", video_chunks[j][1] - video_chunks[j][0], chunk["video"] + j, h * w // merge**2)
+                )
+            if j < len(audio_chunks):
+                segments.append(("audio", audio_chunks[j][1] - audio_chunks[j][0], chunk["audio"] + j))
         chunk["video"] += len(video_chunks)
         chunk["audio"] += len(audio_chunks)
         return segments
 
     def _segments(self, ids: list[int], processed: dict[str, torch.Tensor]) -> list[Segment]:
-        """The sample's runs, ``(modality, count, chunk)``; an interleaved video's runs carry the model's chunks."""
+        """The sample's runs, ``(modality, count, chunk[, frame_tokens])``: an interleaved video's runs carry the
+        model's chunks, and a video's runs its grids as frames."""
         config = self.model.config
         video_id, audio_id, image_id = config.video_token_id, config.audio_token_id, config.image_token_id
         audio_lengths = self.audio_token_counts(processed)
@@ -500,7 +504,11 @@ class Qwen25OmniAdapter(ModelAdapter):
                 while end < len(ids) and ids[end] == token:
                     end += 1
                 name = "audio" if token == audio_id else "video"  # an image's tokens are visual tokens
-                segments.append((name, end - i, chunk[name]))
+                if token == video_id:  # frames: the video's temporal grids
+                    _, h, w = grids[video_index]
+                    segments.append((name, end - i, chunk[name], h * w // merge**2))
+                else:  # an image or an audio is one frame
+                    segments.append((name, end - i, chunk[name]))
                 chunk[name] += 1
                 video_index += token == video_id
                 audio_index += token == audio_id

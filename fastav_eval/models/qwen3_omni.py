@@ -79,7 +79,10 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
         grid_times = (torch.arange(t) * seconds * config.position_id_per_seconds).float() + start  # [T]
         audio_times = torch.arange(audio_tokens).float() + start  # [A]
         block = interleave_by_time(grid_times.tolist(), per_grid, audio_times.tolist())  # float32 values, exactly
-        segments = [(name, count, chunk[name] + grid) for name, count, grid in block]
+        segments: list[Segment] = [
+            (name, count, chunk[name] + grid, per_grid) if name == "video" else (name, count, chunk[name] + grid)
+            for name, count, grid in block
+        ]
         chunk["video"] += t
         chunk["audio"] += t
         return segments

@@ -129,11 +129,13 @@ def audio_file_waveform(channels: np.ndarray, rate: int) -> np.ndarray:
     return wave  # float64, as soundfile and librosa give it: the fbank then runs in float64 as the official
 
 
-def prompt_segments(input_ids: torch.Tensor, video_tokens: int, audio_tokens: int) -> list[Segment]:
-    """The layout of a prompt ``[L]`` once its placeholder is replaced: text, video, audio, text."""
+def prompt_segments(input_ids: torch.Tensor, video_tokens: int, audio_tokens: int, frames: int = 1) -> list[Segment]:
+    """The layout of a prompt ``[L]`` once its placeholder is replaced: text, video (``frames`` time steps of the
+    STC connector, time-major), audio, text."""
     at = int((input_ids == PLACEHOLDER).nonzero()[0])
     after = len(input_ids) - at - 1
-    return [("text", at), ("video", video_tokens), ("audio", audio_tokens), ("text", after)]
+    video: Segment = ("video", video_tokens, 0, video_tokens // frames) if video_tokens else ("video", 0, 0)
+    return [("text", at), video, ("audio", audio_tokens, 0), ("text", after)]
 
 
 # ---------------------------------------------------------------------------------------------- adapter
@@ -333,5 +335,6 @@ class VideoLLaMA2Adapter(EmbedsAdapter):
             media = torch.cat(parts)
             video = parts[0].shape[0] if sample.pixel_values is not None else 0
             rows.append(model.embed(sample.input_ids.to(self.device), PLACEHOLDER, media))
-            segments.append(prompt_segments(sample.input_ids, video, media.shape[0] - video))
+            frames = max(sample.pixel_values.shape[0] // 2, 1) if sample.pixel_values is not None else 1
+            segments.append(prompt_segments(sample.input_ids, video, media.shape[0] - video, frames))
         return self.batch(rows, segments)

@@ -42,10 +42,35 @@ def modality_code(name: str, field: str = "modality") -> Modality:
     return MODALITY_NAMES[name]
 
 
-Segment = tuple[str, int] | tuple[str, int, int]
+class _FrameCounter:
+    """Numbers one sample's frames of one modality, run by run: a run that gives ``frame_tokens`` continues the frames
+    of the runs before it that gave the same size (a model's chunk may end inside a frame: Qwen2.5-Omni's chunking
+    splits a video's grids where they are sparser than its chunks), any other run starts a new frame."""
+
+    def __init__(self) -> None:
+        self.next = 0  # the first label not yet used
+        self.size: int | None = None  # frame_tokens of the open stream
+        self.filled = 0  # tokens of the open stream so far
+
+    def labels(self, count: int, frame_tokens: int | None) -> list[int]:
+        if frame_tokens is None or frame_tokens != self.size:
+            self.next += -(-self.filled // self.size) if self.size else 0
+            self.size, self.filled = frame_tokens, 0
+        if frame_tokens is None:
+            self.next += count > 0
+            return [self.next - 1] * count
+        labels = [self.next + (self.filled + index) // frame_tokens for index in range(count)]
+        self.filled += count
+        return labels
+
+
+Segment = tuple[str, int] | tuple[str, int, int] | tuple[str, int, int, int]
 """``(modality_name, token_count)``: one contiguous run of tokens of a single modality, or
 ``(modality_name, token_count, chunk)`` when the model itself says which chunk the run belongs to (Qwen2.5-Omni's
-2-s time chunks, where two adjacent audio runs can belong to different chunks)."""
+2-s time chunks, where two adjacent audio runs can belong to different chunks), or
+``(modality_name, token_count, chunk, frame_tokens)`` when the run's tokens are frames of ``frame_tokens`` tokens each
+(a video's temporal grids), counted on from the runs before it of the same size: a video's grids may span the model's
+chunks. A run that does not say is one frame."""
 
 
 @dataclass(frozen=True)
@@ -58,16 +83,22 @@ class ModalityLayout:
             (0-based, in sequence order); -1 on padding.
         chunk: ``[B, L]`` int64, index of the contiguous run of that modality the token belongs to within its
             sample (0-based; for interleaved ``[V][A][V][A]`` layouts this is the time-chunk index); -1 on padding.
+        frame: ``[B, L]`` int64, index of the frame the token belongs to among its sample's frames of that modality
+            (a model's temporal grid or frame where the adapter says so, else each run is one frame); -1 on
+            padding. None: each chunk is one frame.
     """
 
     modality: torch.Tensor
     rank: torch.Tensor
     chunk: torch.Tensor
+    frame: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.modality.ndim != 2:
             raise ValueError(f"modality must be [B, L], got shape {tuple(self.modality.shape)}")
-        for name in ("rank", "chunk"):
+        if self.frame is None:
+            object.__setattr__(self, "frame", self.chunk)
+        for name in ("rank", "chunk", "frame"):
             if getattr(self, name).shape != self.modality.shape:
                 raise ValueError(f"{name} must have the shape of modality {tuple(self.modality.shape)}")
         valid = (self.modality != Modality.PAD).int()
@@ -91,18 +122,23 @@ class ModalityLayout:
             raise ValueError("samples must hold at least one sample")
         codes: list[list[int]] = []
         chunks: list[list[int]] = []  # -2 where the chunk is derived from contiguous runs
+        frames: list[list[int]] = []
         for b, segments in enumerate(samples):
             row: list[int] = []
             chunk_row: list[int] = []
+            frame_row: list[int] = []
+            frame_counters = {name: _FrameCounter() for name in AV_MODALITIES}
             explicit: dict[str, bool] = {}
             for s, segment in enumerate(segments):
-                if not (isinstance(segment, tuple | list) and len(segment) in (2, 3)):
-                    raise ValueError(f"samples[{b}][{s}]={segment!r} must be a (modality, count[, chunk]) tuple")
+                if not (isinstance(segment, tuple | list) and len(segment) in (2, 3, 4)):
+                    raise ValueError(
+                        f"samples[{b}][{s}]={segment!r} must be a (modality, count[, chunk[, frame_tokens]]) tuple"
+                    )
                 name, count = segment[0], segment[1]
                 code = modality_code(name, field=f"samples[{b}][{s}].modality")
                 if not isinstance(count, int) or count < 0:
                     raise ValueError(f"samples[{b}][{s}].count={count!r} must be an int >= 0")
-                gives_chunk = len(segment) == 3
+                gives_chunk = len(segment) >= 3
                 if code != Modality.TEXT and explicit.setdefault(name, gives_chunk) != gives_chunk:
                     raise ValueError(
                         f"samples[{b}]: every {name} segment gives its chunk, or none does; {segment!r} differs"
@@ -110,24 +146,35 @@ class ModalityLayout:
                 if gives_chunk and (isinstance(segment[2], bool) or not isinstance(segment[2], int) or segment[2] < 0):
                     raise ValueError(f"samples[{b}][{s}].chunk={segment[2]!r} must be an int >= 0")
                 chunk = segment[2] if gives_chunk and code != Modality.TEXT else -2
+                frame_tokens = segment[3] if len(segment) == 4 else None
+                if frame_tokens is not None and (
+                    isinstance(frame_tokens, bool) or not isinstance(frame_tokens, int) or frame_tokens < 1
+                ):
+                    raise ValueError(f"samples[{b}][{s}].frame_tokens={frame_tokens!r}; accepted: an int >= 1")
                 row.extend([int(code)] * count)
                 chunk_row.extend([chunk] * count)
+                if code == Modality.TEXT:
+                    frame_row.extend([-1] * count)
+                    continue
+                frame_row.extend(frame_counters[name].labels(count, frame_tokens))
             if not row:
                 raise ValueError(f"samples[{b}] has no tokens")
             codes.append(row)
             chunks.append(chunk_row)
+            frames.append(frame_row)
         length = max(len(row) for row in codes)
         padded = [[int(Modality.PAD)] * (length - len(row)) + row for row in codes]
         layout = cls.from_codes(torch.tensor(padded, dtype=torch.long, device=device))
+        frame = torch.tensor([[-1] * (length - len(row)) + row for row in frames], dtype=torch.long, device=device)
         given = torch.tensor([[-2] * (length - len(row)) + row for row in chunks], dtype=torch.long, device=device)
         if not bool((given >= 0).any()):
-            return layout
+            return cls(modality=layout.modality, rank=layout.rank, chunk=layout.chunk, frame=frame)
         chunk = torch.where(given >= 0, given, layout.chunk)
         for code in (Modality.VIDEO, Modality.AUDIO):
             of_code = torch.where(layout.modality == code, chunk, -1)
             if bool((of_code.cummax(1).values > of_code).logical_and(of_code >= 0).any()):
                 raise ValueError(f"{code.name.lower()} chunks must not decrease along a sample")
-        return cls(modality=layout.modality, rank=layout.rank, chunk=chunk)
+        return cls(modality=layout.modality, rank=layout.rank, chunk=chunk, frame=frame)
 
     @classmethod
     def from_token_ids(
@@ -201,7 +248,10 @@ class ModalityLayout:
         return protect
 
     def to(self, device: torch.device | str) -> ModalityLayout:
-        return ModalityLayout(self.modality.to(device), self.rank.to(device), self.chunk.to(device))
+        assert self.frame is not None, "__post_init__ fills it"
+        return ModalityLayout(
+            self.modality.to(device), self.rank.to(device), self.chunk.to(device), self.frame.to(device)
+        )
 
     def check_padding(self, attention_mask: torch.Tensor | None) -> None:
         """Raise unless the layout's padding is exactly the zeros of ``attention_mask`` ``[B, L]``."""

@@ -225,6 +225,7 @@ class PrefillPlan:
             modality=torch.where(self.valid, self.layout.modality.gather(1, gather), -1),
             rank=self.layout.rank.gather(1, gather),
             chunk=self.layout.chunk.gather(1, gather),
+            frame=self.layout.frame.gather(1, gather) if self.layout.frame is not None else None,
             valid=self.valid,
             protected=self._protected.gather(1, gather) & self.valid,
             scores=None if scores is None else scores.float().masked_fill(~self.valid, 0.0),

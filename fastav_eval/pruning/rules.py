@@ -79,6 +79,8 @@ class PruneContext:
         hidden: ``[B, L_cur, D]`` the hidden states entering ``layer_idx`` (None in a simulated prefill).
         samples: per-sample :class:`SampleInfo` given with the layout, or None.
         num_layers: the decoder's depth.
+        frame: ``[B, L_cur]`` layout frame labels of the current tokens (:attr:`ModalityLayout.frame`); None: the
+            chunks.
     """
 
     stage: Stage
@@ -95,6 +97,12 @@ class PruneContext:
     hidden: torch.Tensor | None = None
     samples: tuple[SampleInfo, ...] | None = None
     num_layers: int | None = None
+    frame: torch.Tensor | None = None
+
+    @property
+    def frames(self) -> torch.Tensor:
+        """``[B, L_cur]`` frame labels: :attr:`frame`, or the chunks where the layout gives none."""
+        return self.chunk if self.frame is None else self.frame
 
     @property
     def eligible(self) -> torch.Tensor:

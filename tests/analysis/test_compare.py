@@ -21,7 +21,7 @@ LAYOUTS = [
 ]
 
 
-@pytest.mark.parametrize("method", ["random", "divprune", "pdrop", "fastav"])
+@pytest.mark.parametrize("method", ["random", "divprune", "pdrop", "fastav", "vidcom2", "vidcom2_av", "seats"])
 @pytest.mark.parametrize("target", [70.0, 60.0])
 def test_the_solved_budget_is_the_largest_at_or_under_the_target(method, target):
     budget = solve(method, target, {}, LAYOUTS, SHAPE)

@@ -86,20 +86,24 @@ def test_verify_rejects_an_edited_bundle(bundle):
 
 
 def test_compare_runs_methods_at_equal_flops_and_reports_them(tmp_path):
-    """Budgets solved on avsynth_qa_val, a run per method and target plus the unpruned one on avsynth_qa, and the
-    report with each run's achieved FLOPs beside its target and a Pareto plot per task."""
+    """Budgets solved on avsynth_qa_val, a run per method and target, the shipped policy's, plus the unpruned one on
+    avsynth_qa, and the report with each run's achieved FLOPs beside its target and a Pareto plot per task."""
     folder = tmp_path / "compare"
     result = run(
         "fastav-eval", "compare", "--model", "fastav_tiny", "--tasks", "avsynth_qa", "--calibrate-on",
-        "avsynth_qa_val", "--calibration-limit", "4", "--methods", "fastav,random,pdrop", "--target-flops", "60",
-        "--limit", "6", "--batch_size", "6", "--out", folder,
+        "avsynth_qa_val", "--calibration-limit", "4", "--methods", "fastav,random,pdrop,seats", "--target-flops", "60",
+        "--policy", "fastav_tiny_retention", "--limit", "6", "--batch_size", "6", "--out", folder,
     )  # fmt: skip
     budgets = json.loads((folder / "compare.json").read_text())["budgets"]
-    assert [(b["method"], b["target"]) for b in budgets] == [("fastav", 60.0), ("random", 60.0), ("pdrop", 60.0)]
+    assert [(b["method"], b["target"]) for b in budgets] == [("fastav", 60.0), ("random", 60.0), ("pdrop", 60.0),
+                                                              ("seats", 60.0)]  # fmt: skip
     assert all(b["value"] is not None and b["achieved"] <= 60.0 for b in budgets), budgets
     report = (folder / "report" / "report.md").read_text()
-    for name in ("fastav@60%", "random@60%", "pdrop@60%", "unpruned", "random retain=", "pdrop retain="):
+    for name in ("fastav@60%", "random@60%", "pdrop@60%", "seats@60%", "policy:fastav_tiny_retention", "unpruned",
+                 "random retain=", "pdrop retain=", "seats retain="):  # fmt: skip
         assert name in report, tail(result)
     assert (folder / "report" / "avsynth_qa" / "pareto.png").is_file(), tail(result)
     index = json.loads((folder / "sweep.json").read_text())  # run hash -> name, model args
-    assert sorted(entry["name"] for entry in index.values()) == ["fastav@60%", "pdrop@60%", "random@60%", "unpruned"]
+    assert sorted(entry["name"] for entry in index.values()) == [
+        "fastav@60%", "pdrop@60%", "policy:fastav_tiny_retention", "random@60%", "seats@60%", "unpruned"
+    ]  # fmt: skip

@@ -109,7 +109,8 @@ def test_senses_leave_a_modality_out_as_the_stock_model_does():
         ({"senses": "smell"}, r"senses='smell'; accepted: \['both', 'video', 'audio', 'none'\]"),
         (
             {"prune": "fast"},
-            r"prune='fast'; accepted: fastav, none, random, divprune, pdrop, rule:<name> with <name> in "
+            r"prune='fast'; accepted: fastav, none, random, divprune, pdrop, vidcom2, vidcom2_av, seats, "
+            r"rule:<name> with <name> in "
             r"\['avsynth_senses'\]",
         ),
         ({"prune": "rule:best"}, r"prune=rule:best; accepted rules: \['avsynth_senses'\]"),

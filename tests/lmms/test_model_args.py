@@ -141,7 +141,7 @@ def test_quoted_values_keep_their_commas_and_join_reads_back():
 def test_the_engine_keys_are_the_readmes_and_each_has_a_kind():
     assert set(ENGINE_KINDS) == {"global_layer", "global_rule", "profile", "video_keep", "audio_keep",
                                  "video_keep_chunks", "audio_keep_chunks", "fine_ratio", "fine_rule", "sink_tokens",
-                                 "seed", "policy", "retain"}  # fmt: skip
+                                 "seed", "policy", "retain", "audio_retain"}  # fmt: skip
     assert all(kind in KINDS for kind in TINY.values())
 
 

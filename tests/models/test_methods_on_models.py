@@ -61,6 +61,13 @@ def test_a_method_runs_in_a_batch_as_each_sample_alone(models, model_name, metho
     for b in range(2):
         assert int(av[b, -1]) < int(prompt_av[b])  # the method dropped audio-visual tokens
         if method.cuts_input:
-            assert int(av[b, 0]) <= int(np.floor(int(prompt_av[b]) * 0.5 + 0.5)) + 4  # the budget (+ the sink)
             assert int(stats.tokens_per_layer[b, 0]) < int(stats.prompt_tokens[b])
+        if method_name in ("random", "divprune"):  # a pooled share of the audio-visual tokens
+            assert int(av[b, 0]) <= int(np.floor(int(prompt_av[b]) * 0.5 + 0.5)) + 4  # the budget (+ the sink)
+        if method_name == "vidcom2":  # video only, about half of each frame
+            audio = stats.modality_per_layer["audio"][b]
+            assert bool((audio == stats.prompt_per_modality["audio"][b]).all())
+            assert 0 < int(stats.modality_per_layer["video"][b, 0]) < int(stats.prompt_per_modality["video"][b])
+        if method_name == "seats":  # no audio-visual token from its late layer on
+            assert int(av[b, -1]) == 0
     assert torch.equal(stats.prompt_tokens, layout.valid.sum(1))

@@ -155,20 +155,40 @@ def test_random_is_seeded_and_a_record_carries_the_prompt_before_the_cut():
 
 @pytest.mark.parametrize(
     ("args", "expected"),
-    [({"prune": "divprune"}, 0.098), ({"prune": "divprune", "retain": 0.4}, 0.4), ({"prune": "pdrop"}, 0.5)],
+    [
+        ({"prune": "divprune"}, 0.098),
+        ({"prune": "divprune", "retain": 0.4}, 0.4),
+        ({"prune": "pdrop"}, 0.5),
+        ({"prune": "vidcom2"}, 0.25),
+        ({"prune": "vidcom2_av"}, 0.25),
+        ({"prune": "seats"}, 0.30),
+    ],
 )
 def test_prune_names_a_method_with_its_published_default(args, expected):
     config = pruning_config(args.pop("prune"), args, None)
     assert config.chooser.retain == expected and config.global_rule is None
 
 
+def test_seats_takes_its_audio_target():
+    config = pruning_config("seats", {"retain": 0.2, "audio_retain": 0.55}, None)
+    assert config.chooser.targets() == {"video": 0.2, "audio": 0.55}
+    assert pruning_config("seats", {}, None).chooser.targets() == pytest.approx({"video": 0.30, "audio": 0.65})
+
+
 @pytest.mark.parametrize(
     ("prune", "args", "message"),
     [
-        ("divprune", {"fine_ratio": 0.2}, r"prune=divprune takes only \['retain', 'sink_tokens', 'seed'\]"),
+        (
+            "divprune",
+            {"fine_ratio": 0.2},
+            r"prune=divprune takes only \['retain', 'audio_retain', 'sink_tokens', 'seed'\]",
+        ),
+        ("divprune", {"audio_retain": 0.5}, "audio_retain= is a knob of prune=seats; prune=divprune has none"),
+        ("seats", {"audio_retain": 1.5}, "audio_retain"),
+        ("fastav", {"audio_retain": 0.5}, "audio_retain= is the budget of a method"),
         ("fastav", {"retain": 0.5}, "retain= is the budget of a method"),
         ("divprune", {"retain": 0.0}, r"retain.*accepted: a number in \(0, 1\]"),
-        ("nonesuch", {}, "accepted: fastav, none, random, divprune, pdrop"),
+        ("nonesuch", {}, "accepted: fastav, none, random, divprune, pdrop, vidcom2, vidcom2_av, seats"),
     ],
 )
 def test_bad_method_args_name_the_field(prune, args, message):
