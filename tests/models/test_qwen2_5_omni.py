@@ -60,6 +60,12 @@ def chunks_follow_tmrope(model: Qwen25OmniAdapter, inputs) -> None:
         for chunk in layout.chunk[b][audio].unique().tolist():
             times = positions[0, b][audio & (layout.chunk[b] == chunk)]
             assert len(times) <= 50 and int(times.max() - times.min()) < 50, (b, chunk)
+        visual = layout.modality[b] == 1  # each frame is one temporal grid: one TMRoPE time, later than the last's
+        starts = [int(positions[0, b][visual & (layout.frame[b] == f)].min()) for f in layout.frame[b][visual].unique()]
+        for frame in layout.frame[b][visual].unique().tolist():
+            times = positions[0, b][visual & (layout.frame[b] == frame)]
+            assert int(times.min()) == int(times.max()), (b, frame)
+        assert starts == sorted(starts), b
 
 
 def requests(model: Qwen25OmniAdapter, *visuals: list) -> list[OmniSample]:

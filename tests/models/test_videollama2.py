@@ -55,6 +55,15 @@ def test_layout_marks_the_video_then_the_audio_tokens_at_the_placeholder(adapter
         audio = adapter.model.encode_audio(sample.fbank[None])[0]
     assert torch.equal(embeds[at : at + VIDEO_TOKENS], video)
     assert torch.equal(embeds[at + VIDEO_TOKENS : at + VIDEO_TOKENS + AUDIO_TOKENS], audio)
+    # frames: the STC connector's time steps (each from one pair of input frames): changing input frames 2 and 3
+    # changes exactly the tokens the layout calls frame 1
+    frame = inputs.layout.frame[0][at : at + VIDEO_TOKENS]
+    assert frame.max().item() + 1 == sample.pixel_values.shape[0] // 2
+    changed = sample.pixel_values.clone()
+    changed[2:4] = changed[2:4].flip(-1)
+    with torch.no_grad():
+        moved = (adapter.model.encode_video(changed[None])[0] - video).abs().amax(-1) > 0
+    assert torch.equal(moved, frame == 1)
 
 
 def test_the_papers_global_rule_keeps_the_first_10_audio_tokens_and_every_video_token():

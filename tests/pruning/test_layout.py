@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fastav_eval.pruning import Modality, ModalityLayout, PruningConfig, PruningProfile, simulate_prefill
@@ -24,6 +25,22 @@ def test_segments_are_left_padded_with_ranks_and_chunks():
     protected = layout.protected(sink_tokens=3)
     assert protected[0].tolist() == [True, True, True] + [False] * 7 + [True]
     assert protected[1].tolist() == [False] * 7 + [True] * 4
+
+
+def test_frames_count_on_across_a_videos_runs_and_other_runs_are_one_frame_each():
+    """A run with ``frame_tokens`` continues the frames of the runs before it of the same size (a chunk may end inside
+    a frame); a run without is a frame of its own; text and padding are -1."""
+    layout = ModalityLayout.from_segments([
+        [("text", 2), ("video", 3, 0, 2), ("audio", 2, 0), ("video", 3, 1, 2), ("audio", 1, 1), ("text", 1)],
+        [("text", 1), ("video", 4, 0, 4), ("audio", 3, 0), ("text", 1)],
+    ])  # fmt: skip
+    assert layout.frame[0].tolist() == [-1, -1, 0, 0, 1, 0, 0, 1, 2, 2, 1, -1]
+    assert layout.frame[1].tolist() == [-1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, -1]
+    assert torch.equal(
+        ModalityLayout.from_codes(layout.modality).frame, ModalityLayout.from_codes(layout.modality).chunk
+    )
+    with pytest.raises(ValueError, match=r"samples\[0\]\[1\].frame_tokens=0; accepted: an int >= 1"):
+        ModalityLayout.from_segments([[("text", 1), ("video", 4, 0, 0)]])
 
 
 def test_select_top_keeps_budget_per_row_and_breaks_ties_by_position():
