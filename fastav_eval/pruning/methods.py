@@ -24,27 +24,36 @@ for visual tokens treats the audio-visual tokens as its "visual" tokens, and say
   ``f``'s tokens. A frame's share is ``r_f = min(1, R · (1 + p_f − mean(p)))`` with ``p = softmax(u / 0.01)`` over the
   frames' uniqueness ``u_f = −mean_{i ∈ f} g(x_i, c_video)``; frame ``f`` keeps its ``max(1, round(r_f · n_f))``
   tokens of lowest ``s_i``. ``R`` is ``retain`` (the release's ``R_RATIO``, 0.25). Audio is kept whole, as published.
+  Where it departs from the release: a prompt's videos are one stream (the release scores each video apart), and
+  the scores are float32 (the release scores the model's dtype, bf16 on a GPU, where the 0.01 temperature makes
+  frame shares sensitive to rounding).
 - ``vidcom2_av`` (ours): the same rule applied to audio too, each audio frame (the layout's: a model's time chunk) a
   "frame" of its own audio stream, with the same ``R``.
 - ``seats`` (SEATS, arXiv 2605.20035): targets a mean retention over all layers, ``retain`` for video (0.30) and
   ``audio_retain`` for audio (0.65; when not given ``retain + 0.35``, the offset of the release's first three ratio
   pairs, at most 1), in three stages.
   (I) Before the decoder, each window keeps ``max(1, round(e · n_w))`` of its tokens by DivPrune's greedy max–min
-  diversity, with ``e = min(1, 1.4 · target)`` (``encoder_ratio_scale``); a video window is two frames
-  (``grid_in_window``), an audio window one time chunk of the layout (the release's 2 s; Qwen2.5-Omni's chunk).
+  diversity, with ``e = min(1, 1.4 · target)`` (``encoder_ratio_scale``; the release requires ``1.4 · target <= 1``);
+  a video window is two frames (``grid_in_window``), an audio window 50 consecutive audio tokens (the release's
+  ``sec_in_audio_window`` of 2 s at 25 tokens a second, a count it keeps on every model).
   (II) Before layers 16, 18, 20 of 28 the remaining tokens of each modality keep ``k_i`` of themselves, ``k_i`` solved
   so the mean retention over the ``L`` layers is the target, with drops growing as ``e^i``
   (:func:`seats_keep_ratios`). The kept ``K_v = max(1, round(k_i · n_v))`` video and ``K_a`` audio tokens are shared
-  top-down (:func:`seats_window_budgets`): windows (a time chunk's video and audio tokens) get
+  top-down (:func:`seats_window_budgets`): windows (the i-th contiguous run of video tokens with the i-th of audio,
+  :func:`paired_runs`: a time chunk in an interleaved layout, the whole stream where video and audio are apart) get
   ``B_w = round(½ (softmax(v̄/τ)_w + softmax(ā/τ)_w) · (K_v + K_a))`` with ``v̄_w`` / ``ā_w`` the mean last-query
   attention of the window's video / audio tokens and τ = 0.1, split between video and audio by their demand
   ``K_v softmax(v̄/τ)_w : K_a softmax(ā/τ)_w``; each window keeps its most-attended tokens. With a single window, or
   one modality absent, each modality keeps its ``K`` most-attended tokens.
   (III) Before layer 23 of 28 (the release's ``late_block_layer`` 24, 1-based) every audio-visual token goes.
   Layer numbers scale with depth, ``round(l · L / 28)`` (Qwen3-Omni's 48 layers: 27, 31, 34 and 39; its release
-  config says 35 for the third). The release reads the vision and audio encoders' attention to weight stage I's
+  config says 35 for the third; the release keeps 16/18/20/23 for the 36-layer Qwen2.5-Omni-3B).
+  Where it departs from the release: the release reads the vision and audio encoders' attention to weight stage I's
   distances; the engine sees only the decoder, so stage I is the unweighted selection. Stage II's attention is the
-  layer before's, as the engine scores; the release applies the layer before's projections to its output.
+  layer before's, as the engine scores; the release applies the layer before's projections to its output. The
+  release also cuts the caches of the layers before each drop, so decoding never attends to a dropped token at any
+  layer; the engine keeps each layer's cache as that layer ran (the first answer token is the same, later ones may
+  differ). Every video and audio item of a prompt is one stream here, and selection runs in float32.
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ from typing import Any, ClassVar
 import torch
 
 from fastav_eval.pruning.config import PruningConfig
+from fastav_eval.pruning.layout import Modality
 from fastav_eval.pruning.rules import PruneContext, PruneDecision, keep_budget, select_top
 
 
@@ -426,6 +436,25 @@ def seats_window_budgets(
     return video, audio
 
 
+def paired_runs(modality: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """SEATS's stage-II windows over one row's current tokens: ``[L_cur]`` the index of the contiguous run of its
+    modality a video or audio token is in (filler slots skipped), so the i-th video run and the i-th audio run form
+    window i; -1 on every other slot.
+
+    Args:
+        modality: ``[L_cur]`` modality codes of the current tokens.
+        valid: ``[L_cur]`` bool, False on filler slots.
+    """
+    windows = torch.full_like(modality, -1)
+    columns = valid.nonzero().flatten()
+    codes = modality[columns]
+    for code in (Modality.VIDEO, Modality.AUDIO):
+        mine = codes == code
+        starts = mine & torch.cat([mine.new_ones(1), codes[1:] != codes[:-1]])
+        windows[columns[mine]] = (starts.long().cumsum(0) - 1)[mine]
+    return windows
+
+
 def _window_sums(
     values: torch.Tensor, labels: torch.Tensor, windows: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,6 +478,7 @@ class SEATS(Method):
     """Audio's mean retention target; None: ``retain + 0.35``, at most 1 (the release's default pair 0.30 / 0.65)."""
     encoder_scale: float = 1.4  # encoder_ratio_scale
     frames_per_window: int = 2  # grid_in_window
+    audio_window: int = 50  # sec_in_audio_window · 25 audio tokens per second, the release's count
     temperature: float = 0.1
 
     def __post_init__(self) -> None:
@@ -501,7 +531,7 @@ class SEATS(Method):
         for name, target in self.targets().items():
             share = min(self.encoder_scale * target, 1.0)
             of_modality = context.eligible_of(name)
-            windows = context.frames // self.frames_per_window if name == "video" else context.chunk
+            windows = context.frames // self.frames_per_window if name == "video" else context.rank // self.audio_window
             for row in range(keep.shape[0]):
                 columns = of_modality[row].nonzero().flatten()
                 for window in torch.unique(windows[row, columns]):
@@ -526,7 +556,7 @@ class SEATS(Method):
         video_all, audio_all = context.eligible_of("video"), context.eligible_of("audio")
         for row in range(keep.shape[0]):
             video, audio = video_all[row].nonzero().flatten(), audio_all[row].nonzero().flatten()
-            scores, chunk = context.scores[row], context.chunk[row]
+            scores, chunk = context.scores[row], paired_runs(context.modality[row], context.valid[row])
             video_keep = max(1, round(ratios["video"] * len(video))) if len(video) else 0
             audio_keep = max(1, round(ratios["audio"] * len(audio))) if len(audio) else 0
             windows = torch.unique(torch.cat([chunk[video], chunk[audio]]))
@@ -564,6 +594,7 @@ __all__ = [
     "VidCom2AV",
     "frame_uniqueness_keep",
     "max_min_diversity",
+    "paired_runs",
     "seats_keep_ratios",
     "seats_window_budgets",
 ]
