@@ -250,15 +250,32 @@ class RunResults:
         config = self.record.pruning
         chooser = config.get("chooser")
         if isinstance(chooser, dict) and "method" in chooser:  # prune=<method> (fastav_eval.pruning.methods)
-            shown = {key: value for key, value in chooser.items() if key != "method" and value not in ((), [], None)}
+            defaults = method_defaults(chooser["method"])
+            shown = {key: value for key, value in chooser.items()
+                     if key == "retain" or (key in defaults and value != defaults[key])}  # fmt: skip
             knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             return f"{chooser['method']} {knobs}".strip()
+        if isinstance(chooser, dict) and str(chooser.get("name", "")).startswith("policy:"):  # policy=<saved policy>
+            return str(chooser["name"])
         parts = []
         if config.get("global_rule"):
             parts.append(f"global {config['global_rule']}@{config.get('global_layer')}")
         if config.get("fine_ratio"):
             parts.append(f"fine {config['fine_rule']} P={config['fine_ratio']:g}")
         return ", ".join(parts) or (f"chooser {chooser}" if chooser else "fastav, nothing pruned")
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """The knobs of method ``name`` (:data:`fastav_eval.pruning.methods.METHODS`) at their defaults, as a run record
+    stores them (tuples as lists); empty for a name it does not know (a record from another version)."""
+    from dataclasses import MISSING, fields
+
+    from fastav_eval.pruning.methods import METHODS
+
+    if name not in METHODS:
+        return {}
+    known = {item.name: item.default for item in fields(METHODS[name]) if item.default is not MISSING}
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in known.items()}
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[RunResults]:

@@ -67,3 +67,20 @@ def test_an_out_of_reach_target_is_reported_not_run_and_fastav_moves_its_global_
 def test_bad_options_name_the_field(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_report_labels_a_method_by_its_budget_and_changed_knobs_and_a_policy_by_its_name():
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from fastav_eval.analysis.results import RunResults
+    from fastav_eval.pruning.methods import SEATS, PyramidDrop
+
+    def label(chooser: dict) -> str:
+        record = SimpleNamespace(prune="x", pruning={"chooser": chooser})
+        return RunResults(Path("x_results.json"), {}, record=record).label()  # type: ignore[arg-type]
+
+    assert label(SEATS(retain=0.3).describe()) == "seats retain=0.3"
+    assert label(SEATS(retain=0.3, temperature=0.2).describe()) == "seats retain=0.3, temperature=0.2"
+    assert label({**PyramidDrop().describe(), "layers": []}) == "pdrop retain=0.5"
+    assert label({"name": "policy:shipped", "path": "/p", "sha256": "ab"}) == "policy:shipped"
