@@ -3,7 +3,9 @@
 For each method (``fastav`` and :data:`fastav_eval.pruning.methods.METHODS`) and each FLOPs target, the method's
 budget knob is solved on *calibration* documents (never the reported ones): the largest budget whose mean relative
 prefill FLOPs over those documents' layouts is at most the target, the engine's own schedule simulated
-(:func:`~fastav_eval.pruning.plan.simulate_prefill`: token counts do not depend on which tokens go). The knobs:
+(:func:`~fastav_eval.pruning.plan.simulate_prefill`: for most methods token counts do not depend on which tokens go;
+VidCom²'s and SEATS's do a little, so their runs' FLOPs may differ from the calibration figure, and the report shows
+the achieved FLOPs beside each target). The knobs:
 
 - ``fastav``: the share of each audio-visual modality the global stage keeps (``video_keep = audio_keep``, its
   first tokens), the fine stage at the base's ratio (0.2 by default); its global layer is the base's, or, unless
@@ -144,6 +146,9 @@ def solve(method: str, target: float, base: dict[str, str], layouts: Sequence[Mo
             budget = reachable[best]
             log.info("fastav at %.1f%% FLOPs: global layer %s keeps the most audio-visual tokens (%.1f%%)",
                      target, budget.model_args["global_layer"], kept[best])  # fmt: skip
+    if method in METHODS and METHODS[method].content_dependent_counts:  # type: ignore[attr-defined]
+        log.info("%s keeps a number of tokens that depends on the content: the calibration FLOPs are from its "
+                 "content-free counts, its runs' may differ (the report shows them)", method)  # fmt: skip
     if budget.value is None:
         log.info("%s cannot reach %.1f%% FLOPs: its lowest is %.1f%%", method, target, budget.achieved)
     else:

@@ -351,6 +351,11 @@ def rule_config(name: str, engine_args: Mapping[str, Any]) -> PruningConfig:
     return PruningConfig.chosen_by(chooser, **engine_args)
 
 
+def methods_taking(knob: str) -> list[str]:
+    """The methods of :data:`METHODS` that have the knob ``knob`` (a field of their class)."""
+    return [name for name, method in METHODS.items() if knob in {field.name for field in dataclasses.fields(method)}]
+
+
 def method_config(name: str, engine_args: Mapping[str, Any]) -> PruningConfig:
     """``prune=<method>``: the method (with ``retain`` if given, else its published default) decides every cut."""
     extra = sorted(set(engine_args) - set(METHOD_ARGS))
@@ -358,11 +363,9 @@ def method_config(name: str, engine_args: Mapping[str, Any]) -> PruningConfig:
         raise ValueError(f"prune={name} takes only {list(METHOD_ARGS)} of the engine args; got {extra}")
     args = dict(engine_args)
     knobs = {key: args.pop(key) for key in METHOD_KNOBS if key in args}
-    fields = {field.name for field in dataclasses.fields(METHODS[name])}
     for key in knobs:
-        if key not in fields:
-            takes = [method for method, built in METHODS.items() if key in {f.name for f in dataclasses.fields(built)}]
-            raise ValueError(f"{key}= is a knob of prune={'|'.join(takes)}; prune={name} has none")
+        if name not in methods_taking(key):
+            raise ValueError(f"{key}= is a knob of prune={'|'.join(methods_taking(key))}; prune={name} has none")
     return METHODS[name](**knobs).config(**args)
 
 
@@ -403,7 +406,9 @@ def pruning_config(prune: str | None, engine_args: Mapping[str, Any], default_pr
         return method_config(mode, args)
     for key in METHOD_KNOBS:
         if key in args:
-            raise ValueError(f"{key}= is the budget of a method (prune={'|'.join(METHODS)}); prune={mode!r} reads none")
+            raise ValueError(
+                f"{key}= is the budget of a method (prune={'|'.join(methods_taking(key))}); prune={mode!r} reads none"
+            )
     if mode not in PRUNE_MODES:
         raise ValueError(
             f"prune={mode!r}; accepted: fastav, none, {', '.join(METHODS)}, rule:<name> with <name> in "

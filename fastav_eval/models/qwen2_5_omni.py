@@ -466,7 +466,7 @@ class Qwen25OmniAdapter(ModelAdapter):
         audio_chunks = self.model.get_chunked_index(torch.arange(audio_tokens), tokens_per_chunk, 0)
         segments: list[Segment] = []
         for j in range(max(len(video_chunks), len(audio_chunks))):
-            if j < len(video_chunks):  # a chunk holds whole grids (a grid's tokens share one time): its frames
+            if j < len(video_chunks):  # frames are its grids: a run may end inside one where grids are sparse
                 segments.append(
                     ("video", video_chunks[j][1] - video_chunks[j][0], chunk["video"] + j, h * w // merge**2)
                 )

@@ -335,6 +335,7 @@ class VideoLLaMA2Adapter(EmbedsAdapter):
             media = torch.cat(parts)
             video = parts[0].shape[0] if sample.pixel_values is not None else 0
             rows.append(model.embed(sample.input_ids.to(self.device), PLACEHOLDER, media))
-            frames = max(sample.pixel_values.shape[0] // 2, 1) if sample.pixel_values is not None else 1
+            stride = model.mm_projector.downsample[0]  # the STC connector's time step: one frame of its output
+            frames = max(sample.pixel_values.shape[0] // stride, 1) if sample.pixel_values is not None else 1
             segments.append(prompt_segments(sample.input_ids, video, media.shape[0] - video, frames))
         return self.batch(rows, segments)

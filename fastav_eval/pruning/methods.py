@@ -58,6 +58,7 @@ for visual tokens treats the audio-visual tokens as its "visual" tokens, and say
 
 from __future__ import annotations
 
+import logging
 import math
 import zlib
 from collections.abc import Callable
@@ -70,6 +71,8 @@ import torch
 from fastav_eval.pruning.config import PruningConfig
 from fastav_eval.pruning.layout import Modality
 from fastav_eval.pruning.rules import PruneContext, PruneDecision, keep_budget, select_top
+
+log = logging.getLogger(__name__)
 
 
 def _kept_positions(context: PruneContext, keep: torch.Tensor) -> torch.Tensor:
@@ -124,11 +127,15 @@ class Method:
         name: ``prune=<name>``.
         cuts_input: whether it is asked before layer 0 (input pruning).
         paper: the publication it implements.
+        content_dependent_counts: whether how many tokens it keeps depends on the content (the embeddings or the
+            scores), so that a simulated prefill (:func:`~fastav_eval.pruning.plan.simulate_prefill`) gives counts a
+            real one approaches but need not equal.
     """
 
     name: ClassVar[str]
     paper: ClassVar[str]
     cuts_input: ClassVar[bool] = False
+    content_dependent_counts: ClassVar[bool] = False
     retain: float = 0.5
 
     def __post_init__(self) -> None:
@@ -276,6 +283,7 @@ class VidCom2(Method):
     name: ClassVar[str] = "vidcom2"
     paper: ClassVar[str] = "VidCom² (Video Compression Commander; Liu et al., EMNLP 2025, arXiv 2505.14454)"
     cuts_input: ClassVar[bool] = True
+    content_dependent_counts: ClassVar[bool] = True  # a frame's share follows its uniqueness
     streams: ClassVar[tuple[str, ...]] = ("video",)
     """The modalities the rule compresses; the others are kept whole."""
     retain: float = 0.25  # the release's R_RATIO
@@ -369,7 +377,6 @@ def seats_keep_ratios(
             low, high = (middle, high) if covered(middle) > wanted else (low, middle)
         fraction = (low + high) / 2
     steps = [max(level, 1e-12) for level in levels(fraction)]
-    steps[0] = encoder_ratio
     return [round(steps[i + 1] / steps[i], 4) if steps[i] > 1e-12 else 0.0 for i in range(len(drops))]
 
 
@@ -439,7 +446,8 @@ def seats_window_budgets(
 def paired_runs(modality: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """SEATS's stage-II windows over one row's current tokens: ``[L_cur]`` the index of the contiguous run of its
     modality a video or audio token is in (filler slots skipped), so the i-th video run and the i-th audio run form
-    window i; -1 on every other slot.
+    window i; -1 on every other slot. As in the release, a run emptied by an earlier stage shifts the pairing of the
+    runs after it.
 
     Args:
         modality: ``[L_cur]`` modality codes of the current tokens.
@@ -473,6 +481,7 @@ class SEATS(Method):
     name: ClassVar[str] = "seats"
     paper: ClassVar[str] = "SEATS: stage-adaptive token selection for omni-modal LLMs (arXiv 2605.20035)"
     cuts_input: ClassVar[bool] = True
+    content_dependent_counts: ClassVar[bool] = True  # a window's modality keeps at least one token
     retain: float = 0.30  # the release's default video_ratio
     audio_retain: float | None = None
     """Audio's mean retention target; None: ``retain + 0.35``, at most 1 (the release's default pair 0.30 / 0.65)."""
@@ -489,6 +498,14 @@ class SEATS(Method):
             or not 0 < self.audio_retain <= 1
         ):
             raise ValueError(f"seats: audio_retain={self.audio_retain!r}; accepted: a number in (0, 1], or None")
+        for knob in ("frames_per_window", "audio_window"):
+            value = getattr(self, knob)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"seats: {knob}={value!r}; accepted: an int >= 1")
+        for knob in ("encoder_scale", "temperature"):
+            value = getattr(self, knob)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"seats: {knob}={value!r}; accepted: a number > 0")
 
     def targets(self) -> dict[str, float]:
         """Each modality's mean retention target."""
@@ -502,7 +519,8 @@ class SEATS(Method):
         late = scale(SEATS_LATE_LAYER)
         late_layer = late if 1 <= late < num_layers else None
         end = num_layers if late_layer is None else late_layer
-        return tuple(sorted({scale(layer) for layer in SEATS_DROP_LAYERS} & set(range(1, end)))), late_layer
+        # layer 1 is never asked (the cut before layer 0 decides every sample, global_layer is 1): drops start at 2
+        return tuple(sorted({scale(layer) for layer in SEATS_DROP_LAYERS} & set(range(2, end)))), late_layer
 
     def scored_points(self, num_layers: int) -> tuple[int, ...]:
         return self.layers(num_layers)[0]
@@ -515,6 +533,8 @@ class SEATS(Method):
         assert context.num_layers is not None, "the engine's plan gives the depth"
         drops, late = self.layers(context.num_layers)
         if context.layer_idx == 0:
+            if context.hidden is not None:  # a real prefill (a simulated one, e.g. compare's solver, is not told)
+                self._check_reach(context.num_layers, late)
             return PruneDecision(keep_positions=_kept_positions(context, self._diverse_windows(context)), cut_layer=0)
         if context.layer_idx == late:
             return PruneDecision(keep_positions=_kept_positions(context, torch.zeros_like(context.eligible)))
@@ -524,6 +544,27 @@ class SEATS(Method):
             raise RuntimeError(f"seats at layer {context.layer_idx} needs last-query scores, and none were recorded")
         keep = self._query_guided(context, drops.index(context.layer_idx), drops, late)
         return PruneDecision(keep_positions=_kept_positions(context, keep))
+
+    def _check_reach(self, num_layers: int, late: int | None) -> None:
+        """Log once per depth a target above the most SEATS keeps: stage I's share over the layers before the late one
+        (with no drop between), ``min(1, 1.4 · target) · late / L``."""
+        reported = self.__dict__.setdefault("_reach_reported", set())
+        if num_layers in reported:
+            return
+        reported.add(num_layers)
+        end = num_layers if late is None else late
+        for name, target in self.targets().items():
+            most = min(self.encoder_scale * target, 1.0) * end / num_layers
+            if target > most + 1e-9:
+                log.warning(
+                    "seats: %s target %.3f is above the most it keeps on %d layers (%.3f: every audio-visual "
+                    "token goes before layer %d); it keeps that",
+                    name,
+                    target,
+                    num_layers,
+                    most,
+                    end,
+                )
 
     def _diverse_windows(self, context: PruneContext) -> torch.Tensor:
         """Stage I: ``[B, L_cur]`` keep mask of windowed max–min diversity."""

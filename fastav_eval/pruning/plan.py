@@ -225,7 +225,7 @@ class PrefillPlan:
             modality=torch.where(self.valid, self.layout.modality.gather(1, gather), -1),
             rank=self.layout.rank.gather(1, gather),
             chunk=self.layout.chunk.gather(1, gather),
-            frame=self.layout.frame.gather(1, gather) if self.layout.frame is not None else None,
+            frame=self.layout.frame.gather(1, gather),  # type: ignore[union-attr]  # __post_init__ fills it
             valid=self.valid,
             protected=self._protected.gather(1, gather) & self.valid,
             scores=None if scores is None else scores.float().masked_fill(~self.valid, 0.0),
@@ -386,8 +386,10 @@ def simulate_prefill(
 ) -> PrefillStats:
     """Run the engine's prune schedule over ``layout`` without a model.
 
-    Token counts do not depend on the scores (only *which* tokens go does), so the default scores, seeded
-    uniform noise, give the exact counts a real prefill produces.
+    For the built-in rules and most methods token counts do not depend on the scores (only *which* tokens go does),
+    so the default scores, seeded uniform noise, give the exact counts a real prefill produces. A chooser whose counts
+    depend on the content (``content_dependent_counts``: VidCom²'s frame shares, SEATS's per-window minimums) gets
+    no hidden states here and gives its content-free counts, which a real prefill approaches but need not equal.
     """
     config = config.resolve(num_layers)
     plan = PrefillPlan(layout, config, num_layers)

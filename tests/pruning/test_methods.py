@@ -185,7 +185,7 @@ def test_seats_takes_its_audio_target():
         ),
         ("divprune", {"audio_retain": 0.5}, "audio_retain= is a knob of prune=seats; prune=divprune has none"),
         ("seats", {"audio_retain": 1.5}, "audio_retain"),
-        ("fastav", {"audio_retain": 0.5}, "audio_retain= is the budget of a method"),
+        ("fastav", {"audio_retain": 0.5}, r"audio_retain= is the budget of a method \(prune=seats\)"),
         ("fastav", {"retain": 0.5}, "retain= is the budget of a method"),
         ("divprune", {"retain": 0.0}, r"retain.*accepted: a number in \(0, 1\]"),
         ("nonesuch", {}, "accepted: fastav, none, random, divprune, pdrop, vidcom2, vidcom2_av, seats"),

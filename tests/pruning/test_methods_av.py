@@ -242,7 +242,7 @@ def test_seats_windows_pair_the_ith_video_run_with_the_ith_audio_run():
 
 def test_seats_stages_through_the_engine():
     """28 layers: stage I (windowed max-min diversity of the input embeddings, video windows of two frames, audio
-    windows of one chunk), stage II at layers 16, 18, 20 (each window's budget from the last query's attention of
+    windows of 50 tokens), stage II at layers 16, 18, 20 (each window's budget from the last query's attention of
     the layer before, from the masked recompute), stage III at layer 23 (no audio-visual token left)."""
     model = tiny_qwen2(layers=28)
     ids, mask, layout = batch()
@@ -299,3 +299,30 @@ def test_seats_stages_through_the_engine():
             assert {p for p in kept[layer] if int(layout.modality[b, p]) > 0} - sink_av == expected, (b, layer)
         # stage III
         assert all({p for p in kept[layer] if int(layout.modality[b, p]) > 0} <= sink_av for layer in range(23, 28))
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [({"frames_per_window": 0}, "frames_per_window=0; accepted: an int >= 1"),
+     ({"audio_window": 2.5}, "audio_window=2.5; accepted: an int >= 1"),
+     ({"temperature": 0}, "temperature=0; accepted: a number > 0"),
+     ({"audio_retain": 0}, r"audio_retain=0; accepted: a number in \(0, 1\], or None")],
+)  # fmt: skip
+def test_bad_seats_knobs_name_the_field(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        SEATS(**knobs)
+
+
+def test_seats_on_shallow_decoders_and_a_target_out_of_its_reach(caplog):
+    """Its layers never fall on layer 1 (nobody is asked there after the cut before layer 0) and the late removal
+    needs a layer to remove before; a target above ``min(1, 1.4 t) · late / L`` is logged, once."""
+    assert SEATS().layers(2) == ((), None) and SEATS().layers(3) == ((), 2) and SEATS().layers(6) == ((3, 4), 5)
+    model = tiny_qwen2()
+    ids, mask, layout = batch()
+    method = SEATS(retain=0.7)  # video: min(1, 0.98) · 5/6 = 0.82 reaches 0.7; audio (1.0): 5/6 does not
+    with caplog.at_level("WARNING", logger="fastav_eval.pruning.methods"):
+        generate(model, ids, mask, layout, method)
+        generate(model, ids, mask, layout, method)
+    warned = [record.getMessage() for record in caplog.records]
+    assert warned == ["seats: audio target 1.000 is above the most it keeps on 6 layers (0.833: every audio-visual "
+                      "token goes before layer 5); it keeps that"]  # fmt: skip
