@@ -242,7 +242,13 @@ def _compare(args: argparse.Namespace) -> int:
     from fastav_eval.pruning.decoder import find_text_model
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    methods, targets = check_methods(args.methods), check_targets(args.target_flops)
+    if args.target_flops is not None and args.target_retention is not None:
+        raise ValueError("--target-flops and --target-retention both given; accepted: one of them (a method's budget "
+                         "is solved for one measure)")  # fmt: skip
+    measure = "retention" if args.target_retention is not None else "flops"
+    targets = (check_targets(args.target_retention, "--target-retention") if measure == "retention"
+               else check_targets(args.target_flops or "60,40,25"))  # fmt: skip
+    methods = check_methods(args.methods)
     base = check_base(args.model, args.model_args)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out!r} is a file; accepted: a folder (new, or an earlier compare's)")
@@ -264,7 +270,7 @@ def _compare(args: argparse.Namespace) -> int:
     if not layouts:
         raise ValueError(f"--calibrate-on {args.calibrate_on!r}: no document could be laid out")
     shape = DecoderShape.from_config(find_text_model(model.adapter.decoder).config)
-    budgets = [solve(method, target, base, layouts, shape) for method in methods for target in targets]
+    budgets = [solve(method, target, base, layouts, shape, measure) for method in methods for target in targets]
     calibration = {"tasks": args.calibrate_on, "limit": args.calibration_limit, "documents": len(layouts)}
     written = write_budgets(budgets, calibration, Path(args.out))
     print((Path(args.out) / "budgets.md").read_text(), end="")
@@ -551,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--policy", action="append", default=[], type=text("a saved policy folder"),
                          help="a policy saved by train-policy, run as a point of its own at the FLOPs it chooses "
                          "(repeatable)")  # fmt: skip
-    compare.add_argument("--target-flops", default="60,40,25", help="comma-separated %% of the unpruned prefill FLOPs")
+    compare.add_argument("--target-flops", help="comma-separated %% of the unpruned prefill FLOPs (default: 60,40,25)")
+    compare.add_argument("--target-retention", help="instead: comma-separated %% of the audio-visual tokens kept, mean "
+                         "over the layers (AVEX-Prune's retention)")  # fmt: skip
     compare.add_argument("--limit", type=number(int, 1), help="documents per reported task (unset: all)")
     compare.add_argument("--gen_kwargs", help="lmms-eval --gen_kwargs for every run")
     compare.add_argument("--include_path", help="lmms-eval --include_path for every run (unset: FastAV-Eval's tasks)")

@@ -2,7 +2,8 @@
 
 For each method (``fastav`` and :data:`fastav_eval.pruning.methods.METHODS`) and each FLOPs target, the method's
 budget knob is solved on *calibration* documents (never the reported ones): the largest budget whose mean relative
-prefill FLOPs over those documents' layouts is at most the target, the engine's own schedule simulated
+prefill FLOPs over those documents' layouts is at most the target (or, with ``--target-retention``, whose mean
+audio-visual retention is), the engine's own schedule simulated
 (:func:`~fastav_eval.pruning.plan.simulate_prefill`: for most methods token counts do not depend on which tokens go;
 VidCom²'s and SEATS's do a little, so their runs' FLOPs may differ from the calibration figure, and the report shows
 the achieved FLOPs beside each target). The knobs:
@@ -51,13 +52,17 @@ COMPARE_METHODS: tuple[str, ...] = ("fastav", *METHODS)
 BASE_ENGINE_ARGS = ("global_layer", "fine_ratio", "fine_rule", "sink_tokens", "seed")
 """The engine args ``--model_args`` may hold: FastAV's setting apart from its keep (which compare solves)."""
 STEPS = 30  # bisection steps over a budget in (0, 1]
+MEASURES: tuple[str, ...] = ("flops", "retention")
+"""What a target equalises: mean relative prefill FLOPs (``--target-flops``) or mean audio-visual retention
+(``--target-retention``), both in % over the calibration documents."""
 
 
 @dataclass(frozen=True)
 class Budget:
     """One method at one target: the knob solved on the calibration documents and the mean FLOPs it gives there.
 
-    ``value`` is None when the target is out of the method's reach (``achieved`` is then its lowest mean FLOPs).
+    ``value`` is None when the target is out of the method's reach (``achieved`` is then its lowest mean). ``measure``
+    is what the target and ``achieved`` measure (:data:`MEASURES`).
     """
 
     method: str
@@ -65,10 +70,11 @@ class Budget:
     value: float | None
     achieved: float
     model_args: dict[str, str]
+    measure: str = "flops"
 
     @property
     def name(self) -> str:
-        return f"{self.method}@{self.target:g}%"
+        return f"{self.method}@{self.target:g}%" + ("" if self.measure == "flops" else " retention")
 
 
 def knob_args(method: str, value: float, base: dict[str, str]) -> dict[str, str]:
@@ -98,62 +104,73 @@ def simulate(method: str, value: float, base: dict[str, str], layouts: Sequence[
 
 
 def mean_flops(method: str, value: float, base: dict[str, str], layouts: Sequence[ModalityLayout],
-               shape: DecoderShape) -> float:  # fmt: skip
-    """Mean relative prefill FLOPs of ``method`` at ``value`` over ``layouts`` (:func:`simulate`)."""
-    return simulate(method, value, base, layouts, shape)[0]
+               shape: DecoderShape, measure: str = "flops") -> float:  # fmt: skip
+    """Mean relative prefill FLOPs (or, with ``measure="retention"``, mean audio-visual retention) of ``method`` at
+    ``value`` over ``layouts`` (:func:`simulate`)."""
+    return simulate(method, value, base, layouts, shape)[MEASURES.index(measure)]
 
 
 def _bisect(method: str, target: float, base: dict[str, str], layouts: Sequence[ModalityLayout],
-            shape: DecoderShape) -> Budget:  # fmt: skip
-    """The largest budget whose mean FLOPs is at most ``target`` with the knobs of ``base`` (FLOPs grow with it)."""
-    lowest = mean_flops(method, 1e-6, base, layouts, shape)
+            shape: DecoderShape, measure: str) -> Budget:  # fmt: skip
+    """The largest budget whose mean ``measure`` is at most ``target`` with the knobs of ``base`` (it grows with the
+    budget)."""
+    at = lambda value: mean_flops(method, value, base, layouts, shape, measure)  # noqa: E731
+    lowest = at(1e-6)
     if lowest > target:
-        return Budget(method, target, None, lowest, {})
+        return Budget(method, target, None, lowest, {}, measure)
     low, high = 1e-6, 1.0
-    if mean_flops(method, high, base, layouts, shape) <= target:
+    if at(high) <= target:
         low = high
     else:
         for _ in range(STEPS):
             middle = (low + high) / 2
-            low, high = (middle, high) if mean_flops(method, middle, base, layouts, shape) <= target else (low, middle)
-    return Budget(method, target, low, mean_flops(method, low, base, layouts, shape), knob_args(method, low, base))
+            low, high = (middle, high) if at(middle) <= target else (low, middle)
+    return Budget(method, target, low, at(low), knob_args(method, low, base), measure)
 
 
 def solve(method: str, target: float, base: dict[str, str], layouts: Sequence[ModalityLayout],
-          shape: DecoderShape) -> Budget:  # fmt: skip
-    """The largest budget of ``method`` whose mean FLOPs over ``layouts`` is at most ``target``.
+          shape: DecoderShape, measure: str = "flops") -> Budget:  # fmt: skip
+    """The largest budget of ``method`` whose mean FLOPs (or retention, ``measure``) over ``layouts`` is at most
+    ``target``.
 
     FastAV has two knobs, its global layer and its keep. Unless the base fixes ``global_layer``, its keep is solved
-    at every layer from 1 to half the depth, and the layer kept is the one whose solution keeps the most
-    audio-visual tokens over the decoder's layers (retention) at that FLOPs: the rule is fixed in advance, so a
-    target is never met by the latest layer with an empty keep."""
+    at every layer from 1 to half the depth, and the layer kept is the one whose solution is cheapest on the other
+    measure: the most audio-visual tokens over the decoder's layers (retention) at a FLOPs target, the fewest FLOPs
+    at a retention target. The rule is fixed in advance, so a target is never met by the latest layer with an empty
+    keep."""
+    if measure not in MEASURES:
+        raise ValueError(f"measure={measure!r}; accepted: {list(MEASURES)}")
     if not 0.0 < target <= 100.0:
-        raise ValueError(f"target FLOPs {target!r}; accepted: a number in (0, 100] (% of the unpruned prefill)")
+        raise ValueError(f"target {measure} {target!r}; accepted: a number in (0, 100] (% of the unpruned prompt's)")
     if method != "fastav" or "global_layer" in base:
-        budget = _bisect(method, target, base, layouts, shape)
+        budget = _bisect(method, target, base, layouts, shape, measure)
     else:
-        candidates = [_bisect(method, target, {**base, "global_layer": str(layer)}, layouts, shape)
+        candidates = [_bisect(method, target, {**base, "global_layer": str(layer)}, layouts, shape, measure)
                       for layer in range(1, shape.num_layers // 2 + 1)]  # fmt: skip
         reachable = [budget for budget in candidates if budget.value is not None]
         if not reachable:
             budget = min(candidates, key=lambda b: b.achieved)
         else:
-            kept = [
-                simulate(method, b.value, {**base, "global_layer": b.model_args["global_layer"]}, layouts, shape)[1]  # type: ignore[arg-type]
+            other = [
+                simulate(method, b.value, {**base, "global_layer": b.model_args["global_layer"]}, layouts, shape)  # type: ignore[arg-type]
                 for b in reachable
             ]
-            best = max(range(len(reachable)), key=kept.__getitem__)  # the first of equals, as max() of the budgets
+            if measure == "flops":  # the first of equals, as max() of the budgets
+                best = max(range(len(reachable)), key=lambda i: other[i][1])
+                why = f"keeps the most audio-visual tokens ({other[best][1]:.1f}%)"
+            else:
+                best = min(range(len(reachable)), key=lambda i: other[i][0])
+                why = f"costs the fewest FLOPs ({other[best][0]:.1f}%)"
             budget = reachable[best]
-            log.info("fastav at %.1f%% FLOPs: global layer %s keeps the most audio-visual tokens (%.1f%%)",
-                     target, budget.model_args["global_layer"], kept[best])  # fmt: skip
+            log.info("fastav at %.1f%% %s: global layer %s %s", target, measure, budget.model_args["global_layer"], why)
     if method in METHODS and METHODS[method].content_dependent_counts:  # type: ignore[attr-defined]
         log.info("%s keeps a number of tokens that depends on the content: the calibration FLOPs are from its "
                  "content-free counts, its runs' may differ (the report shows them)", method)  # fmt: skip
     if budget.value is None:
-        log.info("%s cannot reach %.1f%% FLOPs: its lowest is %.1f%%", method, target, budget.achieved)
+        log.info("%s cannot reach %.1f%% %s: its lowest is %.1f%%", method, target, measure, budget.achieved)
     else:
-        log.info("%s at %.1f%% FLOPs: budget %.4f gives %.2f%% on the calibration documents",
-                 method, target, budget.value, budget.achieved)  # fmt: skip
+        log.info("%s at %.1f%% %s: budget %.4f gives %.2f%% on the calibration documents",
+                 method, target, measure, budget.value, budget.achieved)  # fmt: skip
     return budget
 
 
@@ -180,13 +197,13 @@ def check_methods(methods: str) -> list[str]:
     return names
 
 
-def check_targets(targets: str) -> list[float]:
+def check_targets(targets: str, option: str = "--target-flops") -> list[float]:
     try:
         values = [float(value) for value in targets.split(",") if value.strip()]
     except ValueError:
         values = []
     if not values or not all(0.0 < value <= 100.0 for value in values):
-        raise ValueError(f"--target-flops {targets!r}; accepted: comma-separated numbers in (0, 100], e.g. 60,40,25")
+        raise ValueError(f"{option} {targets!r}; accepted: comma-separated numbers in (0, 100], e.g. 60,40,25")
     return values
 
 
@@ -224,8 +241,9 @@ def budgets_record(budgets: Sequence[Budget], calibration: dict[str, Any]) -> di
 
 def budgets_table(budgets: Sequence[Budget]) -> str:
     """Markdown: each method's solved budget and its calibration FLOPs beside the target."""
+    shown = "FLOPs" if all(budget.measure == "flops" for budget in budgets) else "retention"
     lines = [
-        "| method | target FLOPs % | budget | global layer | calibration FLOPs % |",
+        f"| method | target {shown} % | budget | global layer | calibration {shown} % |",
         "| --- | --- | --- | --- | --- |",
     ]
     for budget in budgets:

@@ -84,3 +84,30 @@ def test_a_report_labels_a_method_by_its_budget_and_changed_knobs_and_a_policy_b
     assert label(SEATS(retain=0.3, temperature=0.2).describe()) == "seats retain=0.3, temperature=0.2"
     assert label({**PyramidDrop().describe(), "layers": []}) == "pdrop retain=0.5"
     assert label({"name": "policy:shipped", "path": "/p", "sha256": "ab"}) == "policy:shipped"
+
+
+@pytest.mark.parametrize("method", ["random", "pdrop", "fastav", "vidcom2_av", "seats"])
+def test_a_retention_target_solves_the_largest_budget_keeping_at_most_that_share(method):
+    budget = solve(method, 50.0, {}, LAYOUTS, SHAPE, measure="retention")
+    assert budget.value is not None and budget.achieved <= 50.0 and budget.measure == "retention"
+    assert budget.name == f"{method}@50% retention"
+    base = budget_base(budget)
+    assert budget.achieved == pytest.approx(mean_flops(method, budget.value, base, LAYOUTS, SHAPE, "retention"))
+    if budget.value < 1.0:
+        assert mean_flops(method, min(budget.value + 0.02, 1.0), base, LAYOUTS, SHAPE, "retention") > 50.0
+    if method == "fastav":  # of the layers that reach it, the cheapest in FLOPs
+        from fastav_eval.analysis.compare import simulate
+
+        chosen = simulate("fastav", budget.value, base, LAYOUTS, SHAPE)[0]
+        for layer in range(1, SHAPE.num_layers // 2 + 1):
+            other = solve("fastav", 50.0, {"global_layer": str(layer)}, LAYOUTS, SHAPE, measure="retention")
+            if other.value is not None:
+                assert simulate("fastav", other.value, {"global_layer": str(layer)}, LAYOUTS, SHAPE)[0] >= chosen - 1e-9
+
+
+def test_compare_takes_one_kind_of_target(capsys):
+    from fastav_eval.cli import main
+
+    code = main(["compare", "--model", "fastav_tiny", "--tasks", "avsynth", "--calibrate-on", "avsynth_val",
+                 "--target-flops", "60", "--target-retention", "50", "--out", "x"])  # fmt: skip
+    assert code != 0 and "--target-flops and --target-retention both given" in capsys.readouterr().err
