@@ -364,8 +364,9 @@ def method_config(name: str, engine_args: Mapping[str, Any]) -> PruningConfig:
     args = dict(engine_args)
     knobs = {key: args.pop(key) for key in METHOD_KNOBS if key in args}
     for key in knobs:
-        if name not in methods_taking(key):
-            raise ValueError(f"{key}= is a knob of prune={'|'.join(methods_taking(key))}; prune={name} has none")
+        takes = methods_taking(key)
+        if name not in takes:
+            raise ValueError(f"{key}= is a knob of prune={'|'.join(takes)}; prune={name} has none")
     return METHODS[name](**knobs).config(**args)
 
 

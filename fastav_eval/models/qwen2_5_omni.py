@@ -460,16 +460,15 @@ class Qwen25OmniAdapter(ModelAdapter):
         t, h, w = processed["video_grid_thw"][video_index].tolist()
         merge = config.vision_config.spatial_merge_size
         seconds = float(processed["video_second_per_grid"][video_index])
-        times = torch.arange(t).repeat_interleave(h * w // merge**2) * seconds
+        per_grid = h * w // merge**2
+        times = torch.arange(t).repeat_interleave(per_grid) * seconds
         video_times = (times * config.position_id_per_seconds).long()
         video_chunks = self.model.get_chunked_index(video_times, tokens_per_chunk, 0)
         audio_chunks = self.model.get_chunked_index(torch.arange(audio_tokens), tokens_per_chunk, 0)
         segments: list[Segment] = []
         for j in range(max(len(video_chunks), len(audio_chunks))):
             if j < len(video_chunks):  # frames are its grids: a run may end inside one where grids are sparse
-                segments.append(
-                    ("video", video_chunks[j][1] - video_chunks[j][0], chunk["video"] + j, h * w // merge**2)
-                )
+                segments.append(("video", video_chunks[j][1] - video_chunks[j][0], chunk["video"] + j, per_grid))
             if j < len(audio_chunks):
                 segments.append(("audio", audio_chunks[j][1] - audio_chunks[j][0], chunk["audio"] + j))
         chunk["video"] += len(video_chunks)

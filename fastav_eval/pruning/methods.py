@@ -69,7 +69,7 @@ from typing import Any, ClassVar
 import torch
 
 from fastav_eval.pruning.config import PruningConfig
-from fastav_eval.pruning.layout import Modality
+from fastav_eval.pruning.layout import AV_MODALITIES, Modality
 from fastav_eval.pruning.rules import PruneContext, PruneDecision, keep_budget, select_top
 
 log = logging.getLogger(__name__)
@@ -270,11 +270,21 @@ def frame_uniqueness_keep(features: torch.Tensor, frame: torch.Tensor, retain: f
     weights = torch.softmax((uniqueness - uniqueness.max()) / 0.01, dim=0)
     shares = (retain * (1 + weights - weights.mean())).clamp(max=1.0)
     budgets = (shares * counts).round().long().clamp(min=1)
-    keep = torch.zeros_like(frame, dtype=torch.bool)
-    for index in range(len(labels)):
-        tokens = (members == index).nonzero().flatten()
-        order = torch.sort(similarity[tokens], stable=True).indices  # least similar (most unique) first
-        keep[tokens[order[: int(budgets[index])]]] = True
+    return _lowest_of_each(similarity, members, budgets)  # the least similar (most unique) tokens of each frame
+
+
+def _lowest_of_each(score: torch.Tensor, group: torch.Tensor, budgets: torch.Tensor) -> torch.Tensor:
+    """``[n]`` bool: in each group ``g`` the ``budgets[g]`` tokens of lowest ``score`` ``[n]`` (ties to the earlier).
+
+    Args:
+        score: ``[n]`` the tokens' scores, in sequence order.
+        group: ``[n]`` int group of each token, 0 … G-1.
+        budgets: ``[G]`` int.
+    """
+    keep = torch.zeros_like(group, dtype=torch.bool)
+    for index in range(len(budgets)):
+        tokens = (group == index).nonzero().flatten()
+        keep[tokens[torch.sort(score[tokens], stable=True).indices[: int(budgets[index])]]] = True
     return keep
 
 
@@ -290,7 +300,7 @@ class VidCom2(Method):
 
     def __call__(self, context: PruneContext) -> PruneDecision | None:
         keep = torch.zeros_like(context.eligible)
-        for name in ("video", "audio"):
+        for name in AV_MODALITIES:
             of_modality = context.eligible_of(name)
             if name not in self.streams:
                 keep |= of_modality
@@ -301,22 +311,13 @@ class VidCom2(Method):
                     continue
                 frame = context.frames[row, columns]
                 if context.hidden is None:  # a simulated prefill (FLOPs only): each frame keeps the base share
-                    kept = _first_of_each(frame, self.retain)
+                    _, members = torch.unique(frame, return_inverse=True)
+                    budgets = (self.retain * torch.bincount(members).double()).round().long().clamp(min=1)
+                    kept = _lowest_of_each(torch.zeros(len(frame)), members, budgets)  # the first of each frame
                 else:
                     kept = frame_uniqueness_keep(context.hidden[row, columns], frame, self.retain)
                 keep[row, columns[kept]] = True
         return PruneDecision(keep_positions=_kept_positions(context, keep), cut_layer=0)
-
-
-def _first_of_each(group: torch.Tensor, share: float) -> torch.Tensor:
-    """``[n]`` bool: the first ``max(1, round(share · n_g))`` tokens of each group of labels ``group`` ``[n]``."""
-    _, members = torch.unique(group, return_inverse=True)
-    counts = torch.bincount(members)
-    order = torch.sort(members, stable=True).indices
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(members)
-    rank[order] = torch.arange(len(members), device=members.device) - starts[members[order]]
-    return rank < (share * counts.double()).round().long().clamp(min=1)[members]
 
 
 @dataclass
@@ -612,10 +613,9 @@ class SEATS(Method):
                 video_sum / video_sizes.clamp(min=1), audio_sum / audio_sizes.clamp(min=1),
                 video_sizes, audio_sizes, video_keep, audio_keep, self.temperature,
             )  # fmt: skip
-            for index, window in enumerate(windows):
-                for columns, budget in ((video, video_budget), (audio, audio_budget)):
-                    members = columns[chunk[columns] == window]
-                    keep[row, members[_top_of(scores[members], int(budget[index]))]] = True
+            for columns, budget in ((video, video_budget), (audio, audio_budget)):  # each window's most attended
+                window_of = torch.searchsorted(windows, chunk[columns])
+                keep[row, columns[_lowest_of_each(-scores[columns], window_of, budget)]] = True
         return keep
 
 
